@@ -1,0 +1,31 @@
+"""A seeded, stratified train/test split that we own (so it cannot drift with a library version)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def stratified_split(y: np.ndarray, n_test: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train_idx, test_idx), each in a seeded random order, with `n_test` test samples.
+
+    Each class gets floor(n_test * share) test samples; the leftover slots go to the classes with the
+    largest fractional remainders (ties: lower class first), so every class count is within ±1 of
+    proportional. Uses the legacy `RandomState`, whose stream numpy keeps frozen across versions.
+    Train order is shuffled too: `full_batch` takes the *first* N train samples and must not get one class.
+    """
+    y = np.asarray(y)
+    n = len(y)
+    if not 0 < n_test < n:
+        raise ValueError(f"n_test={n_test} must be in (0, {n})")
+    rng = np.random.RandomState(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    quota = n_test * counts / n
+    take = np.floor(quota).astype(int)
+    rest = n_test - take.sum()
+    order = sorted(range(len(classes)), key=lambda k: (-(quota[k] - take[k]), k))
+    take[order[:rest]] += 1
+    test, train = [], []
+    for cls, k in zip(classes, take):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
