@@ -1,0 +1,28 @@
+"""Training-dynamics diagnostics (DESIGN §4, §6): pure functions plus the ``DiagnosticsTracker`` that logs them."""
+from revgn_cli.metrics.cka import CKAReference, cka_prepared, linear_cka, prepare_cka
+from revgn_cli.metrics.function_space import (
+    disagreement,
+    error_barrier,
+    expected_disagreement,
+    interpolate_params,
+    normalised_function_distance,
+)
+from revgn_cli.metrics.loss_change import loss_change_pct
+from revgn_cli.metrics.ntk import empirical_ntk, kernel_distance, kernel_similarity, probe_similarity
+from revgn_cli.metrics.tracker import DiagnosticsTracker
+from revgn_cli.metrics.weights import (
+    half_layer_names,
+    initial_weights,
+    weight_cosine,
+    weight_norm_ratio,
+    weight_similarity,
+)
+
+__all__ = [
+    "empirical_ntk", "kernel_similarity", "kernel_distance", "probe_similarity",
+    "linear_cka", "prepare_cka", "cka_prepared", "CKAReference",
+    "weight_cosine", "weight_norm_ratio", "weight_similarity", "initial_weights", "half_layer_names",
+    "loss_change_pct",
+    "disagreement", "expected_disagreement", "normalised_function_distance", "interpolate_params", "error_barrier",
+    "DiagnosticsTracker",
+]

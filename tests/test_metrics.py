@@ -1,0 +1,352 @@
+"""Diagnostics (DESIGN §4, §6): each metric against a float64 naive reference on tiny inputs, plus invariances."""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import pytest
+import torch
+from torch.func import functional_call, jvp
+
+from revgn_cli.metrics import (
+    DiagnosticsTracker,
+    disagreement,
+    empirical_ntk,
+    error_barrier,
+    expected_disagreement,
+    interpolate_params,
+    kernel_distance,
+    kernel_similarity,
+    linear_cka,
+    loss_change_pct,
+    normalised_function_distance,
+    probe_similarity,
+    weight_cosine,
+    weight_norm_ratio,
+    weight_similarity,
+)
+from revgn_cli.models import RevMLP
+
+# torch.func.jvp (the reference Jacobian) loads torch's forward-AD decompositions, which still use torch.jit.script.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+def tiny_model(seed: int = 0, **kw) -> RevMLP:
+    args = dict(d_in=8, n_blocks=2, hidden=6, n_classes=4, init_std=0.5, seed=seed) | kw
+    m = RevMLP(**args).double()
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():  # non-zero biases so the bias columns and ReLU kinks are exercised
+        for hl in m.half_layers():
+            hl.bias.copy_(0.3 * torch.randn(hl.bias.shape, generator=g, dtype=torch.float64))
+    return m
+
+
+def explicit_jacobian(model: RevMLP, x: torch.Tensor) -> torch.Tensor:
+    """∂vec(logits)/∂θ, one column per scalar parameter, each from its own one-hot JVP (float64 reference)."""
+    names = [n for n, _ in model.named_parameters()]
+    base = tuple(p.detach() for _, p in model.named_parameters())
+
+    def f(*ps):
+        return functional_call(model, dict(zip(names, ps)), (x,)).reshape(-1)
+
+    cols = []
+    for i, p in enumerate(base):
+        for k in range(p.numel()):
+            tangent = [torch.zeros_like(q) for q in base]
+            tangent[i].view(-1)[k] = 1.0
+            cols.append(jvp(f, base, tuple(tangent))[1])
+    return torch.stack(cols, dim=1)
+
+
+# ---------------------------------------------------------------- NTK
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"first_block_linear": False, "n_blocks": 3}, {"hidden": None}],
+    ids=["bottleneck", "relu-3blocks", "no-bottleneck"],
+)
+@pytest.mark.parametrize("method", ["structured", "jacobian"])
+def test_ntk_matches_explicit_jacobian(kw, method):
+    m = tiny_model(**kw)
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    J = explicit_jacobian(m, x)
+    assert J.shape == (5 * 4, m.n_trainable())
+    theta = empirical_ntk(m, x, method=method)
+    assert theta.shape == (20, 20) and theta.dtype == torch.float64
+    torch.testing.assert_close(theta, J @ J.T, rtol=0, atol=1e-10 * float((J @ J.T).abs().max()))
+    assert not theta.requires_grad
+
+
+def test_ntk_auto_and_layout():
+    m = tiny_model()
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    theta = empirical_ntk(m, x)
+    torch.testing.assert_close(theta, theta.T, rtol=0, atol=0)
+    # Sample-major layout: the (0,0) block is the NTK of sample 0 alone.
+    torch.testing.assert_close(theta[:4, :4], empirical_ntk(m, x[:1]), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError):
+        empirical_ntk(m, x, method="nope")
+
+
+def test_kernel_similarity_and_distance():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(6, 6, generator=g)
+    a = a @ a.T
+    b = torch.randn(6, 6, generator=g)
+    b = b @ b.T
+    assert kernel_similarity(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert kernel_similarity(a, 7.5 * a) == pytest.approx(1.0, abs=1e-12)
+    assert kernel_distance(a, 7.5 * a) == pytest.approx(0.0, abs=1e-12)
+    ref = float((a.double() * b.double()).sum() / (a.double().norm() * b.double().norm()))
+    assert kernel_similarity(a, b) == pytest.approx(ref, rel=1e-12)
+    assert kernel_distance(a, b) == pytest.approx(1 - ref, rel=1e-12)
+    assert math.isnan(kernel_similarity(a, torch.zeros_like(a)))
+    u = torch.randn(6, generator=g)
+    assert probe_similarity(a, 3 * a, u) == pytest.approx(1.0, abs=1e-12)
+    au, bu = a.double() @ u.double(), b.double() @ u.double()
+    assert probe_similarity(a, b, u) == pytest.approx(float(au @ bu / (au.norm() * bu.norm())), rel=1e-12)
+
+
+# ---------------------------------------------------------------- CKA
+def naive_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Kornblith et al. 2019 eq. (biased HSIC): tr(HKH HLH)/(n−1)², CKA = HSIC(K,L)/√(HSIC(K,K) HSIC(L,L))."""
+    x, y = x.double(), y.double()
+    n = x.shape[0]
+    H = torch.eye(n, dtype=torch.float64) - 1.0 / n
+
+    def hsic(K, L):
+        return float(torch.trace(H @ K @ H @ H @ L @ H)) / (n - 1) ** 2
+
+    K, L = x @ x.T, y @ y.T
+    return hsic(K, L) / math.sqrt(hsic(K, K) * hsic(L, L))
+
+
+def naive_debiased_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Song et al. 2012 unbiased HSIC on the *uncentred* Grams, written out term by term."""
+    x, y = x.double(), y.double()
+    n = x.shape[0]
+    one = torch.ones(n, dtype=torch.float64)
+
+    def hsic_u(K, L):
+        K = K - torch.diag(torch.diag(K))
+        L = L - torch.diag(torch.diag(L))
+        t = (torch.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
+             - 2 / (n - 2) * (one @ K @ L @ one))
+        return float(t) / (n * (n - 3))
+
+    K, L = x @ x.T, y @ y.T
+    return hsic_u(K, L) / math.sqrt(hsic_u(K, K) * hsic_u(L, L))
+
+
+@pytest.mark.parametrize("shape", [(20, 5, 7), (6, 30, 40)], ids=["feature-space", "gram"])
+def test_cka_matches_naive_formulas(shape):
+    n, p, q = shape
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(n, p, generator=g) + 2.0
+    y = x[:, :1] * torch.randn(1, q, generator=g) + 0.5 * torch.randn(n, q, generator=g)  # correlated
+    assert linear_cka(x, y) == pytest.approx(naive_cka(x, y), rel=1e-10)
+    assert linear_cka(x, y, debiased=True) == pytest.approx(naive_debiased_cka(x, y), rel=1e-9)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_invariances(debiased):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    shift = torch.randn(1, 6, generator=g, dtype=torch.float64)
+    for y in (x, 3.7 * x, x @ Q, x + 10 * shift, -0.2 * (x @ Q) + shift):
+        assert linear_cka(x, y, debiased=debiased) == pytest.approx(1.0, abs=1e-12)
+    z = torch.randn(50, 9, generator=g, dtype=torch.float64)
+    ref = linear_cka(x, z, debiased=debiased)
+    assert linear_cka(2.5 * x @ Q + shift, z, debiased=debiased) == pytest.approx(ref, rel=1e-10)
+
+
+def test_debiased_cka_removes_finite_sample_bias():
+    # Independent representations: the biased estimator is visibly > 0 at n ≈ p, the unbiased one ≈ 0.
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(400, 100, generator=g), torch.randn(400, 100, generator=g)
+    lin, deb = linear_cka(x, y), linear_cka(x, y, debiased=True)
+    assert lin > 0.15
+    assert abs(deb) < 0.02
+
+
+def test_cka_degenerate_inputs():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(10, 4, generator=g)
+    y = torch.randn(10, 3, generator=g)
+    const = torch.full((10, 4), 3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero warnings either
+        for debiased in (False, True):
+            assert math.isnan(linear_cka(const, y, debiased=debiased))  # documented: undefined → NaN
+            assert math.isnan(linear_cka(x, const, debiased=debiased))
+            assert math.isnan(linear_cka(const, const, debiased=debiased))
+            assert math.isnan(linear_cka(torch.full((10, 2), 1e6), y, debiased=debiased))  # rounding residue
+            # Constant columns (dead units, blank pixels) are harmless: same as without them.
+            xc = torch.cat([x, torch.full((10, 3), -0.42)], dim=1)
+            assert linear_cka(xc, y, debiased=debiased) == pytest.approx(linear_cka(x, y, debiased=debiased), rel=1e-10)
+    with pytest.raises(ValueError, match="n >= 4"):
+        linear_cka(x[:3], y[:3], debiased=True)
+    with pytest.raises(ValueError, match="n >= 2"):
+        linear_cka(x[:1], y[:1])
+    with pytest.raises(ValueError, match="same inputs"):
+        linear_cka(x, y[:5])
+    assert math.isfinite(linear_cka(x[:2], y[:2]))  # n = 2: both centred reps are rank one → CKA = 1
+    assert linear_cka(x[:2], y[:2]) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- weights, loss change
+def test_weight_cosine_and_ratio():
+    w = torch.randn(4, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    assert weight_cosine(w, w) == pytest.approx(1.0, abs=1e-12)
+    assert weight_cosine(w, -w) == pytest.approx(-1.0, abs=1e-12)
+    assert weight_cosine(w, 3 * w) == pytest.approx(1.0, abs=1e-12)
+    assert weight_norm_ratio(w, 3 * w) == pytest.approx(3.0, rel=1e-12)
+    assert math.isnan(weight_cosine(torch.zeros_like(w), w))
+    assert math.isnan(weight_norm_ratio(torch.zeros_like(w), w))
+
+
+def test_weight_similarity_names():
+    m = tiny_model()
+    w0 = [hl.weight.detach().clone() for hl in m.half_layers()]
+    with torch.no_grad():
+        m.blocks[1].G.weight.neg_()
+        m.blocks[0].F.weight.mul_(2.0)
+        m.blocks[0].F.bias.add_(5.0)  # biases are excluded
+    row = weight_similarity(m, w0)
+    assert set(row) == {f"{k}_{h}{b}" for k in ("wcos", "wnorm_ratio") for h in "FG" for b in (1, 2)}
+    assert row["wcos_G2"] == pytest.approx(-1.0) and row["wnorm_ratio_G2"] == pytest.approx(1.0)
+    assert row["wcos_F1"] == pytest.approx(1.0) and row["wnorm_ratio_F1"] == pytest.approx(2.0)
+    assert row["wcos_G1"] == 1.0 and row["wnorm_ratio_F2"] == 1.0
+
+
+def test_loss_change_pct():
+    assert loss_change_pct(2.0, 1.0) == pytest.approx(-50.0)
+    assert loss_change_pct(0.5, 0.75) == pytest.approx(50.0)
+    assert loss_change_pct(0.0, 0.0) == 0.0
+    assert math.isnan(loss_change_pct(0.0, 0.1))
+
+
+# ---------------------------------------------------------------- function space
+def test_disagreement_and_normalised_distance():
+    labels = torch.tensor([0, 1, 0, 1])
+    a = torch.tensor([0, 1, 0, 0])  # error 1/4
+    b = torch.tensor([0, 1, 1, 1])  # error 1/4
+    assert disagreement(a, b) == 0.5
+    assert disagreement(a, a) == 0.0
+    # D_ind = e_a + e_b − e_a e_b C/(C−1) = 0.5 − 0.0625·2 = 0.375 for C = 2.
+    assert expected_disagreement(0.25, 0.25, 2) == pytest.approx(0.375)
+    assert normalised_function_distance(a, b, labels) == pytest.approx(0.5 / 0.375)
+    assert normalised_function_distance(a, b, labels, n_classes=10) == pytest.approx(0.5 / (0.5 - 0.0625 * 10 / 9))
+    assert normalised_function_distance(a, a, labels) == 0.0
+    assert math.isnan(normalised_function_distance(labels, labels, labels))  # both perfect: nothing to normalise
+    assert expected_disagreement(0.9, 0.9, 10) == pytest.approx(0.9)  # two chance-level classifiers: (C−1)/C
+
+
+def test_normalised_distance_of_independent_classifiers_is_one():
+    g = torch.Generator().manual_seed(9)
+    M, C = 200_000, 10
+    labels = torch.randint(0, C, (M,), generator=g)
+
+    def noisy(err):
+        wrong = torch.rand(M, generator=g) < err
+        offset = torch.randint(1, C, (M,), generator=g)  # uniform over the C − 1 wrong classes
+        return torch.where(wrong, (labels + offset) % C, labels)
+
+    d = normalised_function_distance(noisy(0.2), noisy(0.35), labels, n_classes=C)
+    assert d == pytest.approx(1.0, abs=0.02)
+
+
+def test_interpolate_and_error_barrier():
+    a = [torch.zeros(2, 3), torch.ones(4)]
+    b = [torch.ones(2, 3) * 4, torch.full((4,), 3.0)]
+    for alpha, ref in ((0.0, a), (1.0, b)):
+        for t, r in zip(interpolate_params(a, b, alpha), ref):
+            torch.testing.assert_close(t, r, rtol=0, atol=0)
+    mid = interpolate_params(a, b, 0.25)
+    torch.testing.assert_close(mid[0], torch.ones(2, 3))
+    torch.testing.assert_close(mid[1], torch.full((4,), 1.5))
+    with pytest.raises(ValueError):
+        interpolate_params(a, b[:1], 0.5)
+    assert error_barrier([0.1, 0.3, 0.5, 0.2, 0.1]) == pytest.approx(0.4)
+    assert error_barrier([0.1, 0.3]) == pytest.approx(0.1)
+    assert error_barrier([0.2, 0.1, 0.2]) == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        error_barrier([0.1])
+
+
+# ---------------------------------------------------------------- tracker
+def _tracker_setup(cka="linear"):
+    m = tiny_model(seed=3)
+    g = torch.Generator().manual_seed(10)
+    probe = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    cka_x = torch.randn(16, 8, generator=g, dtype=torch.float64)
+    return m, probe, cka_x, DiagnosticsTracker(m, probe, cka_x, cka=cka)
+
+
+def _perturb(m, seed, scale=0.3):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.trainable():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("cka", ["linear", "debiased"])
+def test_tracker_at_init_and_after_perturbation(cka):
+    m, _, _, tr = _tracker_setup(cka)
+    row = tr.compute(m, 0)
+    assert list(row) == tr.columns()
+    assert all(isinstance(v, float) for v in row.values())
+    assert row["ntk_sim_init"] == pytest.approx(1.0, abs=1e-12)
+    assert row["ntk_dist_init"] == pytest.approx(0.0, abs=1e-12)
+    assert row["ntk_probe_sim"] == pytest.approx(1.0, abs=1e-12)
+    assert math.isnan(row["ntk_velocity"])
+    for k in (1, 2):
+        assert row[f"cka_block{k}"] == pytest.approx(1.0, abs=1e-12)
+        for h in "FG":
+            assert row[f"wcos_{h}{k}"] == pytest.approx(1.0, abs=1e-12)
+            assert row[f"wnorm_ratio_{h}{k}"] == pytest.approx(1.0, abs=1e-12)
+    _perturb(m, 11)
+    row = tr.compute(m, 2.0)
+    assert row["ntk_sim_init"] < 1 - 1e-6 and row["ntk_dist_init"] > 1e-6
+    assert row["ntk_velocity"] == pytest.approx(row["ntk_dist_init"] / 2.0, rel=1e-9)  # previous Θ was Θ_0
+    for k in (1, 2):
+        assert row[f"cka_block{k}"] < 1 - 1e-6
+        for h in "FG":
+            assert row[f"wcos_{h}{k}"] < 1 - 1e-6
+    assert math.isnan(tr.compute(m, 2.0)["ntk_velocity"])  # no epochs elapsed
+
+
+def test_tracker_switches_and_model_unchanged():
+    m, probe, cka_x, _ = _tracker_setup()
+    before = [p.detach().clone() for p in m.trainable()]
+    tr = DiagnosticsTracker(m, probe, cka_x, ntk=False, cka="off", weights=True)
+    row = tr.compute(m, 1)
+    assert set(row) == {f"{k}_{h}{b}" for k in ("wcos", "wnorm_ratio") for h in "FG" for b in (1, 2)}
+    assert all(torch.equal(a, p) for a, p in zip(before, m.trainable()))
+    assert all(p.grad is None for p in m.trainable())
+    with pytest.raises(ValueError):
+        DiagnosticsTracker(m, probe, cka_x, cka="rbf")
+
+
+def test_tracker_state_dict_round_trip():
+    m, probe, cka_x, tr = _tracker_setup()
+    tr.compute(m, 0)
+    _perturb(m, 12)
+    tr.compute(m, 1.0)
+    buf = io.BytesIO()
+    torch.save(tr.state_dict(), buf)
+    _perturb(m, 13)
+    expected = tr.compute(m, 2.5)
+    # A fresh tracker built on a *different* model (other init) must be fully overwritten by the loaded state.
+    other = tiny_model(seed=4)
+    tr2 = DiagnosticsTracker(other, probe, cka_x)
+    buf.seek(0)
+    tr2.load_state_dict(torch.load(buf, weights_only=True))
+    got = tr2.compute(m, 2.5)
+    assert list(got) == list(expected)
+    for k in expected:
+        assert got[k] == expected[k] or (math.isnan(got[k]) and math.isnan(expected[k])), k
+    assert math.isfinite(got["ntk_velocity"])
+    with pytest.raises(ValueError):
+        DiagnosticsTracker(m, probe, cka_x, cka="debiased").load_state_dict(tr.state_dict())
