@@ -1,0 +1,256 @@
+"""Typed experiment configuration: Hydra structured configs (the single source of truth).
+
+The dataclasses below are registered in Hydra's ConfigStore as the schema of ``conf/config.yaml``; every group
+option in ``conf/`` is merged into them, so an unknown key or a wrong type in a preset or an override is an error,
+never a silent default. ``compose_config`` is the Compose-API entry used by ``revgn train``; ``revgn sweep`` enters
+through ``revgn_cli.sweep_app`` (a real ``@hydra.main`` app, so launchers work — DESIGN §8).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+VERSION_BASE = "1.3"
+
+
+def conf_dir() -> Path:
+    """Where the Hydra configs live: ``$REVGN_CONF`` or the repository's ``conf/`` beside the package."""
+    env = os.environ.get("REVGN_CONF")
+    return Path(env).resolve() if env else Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration that composes but makes no sense (negative sizes, lr=nan, …). One-line message."""
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "mnist5k"  # mnist5k | digits | mnist | cifar10
+    root: Optional[str] = None  # data root; None → $REVGN_DATA or ~/.cache/revgn
+    augment: Optional[str] = None  # cifar10 only: None | "crop" | "crop_flip"
+
+
+@dataclass
+class ModelConfig:
+    n_blocks: int = 2
+    hidden: Optional[int] = 1024  # None → no-bottleneck variant (paper Fig. 5)
+    init_std: float = 1e-3  # standard deviation of the trained weights at init (not the variance)
+    first_block_linear: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "gn"  # gn | adam | sgd | linearised
+    lr: float = 0.5
+    combine: str = "sum"  # GN: sum (paper code) | mean (a true right inverse)
+    loss_hessian: str = "identity"  # GN with CE: identity | exact
+    momentum: float = 0.0  # SGD
+    beta1: float = 0.9  # Adam
+    beta2: float = 0.999
+    eps: float = 1e-8
+    # optimizer=linearised: train the first-order Taylor model about θ_s, re-linearising every K steps.
+    inner: str = "sgd"  # inner optimiser of the linearised model: sgd | adam
+    relinearise_every: Optional[int] = None  # K; None = ∞ (the NTK-at-init model)
+
+
+@dataclass
+class RegimeConfig:
+    name: str = "full_batch"  # full_batch | mini_batch
+    n_samples: int = 1024  # full_batch: size N of the fixed training subset
+    subset: str = "first"  # full_batch: first (paper) | random (seeded)
+    batch_size: int = 1024  # mini_batch: B (drop_last false)
+
+
+@dataclass
+class RegularizerConfig:
+    name: str = "truncation"  # none | truncation | damping | noise | weight_decay
+    rtol: float = 1e-2  # truncation: drop s < rtol·s_max …
+    atol: float = 1e-5  # … or s < atol (paper code)
+    damping: float = 1e-3  # damping: λ = damping·s_max²
+    noise: float = 0.1  # noise: scale of the Gaussian added to Σ⁺
+    weight_decay: float = 0.0  # weight_decay: λ in θ ← θ − α(Δθ + λθ)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    loss: str = "ce"  # ce | mse
+    eval_every: int = 1  # epochs between train/test evaluations
+    eval_chunk: int = 2048  # samples per forward pass in evaluation (memory bound at paper scale)
+    checkpoint_every: int = 5  # epochs between checkpoints (and on SIGINT/SIGTERM)
+    diverge_factor: float = 1e3  # stop as `diverged` when loss > factor × initial loss (or non-finite)
+    switch_epoch: Optional[int] = None  # fig7: after this many epochs continue with `switch_to`
+    switch_to: Optional[str] = None  # gn | adam | sgd
+    switch_lr: Optional[float] = None
+    spawn_epoch: Optional[int] = None  # data-dependent NTK: train fully to this epoch, then linearised about θ_t
+
+
+@dataclass
+class MetricsConfig:
+    every: int = 1  # epochs between diagnostics (NTK, CKA, weights); 0 = off
+    probe_size: int = 100  # NTK probe set P (first training samples)
+    cka_probe_size: int = 1024  # CKA probe set (first training samples; capped at the train size)
+    ntk: bool = True
+    cka: str = "linear"  # linear | debiased | off
+    weights: bool = True
+    loss_change: bool = True  # per step: loss on the same batch after the update (one extra forward)
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    exp_name: str = "default"  # results/<exp_name>/<run_id>/ (presets in conf/experiment/ set it)
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "float32"  # float32 | float64
+    results_dir: str = "results"
+    scale: str = "quick"  # label of the preset scale: quick | paper
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form tags for studies (kept in the run id)
+
+
+# Keys that name where output goes or how it is shown; they never change the numbers, so the run id ignores them.
+NON_IDENTITY_KEYS = ("results_dir", "device")
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="revgn_schema", node=Config)
+
+
+register_configs()
+
+CHOICES = {
+    "optimizer.name": ("gn", "adam", "sgd", "linearised"),
+    "optimizer.combine": ("sum", "mean"),
+    "optimizer.loss_hessian": ("identity", "exact"),
+    "optimizer.inner": ("sgd", "adam"),
+    "regime.name": ("full_batch", "mini_batch"),
+    "regime.subset": ("first", "random"),
+    "regularizer.name": ("none", "truncation", "damping", "noise", "weight_decay"),
+    "train.loss": ("ce", "mse"),
+    "metrics.cka": ("linear", "debiased", "off"),
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("float32", "float64"),
+    "scale": ("quick", "paper"),
+}
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> Config:
+    """Reject values that compose but cannot run; each failure is one line naming the key."""
+    for key, allowed in CHOICES.items():
+        val = _get(cfg, key)
+        if val not in allowed:
+            raise ConfigError(f"{key}={val!r} is not one of {', '.join(allowed)}")
+    positive_ints = ["model.n_blocks", "regime.n_samples", "regime.batch_size", "train.eval_every",
+                     "train.eval_chunk", "train.checkpoint_every"]
+    for key in positive_ints:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    for key in ["train.epochs", "metrics.every", "metrics.probe_size", "metrics.cka_probe_size"]:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
+    if cfg.model.hidden is not None and cfg.model.hidden < 1:
+        raise ConfigError(f"model.hidden must be >= 1 or null, got {cfg.model.hidden}")
+    positive_floats = ["optimizer.lr", "train.diverge_factor"]
+    for key in positive_floats:
+        v = _get(cfg, key)
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{key} must be a finite number > 0, got {v}")
+    nonneg_floats = ["model.init_std", "optimizer.momentum", "optimizer.eps", "regularizer.rtol",
+                     "regularizer.atol", "regularizer.damping", "regularizer.noise", "regularizer.weight_decay"]
+    for key in nonneg_floats:
+        v = _get(cfg, key)
+        if not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{key} must be a finite number >= 0, got {v}")
+    for key in ["optimizer.beta1", "optimizer.beta2"]:
+        v = _get(cfg, key)
+        if not (0 <= v < 1):
+            raise ConfigError(f"{key} must be in [0, 1), got {v}")
+    if cfg.regularizer.rtol >= 1:
+        raise ConfigError(f"regularizer.rtol must be < 1 (it truncates every singular value), got {cfg.regularizer.rtol}")
+    k = cfg.optimizer.relinearise_every
+    if k is not None and k < 1:
+        raise ConfigError(f"optimizer.relinearise_every must be >= 1 or null (= infinity), got {k}")
+    t = cfg.train
+    if (t.switch_epoch is None) != (t.switch_to is None):
+        raise ConfigError("train.switch_epoch and train.switch_to go together (set both or neither)")
+    if t.switch_to is not None and t.switch_to not in ("gn", "adam", "sgd"):
+        raise ConfigError(f"train.switch_to={t.switch_to!r} is not one of gn, adam, sgd")
+    if t.switch_lr is not None and not (math.isfinite(t.switch_lr) and t.switch_lr > 0):
+        raise ConfigError(f"train.switch_lr must be a finite number > 0, got {t.switch_lr}")
+    for key in ["train.switch_epoch", "train.spawn_epoch"]:
+        v = _get(cfg, key)
+        if v is not None and not (0 <= v <= t.epochs):
+            raise ConfigError(f"{key} must be in [0, train.epochs={t.epochs}], got {v}")
+    if t.spawn_epoch is not None and cfg.optimizer.name == "linearised":
+        raise ConfigError("train.spawn_epoch needs a full optimiser (gn, adam, sgd) before the spawn, not linearised")
+    if cfg.dataset.augment not in (None, "none", "crop", "crop_flip"):
+        raise ConfigError(f"dataset.augment={cfg.dataset.augment!r} is not one of null, none, crop, crop_flip")
+    if not cfg.exp_name or any(c in cfg.exp_name for c in "\\:*?\"<>|") or ".." in cfg.exp_name:
+        raise ConfigError(f"exp_name={cfg.exp_name!r} is not a usable directory name")
+    return cfg
+
+
+def to_config(node: DictConfig) -> Config:
+    """A composed DictConfig (hydra key dropped) → a validated ``Config`` dataclass."""
+    node = OmegaConf.masked_copy(node, [k for k in node.keys() if k != "hydra"]) if "hydra" in node else node
+    obj = OmegaConf.to_object(node)
+    if not isinstance(obj, Config):  # composed without the schema
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), node))
+    return validate(obj)
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Compose ``conf/config.yaml`` with Hydra's Compose API and the given overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
+        node = compose(config_name="config", overrides=list(overrides))
+    return to_config(node)
+
+
+def config_dict(cfg: Config) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def run_id(cfg: Config) -> str:
+    """Short stable hash of the resolved config, without the keys that only say where output goes."""
+    d = config_dict(cfg)
+    for k in NON_IDENTITY_KEYS:
+        d.pop(k, None)
+    blob = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} → {'a.b': 1}: the override-style keys used by filters and result columns."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,30 @@
+"""One clear line for every expected failure; tracebacks only with --debug."""
+from __future__ import annotations
+
+from revgn_cli.config import ConfigError
+from revgn_cli.results.store import StoreError
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from revgn_cli.data import DataError
+
+    return (ConfigError, StoreError, DataError, HydraException, OmegaConfBaseException, FileNotFoundError,
+            PermissionError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of the error and of its cause (Hydra hides the useful part in ``__cause__``)."""
+    parts = []
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen and len(parts) < 3:
+        seen.add(id(e))
+        text = str(e).strip().splitlines()
+        first = text[0].strip() if text else type(e).__name__
+        if first and first not in parts:
+            parts.append(first)
+        e = e.__cause__
+    return " — ".join(parts)

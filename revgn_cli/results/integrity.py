@@ -1,0 +1,88 @@
+"""``revgn runs --check`` / ``--clean``: find run directories that cannot be trusted, and only those."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from revgn_cli.results.loader import read_config
+from revgn_cli.results.store import ROW_KEYS, STATUSES, RunDir, StoreError
+
+
+@dataclass
+class Problem:
+    path: Path
+    reason: str
+
+
+def _check_run(run: RunDir) -> str | None:
+    """Why this run dir is corrupt, or None when config, meta, rows and status agree."""
+    from omegaconf import OmegaConf
+
+    from revgn_cli.config import Config
+
+    try:
+        cfg = read_config(run)
+        OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    except StoreError as e:
+        return str(e)
+    except Exception as e:  # schema mismatch: unknown key, wrong type
+        return f"config.yaml does not match the schema: {str(e).splitlines()[0]}"
+    try:
+        meta = run.read_meta()
+    except StoreError as e:
+        return str(e)
+    status = meta.get("status")
+    if status not in STATUSES:
+        return f"meta.json has no valid status ({status!r})"
+    if not run.metrics_path.exists():
+        return None if status in ("running", "failed", "interrupted") else f"status {status} but no metrics.parquet"
+    try:
+        rows = run.read_rows()
+    except StoreError as e:
+        return str(e)
+    missing = [k for k in ROW_KEYS if k not in rows.columns]
+    if missing:
+        return f"metrics.parquet lacks columns {missing}"
+    if status == "done":
+        epochs = cfg.get("train", {}).get("epochs")
+        last = rows.loc[rows["split"] == "epoch", "epoch"].max() if len(rows) else None
+        if epochs is not None and (last is None or int(last) != int(epochs)):
+            return f"status done but the rows end at epoch {last} of {epochs}"
+    if status == "running" and not run.lock().held_elsewhere():
+        return "status running but no process holds it (killed?): `revgn train` with its config resumes it"
+    return None
+
+
+def check_runs(results_dir: str | Path) -> list[Problem]:
+    """Every corrupt run dir, orphaned directory and stale temporary file under ``results_dir``."""
+    root = Path(results_dir)
+    problems: list[Problem] = []
+    if not root.is_dir():
+        return problems
+    for exp in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for d in sorted(p for p in exp.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            run = RunDir(d)
+            if not run.meta_path.exists() and not run.config_path.exists():
+                problems.append(Problem(d, "orphaned directory (no config.yaml, no meta.json)"))
+                continue
+            reason = _check_run(run)
+            if reason:
+                problems.append(Problem(d, reason))
+            for tmp in d.rglob(".*.tmp"):
+                problems.append(Problem(tmp, "leftover temporary file of an interrupted write"))
+    return problems
+
+
+def clean_runs(problems: list[Problem]) -> int:
+    """Delete exactly the flagged paths (a stale `running` run is resumable, so it is kept); return how many."""
+    removed = 0
+    for p in problems:
+        if p.reason.startswith("status running but no process"):
+            continue
+        if p.path.is_dir():
+            shutil.rmtree(p.path)
+        else:
+            p.path.unlink(missing_ok=True)
+        removed += 1
+    return removed

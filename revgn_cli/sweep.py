@@ -1,0 +1,78 @@
+"""``revgn sweep``: expand and check the grid up front, then hand it to Hydra's multirun and its launcher.
+
+Hydra does the launching (basic, joblib, submitit_slurm); revgn only composes every combination first so that a
+typo fails in one clear line before any job starts, and so ``--dry-run`` and ``revgn reproduce`` can list the
+runs (and which already exist) without training.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from revgn_cli.config import Config, ConfigError, compose_config, conf_dir, VERSION_BASE
+
+
+@dataclass
+class Job:
+    overrides: list[str]
+    cfg: Config
+
+
+def _compose_hydra_params(plain: list[str]) -> dict[str, str]:
+    """The grid a preset declares under ``hydra.sweeper.params`` (e.g. conf/experiment/fig1.yaml)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
+        node = compose(config_name="config", overrides=plain, return_hydra_config=True)
+    params = OmegaConf.select(node, "hydra.sweeper.params") or {}
+    return {str(k): str(v) for k, v in params.items()}
+
+
+def expand(overrides: list[str]) -> list[Job]:
+    """Every job of the sweep, composed and validated, in Hydra's order (cartesian product)."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(list(overrides))
+    plain = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    grid: dict[str, str] = _compose_hydra_params(plain)
+    for o in parsed:
+        if o.is_sweep_override():
+            grid[o.get_key_element()] = o.input_line.split("=", 1)[1]
+    axes: list[list[str]] = []
+    for key, value in grid.items():
+        ov = parser.parse_overrides([f"{key}={value}"])[0]
+        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        if not values:
+            raise ConfigError(f"sweep over {key} has no values")
+        axes.append([f"{key}={v}" for v in values])
+    jobs = []
+    for combo in itertools.product(*axes) if axes else [()]:
+        # Grid values come after the plain overrides, as in Hydra's BasicSweeper.
+        ovs = plain + list(combo)
+        jobs.append(Job(ovs, compose_config(ovs)))
+    return jobs
+
+
+def launch(overrides: list[str], *, force: bool = False, quiet: bool = False) -> list[dict]:
+    """Run ``python -m revgn_cli.sweep_app --multirun ...`` and return each job's report record."""
+    with tempfile.TemporaryDirectory(prefix="revgn-sweep-") as tmp:
+        report = Path(tmp) / "report.jsonl"
+        env = dict(os.environ, REVGN_SWEEP_REPORT=str(report), REVGN_FORCE="1" if force else "0",
+                   HYDRA_FULL_ERROR="0")
+        cmd = [sys.executable, "-m", "revgn_cli.sweep_app", "--multirun", *overrides]
+        proc = subprocess.run(cmd, env=env, capture_output=quiet, text=True)
+        records = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+        if proc.returncode != 0 and not records:
+            detail = (proc.stderr or "").strip().splitlines()[-1:] if quiet else []
+            raise RuntimeError("the Hydra multirun failed before any job ran" + (f": {detail[0]}" if detail else ""))
+        return records

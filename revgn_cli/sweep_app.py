@@ -1,0 +1,58 @@
+"""The ``@hydra.main`` application behind ``revgn sweep`` (DESIGN §8: multirun and launchers need it).
+
+Run as ``python -m revgn_cli.sweep_app --multirun OVERRIDES...``. Each job composes its config, runs it through
+``execute`` (so finished runs are skipped and unfinished ones resume), and never raises: a failure is recorded in
+the run's meta.json and in the sweep report, and the sweep goes on with the next job.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from revgn_cli.config import VERSION_BASE, conf_dir
+
+
+def _report(record: dict) -> None:
+    path = os.environ.get("REVGN_SWEEP_REPORT")
+    line = json.dumps(record, default=str)
+    if path:
+        # One short O_APPEND write per job: safe with parallel joblib workers on a local filesystem.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+    print(f"[revgn sweep] {line}", flush=True)
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="config", version_base=VERSION_BASE)
+def app(node: DictConfig) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    from revgn_cli.config import run_id, to_config
+    from revgn_cli.train.runner import execute
+
+    overrides = list(HydraConfig.get().overrides.task)
+    try:
+        cfg = to_config(node)
+    except Exception as e:  # a bad combination: report it, keep sweeping
+        _report({"status": "invalid", "overrides": overrides, "error": str(e).splitlines()[0]})
+        return "invalid"
+    rid = run_id(cfg)
+    try:
+        out = execute(cfg, force=os.environ.get("REVGN_FORCE") == "1")
+        _report({"status": out.status, "run_id": rid, "experiment": cfg.exp_name, "overrides": overrides,
+                 "final": out.final})
+        return out.status
+    except Exception as e:  # recorded as `failed` in meta.json by execute
+        _report({"status": "failed", "run_id": rid, "experiment": cfg.exp_name, "overrides": overrides,
+                 "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+        return "failed"
+
+
+if __name__ == "__main__":
+    sys.exit(app())

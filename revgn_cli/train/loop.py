@@ -1,0 +1,323 @@
+"""The one training loop every optimiser runs through (config → data → model → optimiser → rows).
+
+``train_run`` trains the run described by a ``Config`` into its ``RunDir``: it resumes from the last checkpoint
+when there is one, logs one row per update (``split="step"``) and one per evaluation (``split="epoch"``, epoch 0 =
+at init), checkpoints every ``train.checkpoint_every`` epochs and on SIGINT/SIGTERM, and stops a diverging run.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Protocol
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from revgn_cli.config import Config, ConfigError, OptimizerConfig, conf_dir
+from revgn_cli.data import Dataset, load_dataset, make_augment
+from revgn_cli.models import RevMLP
+from revgn_cli.optim import batch_loss, make_optimizer
+from revgn_cli.results.store import RunDir, atomic_write_bytes
+from revgn_cli.train.evaluate import evaluate
+from revgn_cli.train.runtime import epoch_generator, resolve_dtype, rng_state, seed_everything, set_rng_state
+
+
+class Reporter(Protocol):
+    """Progress sink (the CLI passes a rich progress bar; tests pass nothing)."""
+
+    def start(self, total_steps: int, done_steps: int, description: str) -> None: ...
+    def advance(self, step: int, epoch: float, loss: float) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullReporter:
+    def start(self, total_steps: int, done_steps: int, description: str) -> None: ...
+    def advance(self, step: int, epoch: float, loss: float) -> None: ...
+    def finish(self) -> None: ...
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was written at the last update boundary."""
+
+
+class Diverged(Exception):
+    pass
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the model and optimiser tensors."""
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # completed batches of epoch `epoch` (mid-epoch checkpoints on a signal)
+    step: int = 0  # global number of updates
+    phase: int = 0  # index into the optimiser phases (fig7 switch, spawned linearised continuation)
+    running_sum: float = 0.0  # sum of pre-update batch losses this epoch (mini-batch running train loss)
+    running_n: int = 0
+    initial_loss: float = float("nan")
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Phase:
+    start_epoch: int
+    optimizer: OptimizerConfig
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def preset_optimizer(name: str) -> OptimizerConfig:
+    """The optimiser group's preset (conf/optimizer/<name>.yaml) as a typed config: the defaults of a switch."""
+    node = OmegaConf.merge(OmegaConf.structured(OptimizerConfig), OmegaConf.load(conf_dir() / "optimizer" / f"{name}.yaml"))
+    return OmegaConf.to_object(node)
+
+
+def phases(cfg: Config) -> list[Phase]:
+    """The optimiser schedule: one phase, or a switch at ``train.switch_epoch`` (paper Fig. 7), or a linearised
+    continuation from ``train.spawn_epoch`` (Fort et al. 2020's data-dependent NTK)."""
+    out = [Phase(0, cfg.optimizer)]
+    t = cfg.train
+    if t.switch_epoch is not None and t.switch_to is not None:
+        nxt = preset_optimizer(t.switch_to)
+        if t.switch_lr is not None:
+            nxt = replace(nxt, lr=t.switch_lr)
+        out.append(Phase(t.switch_epoch, nxt))
+    if t.spawn_epoch is not None:
+        lin = replace(preset_optimizer("linearised"), inner=cfg.optimizer.inner,
+                      lr=t.switch_lr if t.switch_lr is not None else preset_optimizer("linearised").lr,
+                      relinearise_every=None)
+        out.append(Phase(t.spawn_epoch, lin))
+    return sorted(out, key=lambda p: p.start_epoch)
+
+
+def current_phase(plan: list[Phase], epoch: int) -> int:
+    idx = 0
+    for i, p in enumerate(plan):
+        if epoch >= p.start_epoch:
+            idx = i
+    return idx
+
+
+def build_model(cfg: Config, data: Dataset, device: torch.device, dtype: torch.dtype) -> RevMLP:
+    m = cfg.model
+    model = RevMLP(data.d, m.n_blocks, m.hidden, n_classes=data.n_classes, init_std=m.init_std,
+                   first_block_linear=m.first_block_linear, seed=cfg.seed)
+    return model.to(device=device, dtype=dtype)
+
+
+def select_train(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor]:
+    """The samples training sees: the fixed subset of N (full batch) or the whole train set (mini-batch)."""
+    n_all = data.x_train.shape[0]
+    r = cfg.regime
+    if r.name == "full_batch":
+        if r.n_samples > n_all:
+            raise ConfigError(f"regime.n_samples={r.n_samples} exceeds the {n_all} training samples of {data.name}")
+        if r.subset == "first":
+            idx = torch.arange(r.n_samples)
+        else:
+            idx = torch.randperm(n_all, generator=torch.Generator().manual_seed(cfg.seed))[: r.n_samples]
+        return data.x_train[idx], data.y_train[idx]
+    if r.batch_size > n_all:
+        raise ConfigError(f"regime.batch_size={r.batch_size} exceeds the {n_all} training samples of {data.name}")
+    return data.x_train, data.y_train
+
+
+def batches_of_epoch(cfg: Config, n: int, epoch: int) -> list[Tensor]:
+    if cfg.regime.name == "full_batch":
+        return [torch.arange(n)]
+    perm = torch.randperm(n, generator=epoch_generator(cfg.seed, epoch))
+    return list(torch.split(perm, cfg.regime.batch_size))
+
+
+def _onehot(y: Tensor, c: int, dtype: torch.dtype) -> Tensor:
+    return torch.nn.functional.one_hot(y, c).to(dtype)
+
+
+class _SignalFlag:
+    """SIGINT/SIGTERM set a flag the loop checks at each update boundary (a second SIGINT interrupts at once)."""
+
+    def __init__(self) -> None:
+        self.hit: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.hit is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.hit = signum
+
+    def __enter__(self) -> "_SignalFlag":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handler)
+            except ValueError:  # not the main thread (e.g. a joblib worker thread): leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class TrainData:
+    """The tensors one run trains and evaluates on, on its device and in its dtype."""
+
+    data: Dataset
+    x_tr: Tensor
+    y_tr: Tensor
+    x_te: Tensor
+    y_te: Tensor
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None
+
+
+def prepare_data(cfg: Config, device: torch.device) -> TrainData:
+    """Load and select the data, and check every size that depends on it — before any run dir is touched."""
+    dtype = resolve_dtype(cfg.precision)
+    data = load_dataset(cfg.dataset.name, cfg.dataset.root)
+    x_tr, y_tr = select_train(cfg, data)
+    augment = make_augment(data.name, cfg.dataset.augment) if cfg.dataset.augment not in (None, "none") else None
+    m = cfg.metrics
+    if m.every > 0 and m.ntk and m.probe_size > x_tr.shape[0]:
+        raise ConfigError(f"metrics.probe_size={m.probe_size} exceeds the {x_tr.shape[0]} training samples used")
+    return TrainData(data, x_tr.to(device, dtype), y_tr.to(device), data.x_test.to(device, dtype),
+                     data.y_test.to(device), augment)
+
+
+def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, reporter: Reporter | None = None,
+              resume: bool = True) -> tuple[str, TrainState]:
+    """Train ``cfg`` into ``run``; return (status, final state) with status ``done`` or ``diverged``.
+
+    Raises ``Interrupted`` after checkpointing on SIGINT/SIGTERM; any other exception propagates (the caller
+    marks the run ``failed``; its last checkpoint stays for a resume).
+    """
+    reporter = reporter or NullReporter()
+    dtype = resolve_dtype(cfg.precision)
+    seed_everything(cfg.seed)
+    data, x_tr, y_tr, x_te, y_te, augment = td.data, td.x_tr, td.y_tr, td.x_te, td.y_te, td.augment
+    C = data.n_classes
+    m = cfg.metrics
+
+    model = build_model(cfg, data, device, dtype)
+    plan = phases(cfg)
+    tracker = None
+    if m.every > 0 and (m.ntk or m.cka != "off" or m.weights):
+        from revgn_cli.metrics import DiagnosticsTracker
+
+        tracker = DiagnosticsTracker(model, x_tr[: m.probe_size], x_tr[: min(m.cka_probe_size, x_tr.shape[0])],
+                                     ntk=m.ntk and m.probe_size > 0, cka=m.cka, weights=m.weights)
+
+    def make_opt(phase: int):
+        opt_cfg = plan[phase].optimizer
+        return make_optimizer(model, asdict(opt_cfg), asdict(cfg.regularizer), loss=cfg.train.loss)
+
+    st = TrainState()
+    if resume and run.ckpt_path.exists():
+        ck = load_checkpoint(run)
+        model.load_state_dict(ck["model"])
+        st = TrainState(**ck["state"])
+        opt = make_opt(st.phase)
+        opt.load_state_dict(ck["optimizer"])
+        if tracker is not None and ck.get("tracker") is not None:
+            tracker.load_state_dict(ck["tracker"])
+        set_rng_state(ck["rng"])
+    else:
+        opt = make_opt(0)
+
+    n_tr = x_tr.shape[0]
+    steps_per_epoch = len(batches_of_epoch(cfg, n_tr, 0))
+    total = cfg.train.epochs * steps_per_epoch
+    reporter.start(total, st.step, f"{cfg.optimizer.name} · {data.name} · {cfg.regime.name}")
+
+    def save() -> None:
+        run.write_rows(st.rows)
+        save_checkpoint(run, model, opt, tracker, st)
+
+    def eval_row(epoch: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"run_id": run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
+        if epoch == 0 or epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
+            row["train_loss"], row["train_acc"] = evaluate(model, x_tr, y_tr, C, cfg.train.loss, cfg.train.eval_chunk)
+            row["test_loss"], row["test_acc"] = evaluate(model, x_te, y_te, C, cfg.train.loss, cfg.train.eval_chunk)
+        if st.running_n:
+            row["train_loss_running"] = st.running_sum / st.running_n
+        if tracker is not None and (epoch % m.every == 0 or epoch == cfg.train.epochs):
+            row.update(tracker.compute(model, float(epoch)))
+        for k, v in getattr(opt, "stats", {}).items():
+            row[k] = float(v)
+        row["phase"] = float(st.phase)
+        return row
+
+    status = "done"
+    with _SignalFlag() as sig:
+        if st.step == 0 and not st.rows:
+            first = eval_row(0)
+            st.initial_loss = first["train_loss"]
+            st.rows.append(first)
+            save()
+        try:
+            while st.epoch < cfg.train.epochs:
+                ph = current_phase(plan, st.epoch)
+                if ph != st.phase:
+                    st.phase = ph
+                    opt = make_opt(ph)
+                order = batches_of_epoch(cfg, n_tr, st.epoch)
+                for bi in range(st.batch, len(order)):
+                    idx = order[bi].to(device)
+                    xb, tb = x_tr[idx], _onehot(y_tr[idx], C, dtype)
+                    if augment is not None:
+                        xb = augment(xb, epoch_generator(cfg.seed + 1, st.step))
+                    loss_before = float(opt.step(xb, tb))
+                    st.step += 1
+                    st.batch = bi + 1
+                    row: dict[str, Any] = {"run_id": run.run_id, "epoch": st.epoch + (bi + 1) / len(order),
+                                           "step": st.step, "split": "step", "batch_loss": loss_before}
+                    if m.loss_change:
+                        from revgn_cli.metrics import loss_change_pct
+
+                        with torch.no_grad():
+                            after = float(batch_loss(model(xb), tb, cfg.train.loss))
+                        row["batch_loss_after"] = after
+                        row["loss_change_pct"] = loss_change_pct(loss_before, after)
+                    st.rows.append(row)
+                    st.running_sum += loss_before
+                    st.running_n += 1
+                    reporter.advance(st.step, row["epoch"], loss_before)
+                    if not math.isfinite(loss_before) or loss_before > cfg.train.diverge_factor * st.initial_loss:
+                        raise Diverged(f"loss {loss_before:.4g} at step {st.step}")
+                    if sig.hit is not None:
+                        save()
+                        raise Interrupted(f"signal {sig.hit} at step {st.step}")
+                st.epoch += 1
+                st.rows.append(eval_row(st.epoch))
+                st.batch, st.running_sum, st.running_n = 0, 0.0, 0
+                if st.epoch % cfg.train.checkpoint_every == 0 or st.epoch == cfg.train.epochs:
+                    save()
+                else:
+                    run.write_rows(st.rows)
+        except Diverged:
+            status = "diverged"
+            run.write_rows(st.rows)
+        finally:
+            reporter.finish()
+    return status, st
+
+
+def save_checkpoint(run: RunDir, model: torch.nn.Module, opt: Any, tracker: Any, st: TrainState) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "tracker": tracker.state_dict() if tracker is not None else None,
+                "state": asdict(st), "rng": rng_state()}, buf)
+    atomic_write_bytes(run.ckpt_path, buf.getvalue())
+
+
+def load_checkpoint(run: RunDir) -> dict[str, Any]:
+    from revgn_cli.results.store import StoreError
+
+    try:
+        return torch.load(run.ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise StoreError(f"unreadable checkpoint {run.ckpt_path}: {str(e).splitlines()[0]} "
+                         f"(rerun with --force to start the run afresh)") from e

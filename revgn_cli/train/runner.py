@@ -1,0 +1,107 @@
+"""One job, end to end: config → run dir (lock, meta, config.yaml) → training loop → status.
+
+Used by ``revgn train`` (compose API) and by every sweep job (``revgn_cli.sweep_app``), so both skip finished
+runs, resume interrupted ones and record the same provenance.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from revgn_cli.config import Config, config_dict, run_id
+from revgn_cli.results.store import RunDir, check_writable
+from revgn_cli.train.loop import Interrupted, Reporter, prepare_data, train_run
+from revgn_cli.train.runtime import resolve_device
+
+FINISHED = ("done", "diverged")
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    path: Path
+    status: str  # done | diverged | skipped | interrupted | failed
+    resumed: bool = False
+    final: dict[str, Any] | None = None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_dir_for(cfg: Config) -> RunDir:
+    return RunDir(Path(cfg.results_dir).expanduser() / cfg.exp_name / run_id(cfg))
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = None) -> RunOutcome:
+    """Run one configured job. Finished runs are skipped unless ``force``; unfinished ones resume."""
+    check_writable(cfg.results_dir)
+    device = resolve_device(cfg.device)  # fail fast, before touching the run dir
+    run = run_dir_for(cfg)
+    meta = run.read_meta()
+    if meta.get("status") in FINISHED and not force:  # finished is final: no lock or data needed to skip
+        return RunOutcome(run.run_id, run.path, "skipped", final=meta.get("final"))
+    td = prepare_data(cfg, device)  # bad data or sizes fail here, before anything is written
+    with run.lock():
+        meta = run.read_meta()  # again, under the lock: another job may have finished it meanwhile
+        if meta.get("status") in FINISHED and not force:
+            return RunOutcome(run.run_id, run.path, "skipped", final=meta.get("final"))
+        if force:
+            for p in (run.ckpt_dir, run.metrics_path):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        resumed = run.ckpt_path.exists()
+        run.path.mkdir(parents=True, exist_ok=True)
+        from revgn_cli.results.store import atomic_write_text
+
+        atomic_write_text(run.config_path, yaml.safe_dump(config_dict(cfg), sort_keys=False))
+        run.write_meta(status="running", run_id=run.run_id, experiment=cfg.exp_name, seed=cfg.seed,
+                       device=str(device), torch=torch.__version__, python=platform.python_version(),
+                       host=platform.node(), pid=os.getpid(), git_commit=git_commit(),
+                       started=meta.get("started", _now()), resumed=resumed or meta.get("resumed", False),
+                       error=None)
+        t0 = time.time()
+        prior_wall = float(meta.get("wall_s", 0.0) or 0.0)
+        try:
+            final_status, st = train_run(cfg, run, device, td, reporter)
+        except Interrupted as e:
+            run.write_meta(status="interrupted", error=str(e), wall_s=prior_wall + time.time() - t0)
+            raise
+        except BaseException as e:
+            run.write_meta(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                           traceback=traceback.format_exc(limit=8), wall_s=prior_wall + time.time() - t0)
+            raise
+        final = summarise(st.rows)
+        run.write_meta(status=final_status, finished=_now(), wall_s=prior_wall + time.time() - t0,
+                       epochs_done=st.epoch, steps_done=st.step, final=final)
+        return RunOutcome(run.run_id, run.path, final_status, resumed=resumed, final=final)
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Last logged value of the headline metrics (for `revgn runs`)."""
+    out: dict[str, float] = {}
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        for row in reversed(rows):
+            if row.get("split") == "epoch" and key in row:
+                out[key] = float(row[key])
+                break
+    return out

@@ -1,0 +1,48 @@
+"""Device, dtype and RNG set-up shared by every command."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from revgn_cli.config import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available (use device=auto or device=cpu)")
+    return torch.device(name)
+
+
+def resolve_dtype(precision: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[precision]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator for epoch ``epoch``'s batch order, independent of everything else: resumes reproduce it."""
+    return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,103 @@
+"""End-to-end CLI tests through Typer's runner on tiny digits configs."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from revgn_cli.cli import app
+from revgn_cli.results import load_runs, run_summaries
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["--quiet", *args])
+
+
+def only_run(results):
+    runs = run_summaries(results)
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.parametrize("opt", ["gn", "adam", "sgd"])
+def test_train_writes_a_valid_run_dir(tiny, results, opt):
+    r = invoke("train", f"optimizer={opt}", *tiny)
+    assert r.exit_code == 0, r.output
+    run = only_run(results)
+    assert run["status"] == "done" and run["optimizer.name"] == opt
+    d = results / "default" / run["run_id"]
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    assert cfg["optimizer"]["name"] == opt and cfg["dataset"]["name"] == "digits"
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["status"] == "done" and meta["device"] == "cpu" and meta["seed"] == 42 and meta["torch"]
+    rows = pd.read_parquet(d / "metrics.parquet")
+    assert list(rows.columns[:4]) == ["run_id", "epoch", "step", "split"]
+    ep = rows[rows.split == "epoch"]
+    assert list(ep.epoch) == [0.0, 1.0, 2.0]
+    for col in ("train_loss", "train_acc", "test_loss", "test_acc", "ntk_sim_init", "cka_block1", "cka_block2",
+                "wcos_F1", "wcos_G2"):
+        assert ep[col].notna().all(), col
+    steps = rows[rows.split == "step"]
+    assert len(steps) == 2 * 6  # 1347 train samples / 256 → 6 batches (last one kept)
+    assert steps["loss_change_pct"].notna().all()
+    assert steps.step.tolist() == list(range(1, 13))
+
+
+def test_rerun_is_skipped_and_force_retrains(tiny, results):
+    assert invoke("train", *tiny).exit_code == 0
+    r = invoke("train", *tiny)
+    assert r.exit_code == 0 and "skipped" in r.output
+    r = invoke("train", "--force", *tiny)
+    assert r.exit_code == 0 and "done" in r.output
+    assert len(run_summaries(results)) == 1
+
+
+def test_mnist5k_full_batch_run(results):
+    r = invoke("train", "dataset=mnist5k", "model=tiny", "regime.n_samples=256", "train.epochs=2",
+               "metrics.probe_size=4", "metrics.cka_probe_size=32", f"results_dir={results}")
+    assert r.exit_code == 0, r.output
+    df = load_runs(results)
+    assert set(df["dataset.name"]) == {"mnist5k"}
+    ep = df[df.split == "epoch"]
+    assert ep.train_loss.iloc[-1] < ep.train_loss.iloc[0]
+
+
+def test_runs_lists_and_filters(tiny, results):
+    assert invoke("train", "optimizer=sgd", *tiny).exit_code == 0
+    assert invoke("train", "optimizer=adam", *tiny).exit_code == 0
+    r = invoke("runs", "--results", str(results))
+    assert r.exit_code == 0 and "2 run(s)" in r.output and "sgd" in r.output and "adam" in r.output
+    r = invoke("runs", "--results", str(results), "optimizer.name=adam")
+    assert "1 run(s)" in r.output and "adam" in r.output
+
+
+def test_sweep_basic_launcher_makes_four_runs(tiny, results):
+    r = invoke("sweep", *tiny, "optimizer=sgd", "optimizer.lr=0.1,0.01", "model.init_std=1e-2,1e-3")
+    assert r.exit_code == 0, r.output
+    runs = run_summaries(results)
+    assert len(runs) == 4 and {x["status"] for x in runs} == {"done"}
+    assert {(x["optimizer.lr"], x["model.init_std"]) for x in runs} == {(0.1, 1e-2), (0.1, 1e-3), (0.01, 1e-2), (0.01, 1e-3)}
+    # a second sweep skips all four
+    r = invoke("sweep", *tiny, "optimizer=sgd", "optimizer.lr=0.1,0.01", "model.init_std=1e-2,1e-3")
+    assert r.exit_code == 0 and "4 skipped" in r.output
+
+
+def test_sweep_joblib_launcher_runs_in_parallel(tiny, results):
+    r = invoke("sweep", *tiny, "optimizer=sgd", "optimizer.lr=0.1,0.01", "model.init_std=1e-2,1e-3",
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert r.exit_code == 0, r.output
+    runs = run_summaries(results)
+    assert len(runs) == 4 and {x["status"] for x in runs} == {"done"}
+    pids = {x["meta.pid"] for x in runs}
+    assert len(pids) == 2  # two worker processes shared the four jobs
+
+
+def test_sweep_dry_run_lists_jobs(tiny, results):
+    r = invoke("sweep", "--dry-run", *tiny, "optimizer.lr=0.1,0.01,0.001")
+    assert r.exit_code == 0 and "3 job(s)" in r.output
+    assert not results.exists() or not run_summaries(results)

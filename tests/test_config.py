@@ -1,0 +1,50 @@
+"""Config composition: presets, overrides, validation, run ids."""
+import math
+
+import pytest
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from revgn_cli.config import ConfigError, compose_config, run_id
+
+
+def test_defaults_compose():
+    cfg = compose_config([])
+    assert cfg.dataset.name == "mnist5k" and cfg.optimizer.name == "gn" and cfg.regime.name == "full_batch"
+    assert cfg.regularizer.name == "truncation" and cfg.regularizer.rtol == 1e-2 and cfg.regularizer.atol == 1e-5
+    assert cfg.model.hidden == 1024 and cfg.model.init_std == 1e-3
+
+
+@pytest.mark.parametrize("group,name,lr", [("optimizer", "adam", 1e-4), ("optimizer", "sgd", 0.1), ("optimizer", "gn", 0.5)])
+def test_optimizer_presets(group, name, lr):
+    cfg = compose_config([f"{group}={name}"])
+    assert cfg.optimizer.name == name and math.isclose(cfg.optimizer.lr, lr)
+
+
+def test_no_bottleneck_and_null():
+    assert compose_config(["model.hidden=null"]).model.hidden is None
+    assert compose_config(["model=no_bottleneck"]).model.hidden is None
+
+
+@pytest.mark.parametrize("bad,exc", [
+    (["optimizer.lrr=1"], HydraException),          # unknown key
+    (["optimizer.lr=abc"], (HydraException, OmegaConfBaseException)),  # wrong type
+    (["optimizer=nope"], HydraException),           # unknown group option
+    (["nogroup=x"], HydraException),                # unknown group
+    (["optimizer.lr=nan"], ConfigError),
+    (["model.n_blocks=0"], ConfigError),
+    (["regime.batch_size=-4"], ConfigError),
+    (["regularizer.name=magic"], ConfigError),
+    (["train.switch_epoch=5"], ConfigError),        # switch without a target
+])
+def test_bad_overrides_raise(bad, exc):
+    with pytest.raises(exc):
+        compose_config(bad)
+
+
+def test_run_id_stable_and_sensitive():
+    a = run_id(compose_config(["optimizer.lr=0.1"]))
+    assert a == run_id(compose_config(["optimizer.lr=0.1"]))
+    assert a != run_id(compose_config(["optimizer.lr=0.2"]))
+    # where output goes does not change the identity of a run
+    assert a == run_id(compose_config(["optimizer.lr=0.1", "results_dir=/tmp/elsewhere", "device=cpu"]))

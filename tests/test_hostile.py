@@ -1,0 +1,159 @@
+"""Hostile inputs: every bad override or file gives one clear error line, a non-zero exit, no traceback, and
+leaves existing results untouched."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from revgn_cli.cli import app
+
+runner = CliRunner()
+BASE = ["optimizer=sgd", "dataset=digits", "model=tiny", "regime.n_samples=128", "train.epochs=1", "metrics.every=0", "device=cpu"]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and ".lock" not in p.name}
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory):
+    """A results dir holding one finished run that no bad command may change."""
+    res = tmp_path_factory.mktemp("hostile") / "results"
+    r = runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={res}"])
+    assert r.exit_code == 0, r.output
+    return res
+
+
+def assert_one_clear_error(result, *, contains: str | None = None) -> None:
+    assert result.exit_code not in (0, None), result.output
+    err_lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(err_lines) == 1, result.stderr
+    assert err_lines[0].startswith("error:"), err_lines
+    assert "Traceback" not in result.output
+    if contains:
+        assert contains.lower() in err_lines[0].lower(), err_lines[0]
+
+
+TRAIN_CASES = {
+    "unknown key": (["optimizer.lrr=1"], "lrr"),
+    "unknown nested key": (["model.width=3"], "width"),
+    "wrong type float": (["optimizer.lr=abc"], "optimizer.lr"),
+    "wrong type int": (["seed=abc"], "seed"),
+    "wrong type bool": (["model.first_block_linear=maybe"], "first_block_linear"),
+    "unknown group option": (["optimizer=nope"], "optimizer/nope"),
+    "unknown group": (["nogroup=x"], "nogroup"),
+    "negative blocks": (["model.n_blocks=-1"], "model.n_blocks"),
+    "negative width": (["model.hidden=-5"], "model.hidden"),
+    "zero batch size": (["regime.batch_size=0"], "regime.batch_size"),
+    "negative epochs": (["train.epochs=-1"], "train.epochs"),
+    "lr nan": (["optimizer.lr=nan"], "optimizer.lr"),
+    "lr negative": (["optimizer.lr=-0.1"], "optimizer.lr"),
+    "lr inf": (["optimizer.lr=inf"], "optimizer.lr"),
+    "beta out of range": (["optimizer=adam", "optimizer.beta1=1.5"], "beta1"),
+    "unknown regulariser": (["regularizer.name=magic"], "regularizer.name"),
+    "truncation drops every singular value": (["regularizer.rtol=2"], "rtol"),
+    "unknown combine": (["optimizer.combine=avg"], "combine"),
+    "unknown precision": (["precision=float16"], "precision"),
+    "cuda without a GPU": (["device=cuda"], "cuda"),
+    "batch larger than dataset": (["regime=mini_batch", "regime.batch_size=100000"], "batch_size"),
+    "full-batch subset larger than dataset": (["regime.n_samples=100000"], "n_samples"),
+    "probe larger than dataset": (["metrics.every=1", "metrics.probe_size=5000"], "probe_size"),
+    "switch after the end": (["train.switch_epoch=50", "train.switch_to=adam"], "switch_epoch"),
+    "switch to unknown optimiser": (["train.switch_epoch=1", "train.switch_to=lbfgs"], "switch_to"),
+    "diverge factor zero": (["train.diverge_factor=0"], "diverge_factor"),
+    "escaping experiment name": (["exp_name=../evil"], "exp_name"),
+    "unknown dataset": (["dataset.name=imagenet"], "imagenet"),
+    "missing MNIST files": (["dataset=mnist"], "revgn data fetch"),
+    "augment on a non-CIFAR dataset": (["dataset.augment=crop"], "cifar"),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAIN_CASES))
+def test_train_rejects(name, existing, tmp_path):
+    if name == "cuda without a GPU":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    before = snapshot(existing)
+    bad, needle = TRAIN_CASES[name]
+    extra = [f"dataset.root={tmp_path / 'empty data root'}"] if "MNIST" in name else []
+    r = runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={existing}", *extra, *bad])
+    assert_one_clear_error(r, contains=needle)
+    assert snapshot(existing) == before
+
+
+def test_results_dir_not_writable(tmp_path):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a directory")
+    r = runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={blocker / 'results'}"])
+    assert_one_clear_error(r, contains="not writable")
+
+
+def test_paths_with_spaces_work(tmp_path):
+    res = tmp_path / "my results dir" / "with spaces"
+    r = runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={res}"])
+    assert r.exit_code == 0, r.output
+    assert list(res.glob("default/*/metrics.parquet"))
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (["optimizer.lr=choice()"], "empty choice"),
+    (["seed=range(5,5)"], "no values"),
+    (["optimizer.lrr=1,2"], "lrr"),
+    (["optimizer=gn,nope"], "nope"),
+])
+def test_sweep_rejects_before_running_anything(bad, needle, existing):
+    before = snapshot(existing)
+    r = runner.invoke(app, ["--quiet", "sweep", *BASE, f"results_dir={existing}", *bad])
+    assert_one_clear_error(r, contains=needle)
+    assert snapshot(existing) == before
+
+
+def test_truncated_parquet_is_flagged_and_cleaned(tmp_path):
+    res = tmp_path / "results"
+    assert runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={res}"]).exit_code == 0
+    pq = next(res.glob("default/*/metrics.parquet"))
+    pq.write_bytes(pq.read_bytes()[:100])
+    r = runner.invoke(app, ["runs", "--check", "--results", str(res)])
+    assert r.exit_code == 1 and "unreadable" in r.output
+    from revgn_cli.results import StoreError, load_runs
+
+    with pytest.raises(StoreError):
+        load_runs(res)
+    # --clean deletes exactly the flagged run, and only after confirmation
+    runner.invoke(app, ["runs", "--clean", "--results", str(res)], input="n\n")
+    assert pq.exists()
+    r = runner.invoke(app, ["runs", "--clean", "--yes", "--results", str(res)])
+    assert r.exit_code == 0 and not pq.exists()
+    assert runner.invoke(app, ["runs", "--check", "--results", str(res)]).exit_code == 0
+
+
+def test_truncated_checkpoint_gives_one_line(tmp_path):
+    res = tmp_path / "results"
+    ov = [*BASE, f"results_dir={res}", "train.epochs=2"]
+    assert runner.invoke(app, ["--quiet", "train", *ov]).exit_code == 0
+    run = next(p for p in res.glob("default/*") if p.is_dir())
+    ck = run / "checkpoints" / "last.pt"
+    ck.write_bytes(ck.read_bytes()[:50])
+    meta = run / "meta.json"
+    meta.write_text(meta.read_text().replace('"done"', '"failed"'))
+    before = snapshot(res)
+    r = runner.invoke(app, ["--quiet", "train", *ov])
+    assert_one_clear_error(r, contains="checkpoint")
+    assert "--force" in r.stderr
+    after = snapshot(res)
+    kept = lambda snap: {k: v for k, v in snap.items() if k.endswith((".parquet", ".pt"))}  # noqa: E731
+    assert kept(after) == kept(before)
+
+
+def test_fetch_unknown_dataset():
+    assert_one_clear_error(runner.invoke(app, ["--quiet", "data", "fetch", "imagenet"]), contains="imagenet")
+
+
+def test_runs_bad_filter(existing):
+    assert_one_clear_error(runner.invoke(app, ["runs", "--results", str(existing), "optimizer"]), contains="key=value")
