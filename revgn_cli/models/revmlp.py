@@ -115,7 +115,15 @@ class RevMLP(nn.Module):
             for i in range(n_blocks)
         )
         q, _ = torch.linalg.qr(torch.randn(d_in, n_classes, generator=gen, dtype=torch.float64))
+        # Kept in float64 and re-cast on every .to()/.double(): U stays orthonormal to machine precision of the
+        # target dtype, not to float32's (U⁺ = Uᵀ is what the GN pull-back relies on).
+        self._readout64 = q
         self.register_buffer("readout", q.to(torch.get_default_dtype()))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        super()._apply(fn, recurse)
+        self.readout = fn(self._readout64)
+        return self
 
     def features(self, x: Tensor) -> Tensor:
         """X_L ∈ ℝ^{n×d}: the output of the last block (the map GN inverts)."""

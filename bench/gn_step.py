@@ -1,0 +1,230 @@
+"""Wall time and peak memory of one optimiser step: exact GN vs Adam vs SGD vs gn_naive (issue 2 benchmark).
+
+Side by side in one process, on the same data and the same initial model: for each configuration every optimiser
+gets its own copy of the model and the rounds are interleaved (GN, Adam, SGD, GN, Adam, …), so a load spike on a
+shared machine hits all of them alike; the table reports the median over rounds. gn_naive (full Jacobian + float64
+lstsq) runs once per configuration where its Jacobian fits the memory budget, and on extra small sizes.
+
+Peak memory = the optimiser's footprint beyond the model and the batch: what it keeps between steps (.grad tensors
+and Adam's moments; nothing for GN) plus the increase of the peak during the step — the process' RSS high-water
+mark on CPU (Linux /proc/self/status VmHWM, reset through /proc/self/clear_refs), torch.cuda.max_memory_allocated
+above the pre-step allocation on CUDA. Approximate on CPU (page granularity, allocator behaviour).
+
+    python bench/gn_step.py --quick            # < 2 min on 2 CPU cores
+    python bench/gn_step.py                    # the full grid n∈{256,1024} × d∈{64,784} × h∈{1024,2048} × L∈{2,6}
+    python bench/gn_step.py --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from revgn_cli.models import RevMLP  # noqa: E402
+from revgn_cli.optim import gn_naive, make_optimizer  # noqa: E402
+
+GRID = list(itertools.product((256, 1024), (64, 784), (1024, 2048), (2, 6)))  # (n, d, h, L)
+QUICK = [(1024, 784, 2048, 2), (256, 784, 1024, 2), (1024, 64, 1024, 6)]
+NAIVE_EXTRA_FULL = [(16, 64, 256, 2), (32, 64, 256, 2), (64, 64, 256, 2)]
+NAIVE_EXTRA_QUICK = [(16, 64, 256, 2)]
+GN_OPT = ({"name": "gn", "lr": 0.5, "combine": "sum"}, {"name": "truncation", "rtol": 1e-2, "atol": 1e-5})
+ADAM_OPT = ({"name": "adam", "lr": 1e-4}, None)
+SGD_OPT = ({"name": "sgd", "lr": 0.1}, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# peak memory
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1])
+    return 0
+
+
+def _return_freed_memory_to_os() -> bool:
+    """glibc keeps freed blocks below a *dynamic* mmap threshold (up to 32 MiB) in its heap, so RSS would not show
+    a step's transient buffers once an earlier step has grown the heap. Fixing the threshold at 128 KiB makes every
+    large tensor its own mmap, returned to the OS on free: the RSS high-water mark then measures the step."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(libc.mallopt(m_trim_threshold, 128 * 1024))
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory increase (bytes) during a call, on CPU (RSS high-water mark) or CUDA (allocator peak)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu_ok = device.type == "cpu" and os.path.exists("/proc/self/clear_refs") and _return_freed_memory_to_os()
+
+    def measure(self, fn: Callable[[], object]) -> tuple[float, float]:
+        """(seconds, peak extra bytes or nan)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            return dt, float(torch.cuda.max_memory_allocated() - base)
+        if self.cpu_ok:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # reset VmHWM to the current RSS
+            base = _status_kib("VmRSS")
+            t = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t
+            return dt, 1024.0 * (_status_kib("VmHWM") - base)
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t, float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def persistent_bytes(opt) -> int:
+    """Memory an optimiser keeps between steps besides the model: .grad tensors and torch.optim state (Adam's two
+    moments); 0 for GN, which is stateless. Added to the in-step increase, which cannot see it."""
+    inner = getattr(opt, "optimizer", None)
+    if inner is None:
+        return 0
+    total = 0
+    for group in inner.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                total += p.grad.numel() * p.grad.element_size()
+            for v in inner.state.get(p, {}).values():
+                if torch.is_tensor(v):
+                    total += v.numel() * v.element_size()
+    return total
+
+
+def naive_bytes(n: int, d: int, h: int, L: int) -> int:
+    """Rough peak of gn_naive: the Jacobian in float32 (jacrev) + float64 copy + lstsq (gelsd) workspace copy."""
+    entries = n * d * L * d * (h + 1)
+    return entries * (4 + 8 + 8)
+
+
+def run_config(cfg, args, device, dtype, mem: PeakMemory, naive_only: bool = False) -> dict:
+    n, d, h, L = cfg
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=gen).to(device=device, dtype=dtype)
+    t = torch.nn.functional.one_hot(torch.randint(0, 10, (n,), generator=gen), 10).to(device=device, dtype=dtype)
+    base = RevMLP(d, L, h, seed=0).to(device=device, dtype=dtype)
+    row: dict = {"n": n, "d": d, "h": h, "L": L, "params": base.n_trainable()}
+    opts = {}
+    for name, (o, r) in (("gn", GN_OPT), ("adam", ADAM_OPT), ("sgd", SGD_OPT)):
+        model = copy.deepcopy(base)
+        opts[name] = make_optimizer(model, o, r)
+    times: dict[str, list[float]] = {k: [] for k in opts}
+    peaks: dict[str, float] = {k: 0.0 for k in opts}
+    for name, opt in opts.items():  # warm-up (allocator, lazy init, QR cache)
+        opt.step(x, t)
+    for _ in range(args.repeats):
+        for name, opt in opts.items():
+            held = persistent_bytes(opt)
+            dt, pk = mem.measure(lambda: opt.step(x, t))
+            times[name].append(dt)
+            peaks[name] = max(peaks[name], pk + held)
+    for name in opts:
+        row[f"{name}_s"] = statistics.median(times[name])
+        row[f"{name}_mem"] = peaks[name]
+    need = naive_bytes(n, d, h, L)
+    row["naive_s"], row["naive_mem"], row["naive_note"] = float("nan"), float("nan"), ""
+    if need > args.naive_mem_gb * 2**30:
+        row["naive_note"] = f"skip: J needs ~{need / 2**30:.0f} GiB"
+    else:
+        model = copy.deepcopy(base)
+        dt, pk = mem.measure(lambda: gn_naive(model, x, t))
+        row["naive_s"], row["naive_mem"] = dt, pk
+    return row
+
+
+def fmt_mem(b: float) -> str:
+    return "   n/a" if b != b else f"{b / 2**20:6.0f}"
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (f"{'n':>5} {'d':>4} {'h':>5} {'L':>2} {'|θ|':>9} │ {'GN s':>7} {'Adam s':>7} {'SGD s':>7} {'naive s':>8} │"
+            f" {'GN/Adam':>7} {'naive/GN':>8} │ {'GN MiB':>6} {'Adam':>6} {'SGD':>6} {'naive':>6}  note")
+    print(head)
+    print("─" * len(head))
+    for r in rows:
+        naive = "      -" if r["naive_s"] != r["naive_s"] else f"{r['naive_s']:8.3f}"
+        ratio = "       -" if r["naive_s"] != r["naive_s"] else f"{r['naive_s'] / r['gn_s']:8.0f}"
+        print(f"{r['n']:5d} {r['d']:4d} {r['h']:5d} {r['L']:2d} {r['params']:9d} │ {r['gn_s']:7.3f} {r['adam_s']:7.3f}"
+              f" {r['sgd_s']:7.3f} {naive:>8} │ {r['gn_s'] / r['adam_s']:7.2f} {ratio} │ {fmt_mem(r['gn_mem'])}"
+              f" {fmt_mem(r['adam_mem'])} {fmt_mem(r['sgd_mem'])} {fmt_mem(r['naive_mem'])}  {r['naive_note']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3 configurations (incl. the target) + 1 naive size")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds per config (default 3 quick, 5 full)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--naive-mem-gb", type=float, default=3.0, help="skip gn_naive above this estimated peak")
+    args = ap.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 5
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    dev = torch.device("cuda" if use_cuda else "cpu")
+    dtype = getattr(torch, args.dtype)
+    mem = PeakMemory(dev)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"# device: {name}; dtype {args.dtype}; torch {torch.__version__}; repeats {args.repeats} (median); "
+          f"load avg at start {load[0]:.2f}")
+    print("# GN = GaussNewton(lr 0.5, sum, truncation rtol 1e-2 atol 1e-5) — the paper preset; Adam/SGD = torch.optim"
+          " with backprop; naive = gn_naive (jacrev + float64 lstsq).")
+    if dev.type == "cpu" and torch.get_num_threads() > 1 and load[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"# WARNING: load {load[0]:.1f} on {os.cpu_count()} cores. Multi-threaded LAPACK eigh (GN's n×n solves)"
+              " slows down far more than BLAS under contention (5-20× measured): prefer --threads 1 here, or"
+              " OMP_WAIT_POLICY=PASSIVE.")
+    configs = QUICK if args.quick else GRID
+    extra = NAIVE_EXTRA_QUICK if args.quick else NAIVE_EXTRA_FULL
+    rows = []
+    t0 = time.perf_counter()
+    for cfg in [*extra, *configs]:
+        rows.append(run_config(cfg, args, dev, dtype, mem))
+        print(f"#   done n={cfg[0]} d={cfg[1]} h={cfg[2]} L={cfg[3]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    print()
+    print_table(rows)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"\n# total {time.perf_counter() - t0:.0f}s; load avg at end {load[0]:.2f}")
+    tgt = [r for r in rows if (r["n"], r["d"], r["h"], r["L"]) == (1024, 784, 2048, 2)]
+    if tgt:
+        print(f"# target GN/Adam ≤ 3 at n=1024 d=784 h=2048 L=2: {tgt[0]['gn_s'] / tgt[0]['adam_s']:.2f}")
+    nv = [r for r in rows if r["naive_s"] == r["naive_s"]]
+    if nv:
+        big = max(nv, key=lambda r: r["params"] * r["n"] * r["d"])
+        print(f"# target naive/GN ≥ 100 at the largest naive size (n={big['n']} d={big['d']} h={big['h']} "
+              f"L={big['L']}): {big['naive_s'] / big['gn_s']:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""RevMLP (DESIGN §1): exact inverse, parameter layout, the linear-in-θ structure GN relies on."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from revgn_cli.models import RevMLP
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small problems: one BLAS/LAPACK thread is as fast, and robust when other jobs share the (2-core) CPU
+    (multi-threaded eigh slowed down 5-20× under contention in our measurements)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _model(d, L, h, linear=True, seed=0, std=0.3):
+    return RevMLP(d, L, h, n_classes=min(10, d), init_std=std, first_block_linear=linear, seed=seed).double()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_inverse_float64_random_shapes(seed):
+    """inverse(features(x)) == x to 1e-12 in float64 for random d, L, h, both block types, hidden=None."""
+    g = torch.Generator().manual_seed(seed)
+    d = 2 * int(torch.randint(1, 40, (1,), generator=g))
+    L = int(torch.randint(1, 5, (1,), generator=g))
+    h = [None, int(torch.randint(1, 300, (1,), generator=g))][seed % 2]
+    for linear in (True, False):
+        # weights of std 1/√fan: every half-layer is an O(1) map, so the blocks change x by O(1)
+        m = _model(d, L, h, linear=linear, seed=seed, std=(h or d // 2) ** -0.5)
+        x = torch.randn(17, d, generator=g, dtype=torch.float64)
+        xl = m.features(x)
+        assert (xl - x).abs().max() > 0.1  # the blocks do something
+        err = (m.inverse(xl) - x).abs().max().item()
+        assert err < 1e-12 * max(1.0, xl.abs().max().item()), (d, L, h, linear, err)
+
+
+def test_block_outputs_and_logits_consistent():
+    m = _model(10, 3, 20)
+    x = torch.randn(5, 10, dtype=torch.float64)
+    outs = m.block_outputs(x)
+    assert len(outs) == 3 and torch.equal(outs[-1], m.features(x))
+    assert torch.allclose(m(x), m.features(x) @ m.readout)
+
+
+def test_parameter_layout_and_count():
+    """trainable() = [F.weight, F.bias, G.weight, G.bias] per block: 2 half-layers × L × (h·d/2 + d/2) numbers.
+
+    (DESIGN §1 writes 4·L·(h·d/2 + d/2), but its own paper sizes — 12.5M for MNIST, 147.5M for CIFAR-10 — are
+    L·d·(h+1), which is what the model has.)
+    """
+    d, L, h = 12, 3, 7
+    m = RevMLP(d, L, h)
+    ps = m.trainable()
+    assert len(ps) == 4 * L
+    assert [tuple(p.shape) for p in ps[:4]] == [(d // 2, h), (d // 2,), (d // 2, h), (d // 2,)]
+    assert m.n_trainable() == L * d * (h + 1) == 2 * L * (h * d // 2 + d // 2)
+    assert abs(2 * (784 * 8001) - 12.5e6) < 0.1e6 and abs(6 * 3072 * 8001 - 147.5e6) < 0.1e6  # paper sizes
+    m0 = RevMLP(d, 2, None)
+    assert tuple(m0.trainable()[0].shape) == (d // 2, d // 2)
+    # fixed tensors are buffers, not parameters
+    trained = {id(p) for p in ps}
+    assert all(id(p) in trained for p in m.parameters())
+    assert m.blocks[0].F.expand.shape == (d // 2, h) and not m.blocks[0].F.expand.requires_grad
+
+
+def test_readout_orthonormal_and_init():
+    m = RevMLP(64, 2, 128, n_classes=10, init_std=1e-3, seed=3)
+    u = m.readout.double()
+    assert torch.allclose(u.T @ u, torch.eye(10, dtype=torch.float64), atol=1e-6)
+    w = torch.cat([m.blocks[1].F.weight.flatten(), m.blocks[1].G.weight.flatten()])
+    assert abs(w.std().item() - 1e-3) < 1e-4
+    assert all((hl.bias == 0).all() for hl in m.half_layers())
+    same = RevMLP(64, 2, 128, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), same.state_dict().values()))
+
+
+def test_half_layer_is_linear_in_its_parameters():
+    """F(z) = Σ(z) W̃ with Σ = [σ(zC), 1]: the structure that makes GN tractable (DESIGN §1)."""
+    m = _model(8, 2, 16, linear=True)
+    z = torch.randn(5, 4, dtype=torch.float64)
+    for hl, linear in ((m.blocks[0].F, True), (m.blocks[1].G, False)):
+        assert hl.linear is linear
+        sig = torch.cat([hl.sigma(z), torch.ones(5, 1, dtype=torch.float64)], 1)
+        wt = torch.cat([hl.weight.T, hl.bias[None]], 0)
+        assert torch.allclose(hl(z), sig @ wt, atol=1e-12)
+    # first block linear: F(a z) - b = a (F(z) - b); ReLU blocks are not linear in z
+    f = m.blocks[0].F
+    assert torch.allclose(f(-2 * z) - f.bias, -2 * (f(z) - f.bias), atol=1e-12)
+    g = m.blocks[1].F
+    assert not torch.allclose(g(-2 * z) - g.bias, -2 * (g(z) - g.bias), atol=1e-6)
+
+
+def test_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        RevMLP(7, 2, 8)
+    with pytest.raises(ValueError):
+        RevMLP(8, 0, 8)
