@@ -91,6 +91,9 @@ class TrainConfig:
     switch_to: Optional[str] = None  # gn | adam | sgd
     switch_lr: Optional[float] = None
     spawn_epoch: Optional[int] = None  # data-dependent NTK: train fully to this epoch, then linearised about θ_t
+    data_seed: Optional[int] = None  # seed of the batch order (and augmentation); None = `seed`
+    init_from: Optional[str] = None  # start from another run's weights: a checkpoint .pt file (e.g. epoch_10.pt)
+    keep_checkpoints: list[int] = field(default_factory=list)  # also keep checkpoints/epoch_<e>.pt at these epochs
 
 
 @dataclass
@@ -202,6 +205,9 @@ def validate(cfg: Config) -> Config:
         v = _get(cfg, key)
         if v is not None and not (0 <= v <= t.epochs):
             raise ConfigError(f"{key} must be in [0, train.epochs={t.epochs}], got {v}")
+    for e in t.keep_checkpoints:
+        if not 0 <= e <= t.epochs:
+            raise ConfigError(f"train.keep_checkpoints entry {e} is outside [0, train.epochs={t.epochs}]")
     if t.spawn_epoch is not None and cfg.optimizer.name == "linearised":
         raise ConfigError("train.spawn_epoch needs a full optimiser (gn, adam, sgd) before the spawn, not linearised")
     if cfg.dataset.augment not in (None, "none", "crop", "crop_flip"):

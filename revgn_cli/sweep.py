@@ -42,12 +42,14 @@ def _compose_hydra_params(plain: list[str]) -> dict[str, str]:
 def expand(overrides: list[str]) -> list[Job]:
     """Every job of the sweep, composed and validated, in Hydra's order (cartesian product)."""
     parser = OverridesParser.create()
-    parsed = parser.parse_overrides(list(overrides))
-    plain = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    parsed = [o for o in parser.parse_overrides(list(overrides)) if not o.key_or_group.startswith("hydra")]
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
     grid: dict[str, str] = _compose_hydra_params(plain)
+    # As Hydra's BasicSweeper: a command-line override of a key the preset sweeps replaces that axis.
     for o in parsed:
-        if o.is_sweep_override():
+        if o.is_sweep_override() or o.get_key_element() in grid:
             grid[o.get_key_element()] = o.input_line.split("=", 1)[1]
+    plain = [o.input_line for o in parsed if o.get_key_element() not in grid]
     axes: list[list[str]] = []
     for key, value in grid.items():
         ov = parser.parse_overrides([f"{key}={value}"])[0]

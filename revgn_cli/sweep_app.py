@@ -29,9 +29,28 @@ def _report(record: dict) -> None:
     print(f"[revgn sweep] {line}", flush=True)
 
 
+def _share_cores() -> None:
+    """Parallel jobs (joblib launcher) each get cores / n_jobs torch threads: oversubscribed threads slow
+    LAPACK's eigh — the heart of the GN step — 5-20× (measured, docs/gn.md). ``REVGN_THREADS`` overrides."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    if os.environ.get("REVGN_THREADS"):
+        torch.set_num_threads(int(os.environ["REVGN_THREADS"]))
+        return
+    launcher = HydraConfig.get().launcher
+    if "joblib" in str(launcher.get("_target_", "")):
+        n_jobs = int(launcher.get("n_jobs", -1) or -1)
+        cores = os.cpu_count() or 1
+        n_jobs = cores if n_jobs < 1 else n_jobs
+        torch.set_num_threads(max(1, cores // n_jobs))
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base=VERSION_BASE)
 def app(node: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
+
+    _share_cores()
 
     from revgn_cli.config import run_id, to_config
     from revgn_cli.train.runner import execute

@@ -101,3 +101,15 @@ def test_sweep_dry_run_lists_jobs(tiny, results):
     r = invoke("sweep", "--dry-run", *tiny, "optimizer.lr=0.1,0.01,0.001")
     assert r.exit_code == 0 and "3 job(s)" in r.output
     assert not results.exists() or not run_summaries(results)
+
+
+def test_expand_follows_hydra_axis_replacement():
+    """A command-line value for a key the preset sweeps replaces that axis (as Hydra's BasicSweeper does)."""
+    from revgn_cli.sweep import expand
+
+    full = expand(["experiment=spawn_quick"])
+    assert len({j.cfg.optimizer.name for j in full}) == 3
+    one = expand(["experiment=spawn_quick", "optimizer=sgd"])
+    assert [j.cfg.optimizer.name for j in one] == ["sgd"]
+    two = expand(["experiment=spawn_quick", "optimizer=sgd,adam"])
+    assert sorted(j.cfg.optimizer.name for j in two) == ["adam", "sgd"]

@@ -18,3 +18,11 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, n_classes: int, loss: str, 
         total_loss += float(batch_loss(logits, t, loss)) * xb.shape[0]
         correct += int((logits.argmax(dim=1) == yb).sum())
     return total_loss / n, correct / n
+
+
+def eval_network(opt: object, model: nn.Module) -> nn.Module:
+    """The function a run's loss/accuracy metrics evaluate: the optimiser's ``eval_model()`` when it trains a
+    different function than ``model(x)`` (optimizer=linearised: the tangent model f_lin(·; θ) about θ_s, while
+    the parameters hold θ), else the network itself."""
+    get = getattr(opt, "eval_model", None)
+    return get() if callable(get) else model

@@ -10,6 +10,7 @@ import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
@@ -21,7 +22,7 @@ from revgn_cli.data import Dataset, load_dataset, make_augment
 from revgn_cli.models import RevMLP
 from revgn_cli.optim import batch_loss, make_optimizer
 from revgn_cli.results.store import RunDir, atomic_write_bytes
-from revgn_cli.train.evaluate import evaluate
+from revgn_cli.train.evaluate import eval_network, evaluate
 from revgn_cli.train.runtime import epoch_generator, resolve_dtype, rng_state, seed_everything, set_rng_state
 
 
@@ -124,10 +125,10 @@ def select_train(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor]:
     return data.x_train, data.y_train
 
 
-def batches_of_epoch(cfg: Config, n: int, epoch: int) -> list[Tensor]:
+def batches_of_epoch(cfg: Config, n: int, epoch: int, data_seed: int) -> list[Tensor]:
     if cfg.regime.name == "full_batch":
         return [torch.arange(n)]
-    perm = torch.randperm(n, generator=epoch_generator(cfg.seed, epoch))
+    perm = torch.randperm(n, generator=epoch_generator(data_seed, epoch))
     return list(torch.split(perm, cfg.regime.batch_size))
 
 
@@ -201,6 +202,10 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
 
     model = build_model(cfg, data, device, dtype)
     plan = phases(cfg)
+    ck = load_checkpoint(run) if resume and run.ckpt_path.exists() else None
+    if ck is None and cfg.train.init_from:
+        # Start from another run's weights (parent/child spawning); diagnostics then compare with this start.
+        model.load_state_dict(load_checkpoint_file(cfg.train.init_from)["model"])
     tracker = None
     if m.every > 0 and (m.ntk or m.cka != "off" or m.weights):
         from revgn_cli.metrics import DiagnosticsTracker
@@ -213,8 +218,7 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
         return make_optimizer(model, asdict(opt_cfg), asdict(cfg.regularizer), loss=cfg.train.loss)
 
     st = TrainState()
-    if resume and run.ckpt_path.exists():
-        ck = load_checkpoint(run)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         st = TrainState(**ck["state"])
         opt = make_opt(st.phase)
@@ -226,19 +230,26 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
         opt = make_opt(0)
 
     n_tr = x_tr.shape[0]
-    steps_per_epoch = len(batches_of_epoch(cfg, n_tr, 0))
+    steps_per_epoch = len(batches_of_epoch(cfg, n_tr, 0, 0))
     total = cfg.train.epochs * steps_per_epoch
     reporter.start(total, st.step, f"{cfg.optimizer.name} · {data.name} · {cfg.regime.name}")
+
+    data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.seed
 
     def save() -> None:
         run.write_rows(st.rows)
         save_checkpoint(run, model, opt, tracker, st)
+        if st.batch == 0 and st.epoch in cfg.train.keep_checkpoints:
+            import shutil
+
+            shutil.copyfile(run.ckpt_path, run.ckpt_dir / f"epoch_{st.epoch}.pt")
 
     def eval_row(epoch: int) -> dict[str, Any]:
         row: dict[str, Any] = {"run_id": run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
         if epoch == 0 or epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-            row["train_loss"], row["train_acc"] = evaluate(model, x_tr, y_tr, C, cfg.train.loss, cfg.train.eval_chunk)
-            row["test_loss"], row["test_acc"] = evaluate(model, x_te, y_te, C, cfg.train.loss, cfg.train.eval_chunk)
+            net = eval_network(opt, model)  # linearised runs: the tangent model they train, not model(x)
+            row["train_loss"], row["train_acc"] = evaluate(net, x_tr, y_tr, C, cfg.train.loss, cfg.train.eval_chunk)
+            row["test_loss"], row["test_acc"] = evaluate(net, x_te, y_te, C, cfg.train.loss, cfg.train.eval_chunk)
         if st.running_n:
             row["train_loss_running"] = st.running_sum / st.running_n
         if tracker is not None and (epoch % m.every == 0 or epoch == cfg.train.epochs):
@@ -261,12 +272,12 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                 if ph != st.phase:
                     st.phase = ph
                     opt = make_opt(ph)
-                order = batches_of_epoch(cfg, n_tr, st.epoch)
+                order = batches_of_epoch(cfg, n_tr, st.epoch, data_seed)
                 for bi in range(st.batch, len(order)):
                     idx = order[bi].to(device)
                     xb, tb = x_tr[idx], _onehot(y_tr[idx], C, dtype)
                     if augment is not None:
-                        xb = augment(xb, epoch_generator(cfg.seed + 1, st.step))
+                        xb = augment(xb, epoch_generator(data_seed + 1, st.step))
                     loss_before = float(opt.step(xb, tb))
                     st.step += 1
                     st.batch = bi + 1
@@ -276,7 +287,7 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                         from revgn_cli.metrics import loss_change_pct
 
                         with torch.no_grad():
-                            after = float(batch_loss(model(xb), tb, cfg.train.loss))
+                            after = float(batch_loss(eval_network(opt, model)(xb), tb, cfg.train.loss))
                         row["batch_loss_after"] = after
                         row["loss_change_pct"] = loss_change_pct(loss_before, after)
                     st.rows.append(row)
@@ -291,7 +302,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                 st.epoch += 1
                 st.rows.append(eval_row(st.epoch))
                 st.batch, st.running_sum, st.running_n = 0, 0.0, 0
-                if st.epoch % cfg.train.checkpoint_every == 0 or st.epoch == cfg.train.epochs:
+                if (st.epoch % cfg.train.checkpoint_every == 0 or st.epoch == cfg.train.epochs
+                        or st.epoch in cfg.train.keep_checkpoints):
                     save()
                 else:
                     run.write_rows(st.rows)
@@ -313,11 +325,25 @@ def save_checkpoint(run: RunDir, model: torch.nn.Module, opt: Any, tracker: Any,
     atomic_write_bytes(run.ckpt_path, buf.getvalue())
 
 
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    from revgn_cli.results.store import StoreError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise StoreError(f"checkpoint {path} does not exist")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise StoreError(f"unreadable checkpoint {path}: {str(e).splitlines()[0]}") from e
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise StoreError(f"{path} is not a revgn checkpoint")
+    return ck
+
+
 def load_checkpoint(run: RunDir) -> dict[str, Any]:
     from revgn_cli.results.store import StoreError
 
     try:
-        return torch.load(run.ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise StoreError(f"unreadable checkpoint {run.ckpt_path}: {str(e).splitlines()[0]} "
-                         f"(rerun with --force to start the run afresh)") from e
+        return load_checkpoint_file(run.ckpt_path)
+    except StoreError as e:
+        raise StoreError(f"{e} (rerun with --force to start the run afresh)") from e

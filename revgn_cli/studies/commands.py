@@ -1,0 +1,161 @@
+"""``revgn study list | run | spawn`` (registered on the main Typer app by ``revgn_cli.cli``)."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+# Piped output (files, CI logs, tests) gets a wide console so tables are not squeezed to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+DEFAULT_OUT = Path("figures")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "—" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def print_frame(df, title: str) -> None:
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(str(c), justify="right")
+    for row in df.itertuples(index=False):
+        t.add_row(*[_fmt(v) for v in row])
+    out.print(t)
+
+
+def _has_experiment(overrides: list[str]) -> bool:
+    return any(o.lstrip("+").startswith("experiment=") for o in overrides)
+
+
+def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> None:
+    study = typer.Typer(no_args_is_help=True, help="Beyond-the-paper studies: iterative linearisation, data-dependent "
+                        "NTK, parent/child error barriers, kernel dynamics (docs/studies.md).")
+    app.add_typer(study, name="study")
+
+    def reporter_factory() -> Callable[[], Any]:
+        if state.get("quiet"):
+            return lambda: None
+        from revgn_cli.progress import RichReporter
+
+        return RichReporter
+
+    def render_and_summarise(name: str, results: str, out_dir: Path, scale: str, overrides: list[str]) -> None:
+        from revgn_cli.figures.data import load_figure_runs
+        from revgn_cli.figures.registry import render
+        from revgn_cli.studies.figures import study_figures, summary
+
+        spec = study_figures()[name]
+        r = render(name, results, out_dir, scale, overrides)
+        out.print(f"{name}: {' '.join(str(p) for p in r.paths)} ({r.availability.describe()})", highlight=False)
+        r.figure.clear()
+        df, _ = load_figure_runs(name, scale, spec.presets_for(scale), results, overrides)
+        print_frame(summary(name, df), f"{name} ({scale} scale)")
+
+    @study.command("list")
+    @guarded
+    def list_() -> None:
+        """The studies, the presets they train and the command that runs each."""
+        from revgn_cli.studies.figures import study_figures
+
+        t = Table(title="studies (docs/studies.md)")
+        for c in ("study / figure", "what", "quick presets", "paper presets", "command"):
+            t.add_column(c, overflow="fold")
+        for name, spec in study_figures().items():
+            t.add_row(name, spec.title, ", ".join(spec.presets_for("quick")), ", ".join(spec.presets_for("paper")),
+                      f"revgn study run {name} scale=quick")
+        out.print(t)
+
+    @study.command("spawn", context_settings=EXTRA)
+    @guarded
+    def spawn(overrides: Optional[list[str]] = typer.Argument(None, help="Hydra overrides; default experiment=spawn_quick"),
+              force: bool = typer.Option(False, "--force", help="Retrain parents and children even if finished."),
+              out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where barrier.png / barrier.pdf go."),
+              plot: bool = typer.Option(True, "--plot/--no-plot", help="Render the barrier figure at the end.")) -> None:
+        """Parent/child spawning: parents, two children per spawn epoch, error barrier → barriers.parquet.
+
+        Trains each parent of the preset's grid (keeping checkpoints at the spawn epochs extra.spawn.epochs), two
+        children from each θ_t with different batch orders (extra.spawn.child_seeds), then writes the error barrier
+        and function distance along the line between the children to results/<exp_name>/barriers.parquet.
+
+        Example: [bold]revgn study spawn experiment=spawn_quick results_dir=/tmp/res[/] (finished runs are skipped).
+        """
+        from revgn_cli.studies.spawn import run_spawn_study
+
+        ov = list(overrides or [])
+        if not _has_experiment(ov):
+            ov.insert(0, "experiment=spawn_quick")
+        t0 = time.time()
+        written = run_spawn_study(ov, force=force, log=lambda s: out.print(s, highlight=False, soft_wrap=True),
+                                  reporter_factory=reporter_factory())
+        out.print(f"spawn study: {sum(len(d) for d in written.values())} child pair(s) in {time.time() - t0:.0f} s",
+                  highlight=False)
+        if plot and written:
+            from revgn_cli.sweep import expand
+
+            cfg = expand(ov)[0].cfg
+            scale = cfg.scale
+            rest = [o for o in ov if not o.startswith(("results_dir=", "experiment="))]
+            render_and_summarise_preset("barrier", cfg.results_dir, out_dir, scale, rest, cfg.exp_name)
+
+    def render_and_summarise_preset(name: str, results: str, out_dir: Path, scale: str, overrides: list[str],
+                                    exp: str) -> None:
+        from revgn_cli.studies.figures import study_figures
+
+        if exp not in study_figures()[name].presets_for(scale):  # a custom preset: no registry entry to render
+            out.print(f"(preset {exp} is not the {name} figure's {scale} preset; render with `revgn plot {name}`)")
+            return
+        render_and_summarise(name, results, out_dir, scale, overrides)
+
+    @study.command("run", context_settings=EXTRA)
+    @guarded
+    def run(name: str = typer.Argument(..., help="linearisation_phase | data_dependent_ntk | barrier | kernel_dynamics"),
+            args: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper, then Hydra overrides"),
+            results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
+            out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where <name>.png / .pdf go."),
+            force: bool = typer.Option(False, "--force", help="Retrain finished runs too.")) -> None:
+        """Train a study's runs at a scale (finished runs are skipped), render its figure and print its numbers.
+
+        Example: [bold]revgn study run linearisation_phase scale=quick --results /tmp/res[/]
+        """
+        from revgn_cli import sweep as sw
+        from revgn_cli.config import ConfigError
+        from revgn_cli.figures.commands import split_args
+        from revgn_cli.studies.figures import study_figures
+
+        specs = study_figures()
+        if name not in specs:
+            raise ConfigError(f"unknown study {name!r}: one of {', '.join(specs)}")
+        sc, ov, res = split_args(args, None, results)
+        t0 = time.time()
+        presets = specs[name].presets_for(sc)
+        if name == "barrier":
+            from revgn_cli.studies.spawn import run_spawn_study
+
+            run_spawn_study([f"experiment={presets[0]}", *ov, f"results_dir={res}"], force=force,
+                            log=lambda s: out.print(s, highlight=False, soft_wrap=True),
+                            reporter_factory=reporter_factory())
+        else:
+            failed = 0
+            for p in presets:
+                out.print(f"[bold]preset {p}[/] …", highlight=False)
+                records = sw.launch([f"experiment={p}", *ov, f"results_dir={res}"], force=force,
+                                    quiet=bool(state.get("quiet")))
+                bad = [r for r in records if r.get("status") in ("failed", "invalid")]
+                failed += len(bad)
+                for r in bad:
+                    err.print(f"  [red]{r['status']}[/]: {' '.join(r.get('overrides', []))}: {r.get('error')}",
+                              highlight=False, soft_wrap=True)
+            if failed:
+                raise typer.Exit(1)
+        render_and_summarise(name, res, out_dir, sc, ov)
+        out.print(f"study {name} ({sc}): {time.time() - t0:.0f} s", highlight=False)
