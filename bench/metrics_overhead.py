@@ -15,7 +15,8 @@ import time
 from revgn_cli.config import compose_config
 from revgn_cli.train.runner import execute
 
-BASE = ["dataset=mnist5k", "model=quick", "regime=mini_batch", "device=auto"]
+# The demo's mini-batch preset (mnist5k, h=1024, batch 256, every diagnostic every epoch — the default frequency).
+BASE = ["experiment=minibatch_quick", "device=auto"]
 
 
 def timed(overrides: list[str]) -> float:

@@ -13,6 +13,16 @@ TINY = ["dataset=digits", "model=tiny", "regime=mini_batch", "regime.batch_size=
         "metrics.every=1", "metrics.probe_size=8", "metrics.cka_probe_size=64", "device=cpu"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small problems: one BLAS/LAPACK thread is as fast, and robust when other jobs share the (2-core) CPU
+    (multi-threaded eigh slowed down 5-20× under contention in our measurements)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture
 def results(tmp_path):
     return tmp_path / "results"

@@ -22,14 +22,7 @@ from revgn_cli.optim.naive import feature_jacobian
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems: one BLAS/LAPACK thread is as fast, and robust when other jobs share the (2-core) CPU
-    (multi-threaded eigh slowed down 5-20× under contention in our measurements)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------------------------

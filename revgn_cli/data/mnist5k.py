@@ -15,7 +15,7 @@ import torch
 
 from .base import Dataset
 from .mnist import normalise
-from .split import stratified_split
+from .split import split_dataset
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,4 @@ def load_mnist5k(root: Path) -> Dataset:
         arrays = _parse()
         _write_cache(cache, *arrays)
     x, y = arrays
-    tr, te = stratified_split(y, N_TEST, SEED)
-    return Dataset(
-        name="mnist5k",
-        x_train=normalise(x[tr]),
-        y_train=torch.from_numpy(y[tr]),
-        x_test=normalise(x[te]),
-        y_test=torch.from_numpy(y[te]),
-        n_classes=10,
-    )
+    return split_dataset("mnist5k", x, y, N_TEST, SEED, lambda _train: normalise)

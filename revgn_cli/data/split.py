@@ -1,7 +1,12 @@
 """A seeded, stratified train/test split that we own (so it cannot drift with a library version)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
+import torch
+
+from .base import Dataset
 
 
 def stratified_split(y: np.ndarray, n_test: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -29,3 +34,13 @@ def stratified_split(y: np.ndarray, n_test: int, seed: int = 0) -> tuple[np.ndar
         test.append(idx[:k])
         train.append(idx[k:])
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def split_dataset(name: str, x: np.ndarray, y: np.ndarray, n_test: int, seed: int,
+                  fit_normaliser: Callable[[np.ndarray], Callable[[np.ndarray], torch.Tensor]]) -> Dataset:
+    """A bundled dataset (mnist5k, digits): seeded stratified split, then the normalisation that
+    ``fit_normaliser(x_train)`` returns (fixed constants, or statistics of the train split)."""
+    tr, te = stratified_split(y, n_test, seed)
+    normalise = fit_normaliser(x[tr])
+    return Dataset(name=name, x_train=normalise(x[tr]), y_train=torch.from_numpy(y[tr].astype(np.int64)),
+                   x_test=normalise(x[te]), y_test=torch.from_numpy(y[te].astype(np.int64)), n_classes=10)
