@@ -193,7 +193,8 @@ def test_linearisation_phase_figure(synth):
     spec = study_figures()["linearisation_phase"]
     df, _ = load_figure_runs("linearisation_phase", "quick", spec.presets_for("quick"), res)
     tab = summary("linearisation_phase", df)
-    assert {"K", "feature_updates", "test_acc"} <= set(tab.columns) and len(tab) == 10 + 3
+    # 10 linearised runs (5 K × 2 inner optimisers) + one baseline row per minibatch_quick run
+    assert {"K", "feature_updates", "test_acc"} <= set(tab.columns) and len(tab) == 10 + len(_jobs("minibatch_quick"))
 
 
 def test_data_dependent_ntk_figure(synth):

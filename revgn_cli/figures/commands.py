@@ -1,0 +1,244 @@
+"""``revgn plot``, ``revgn reproduce`` and ``revgn verify`` (registered on the main Typer app by ``revgn_cli.cli``)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+DEFAULT_RESULTS = "results"
+DEFAULT_OUT = Path("figures")
+STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "MISSING": "yellow"}
+
+
+def split_args(args: list[str] | None, scale: str | None, results: Path | None) -> tuple[str, list[str], str]:
+    """Pull ``scale=…`` and ``results_dir=…`` out of the trailing arguments; the rest are Hydra overrides.
+
+    Returns (scale, overrides without results_dir, results dir). ``--scale`` / ``--results`` and their ``key=value``
+    forms are interchangeable; giving both with different values is an error.
+    """
+    from revgn_cli.config import ConfigError
+    from revgn_cli.figures.data import SCALES
+
+    rest: list[str] = []
+    s_arg = r_arg = None
+    for a in args or []:
+        if a.startswith("scale="):
+            s_arg = a.split("=", 1)[1]
+        elif a.startswith("results_dir="):
+            r_arg = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if s_arg and scale and s_arg != scale:
+        raise ConfigError(f"scale given twice: --scale {scale} and scale={s_arg}")
+    if r_arg and results and Path(r_arg) != results:
+        raise ConfigError(f"results dir given twice: --results {results} and results_dir={r_arg}")
+    sc = s_arg or scale or "quick"
+    if sc not in SCALES:
+        raise ConfigError(f"scale={sc!r} is not one of {', '.join(SCALES)}")
+    for a in rest:
+        if ("=" not in a and not a.startswith("~")) or a.startswith("-"):
+            raise ConfigError(f"unexpected argument {a!r}: extra arguments are Hydra overrides key=value")
+    return sc, rest, str(r_arg or results or DEFAULT_RESULTS)
+
+
+def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
+                 skip_missing: bool) -> tuple[list[str], list[str]]:
+    """Render each figure; returns (rendered, missing). A missing figure raises unless ``skip_missing``."""
+    from revgn_cli.figures.data import MissingRunsError
+    from revgn_cli.figures.registry import render
+
+    done, missing = [], []
+    for name in names:
+        try:
+            r = render(name, results, out_dir, scale, overrides)
+        except MissingRunsError as e:
+            if not skip_missing:
+                raise
+            missing.append(name)
+            err.print(f"[yellow]skipped[/] {e}", highlight=False, soft_wrap=True)
+            continue
+        av = r.availability
+        note = "" if av.complete else f" [yellow]({av.describe()}: `revgn reproduce {name} scale={scale}` for the rest)[/]"
+        out.print(f"{name}: {' '.join(str(p) for p in r.paths)}{note}", highlight=False, soft_wrap=True)
+        done.append(name)
+        _close(r.figure)
+    if done:
+        write_captions(out_dir, scale)
+    return done, missing
+
+
+def write_captions(out_dir: Path, scale: str) -> Path:
+    """``<out>/captions.md``: the caption of every paper figure whose PNG is in ``out_dir`` (for the README)."""
+    from revgn_cli.figures.registry import FIGURES, title_of
+
+    lines = ["# Figure captions", ""]
+    for name, spec in FIGURES.items():
+        if (out_dir / f"{name}.png").exists():
+            lines += [f"## {title_of(spec, scale)}", "", f"![{name}]({name}.png)", "", spec.full_caption(scale),
+                      "", f"Command: `revgn reproduce {name} scale={scale}`", ""]
+    path = out_dir / "captions.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _close(fig: Any) -> None:
+    fig.clear()
+
+
+def list_table(results: str, scale: str, overrides: list[str]) -> Table:
+    from revgn_cli.figures.registry import FIGURES, figure_availability
+
+    t = Table(title=f"figures ({scale} scale, runs in {results})")
+    for c in ("figure", "caption", "presets", "runs"):
+        t.add_column(c, overflow="fold")
+    for spec in FIGURES.values():
+        av = figure_availability(spec, results, scale, overrides)
+        style = "green" if av.complete else ("yellow" if av.finished else "dim")
+        t.add_row(spec.name + (" (main)" if spec.main else ""), escape(spec.title), ", ".join(spec.presets_for(scale)),
+                  f"[{style}]{av.describe()}[/]")
+    return t
+
+
+def verify_table(outcomes: list) -> Table:
+    t = Table(title="paper claims")
+    for c in ("figure", "claim", "dataset", "measured", "threshold", "result"):
+        t.add_column(c, overflow="fold")
+    for o in outcomes:
+        t.add_row(o.claim.figure, escape(o.claim.text), escape(o.dataset), escape(o.value), escape(o.claim.threshold),
+                  f"[{STATUS_STYLE[o.status]}]{o.status}[/]")
+    return t
+
+
+def run_verify(figs: list[str], results: str, out_dir: Path, scale: str, overrides: list[str]) -> list:
+    from revgn_cli.figures.claims import claims_for, evaluate, to_markdown
+
+    outcomes = evaluate(claims_for(figs), results, scale, overrides)
+    out.print(verify_table(outcomes))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / "claims.md"
+    md.write_text(to_markdown(outcomes, scale=scale, results_dir=results))
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("PASS", "FAIL", "MISSING")}
+    out.print(f"claims: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['MISSING']} MISSING → {md}",
+              highlight=False)
+    return outcomes
+
+
+def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> None:
+    """Add ``plot``, ``reproduce`` and ``verify`` to the CLI."""
+
+    @app.command(context_settings=EXTRA)
+    @guarded
+    def plot(target: Optional[str] = typer.Argument(None, help="figN (fig1 … fig15, comma lists ok), main, or all"),
+             overrides: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper and Hydra overrides the runs were trained with"),
+             list_: bool = typer.Option(False, "--list", help="Table of every figure: caption, presets, whether its runs exist."),
+             results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
+             out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where figN.png / figN.pdf go."),
+             scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)")) -> None:
+        """Draw paper figures from finished runs (never trains).
+
+        Example: [bold]revgn plot fig4[/] · [bold]revgn plot all --out figures[/] · [bold]revgn plot --list[/]
+        """
+        sc, ov, res = split_args(overrides, scale, results)
+        if list_:
+            out.print(list_table(res, sc, ov))
+            return
+        if not target:
+            from revgn_cli.config import ConfigError
+
+            raise ConfigError("name a figure (fig1 … fig15), main or all — or --list")
+        from revgn_cli.figures.registry import select
+
+        names = [s.name for s in select(target)]
+        many = target.strip().lower() in ("all", "main")
+        done, missing = plot_figures(names, res, out_dir, sc, ov, skip_missing=many)
+        if many:
+            out.print(f"plotted {len(done)} figure(s) into {out_dir}" +
+                      (f"; no runs yet for {', '.join(missing)}" if missing else ""), highlight=False, soft_wrap=True)
+
+    @app.command(context_settings=EXTRA)
+    @guarded
+    def reproduce(target: str = typer.Argument(..., help="figN (comma lists ok), main (the main-text figures) or all"),
+                  args: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper, then Hydra overrides, e.g. hydra/launcher=joblib"),
+                  results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
+                  out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where the figures and claims.md go."),
+                  dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and which exist; train nothing.")) -> None:
+        """Train whatever runs a figure's presets still miss (finished ones are skipped), then plot it.
+
+        Example: [bold]revgn reproduce fig1[/] · [bold]revgn reproduce main scale=quick[/] ·
+        [bold]revgn reproduce all scale=paper hydra/launcher=submitit_slurm[/]. `main` ends with `revgn verify`.
+        """
+        from revgn_cli import sweep as sw
+        from revgn_cli.figures.data import job_status, preset_jobs, identity_overrides
+        from revgn_cli.figures.registry import presets_of, select
+
+        t0 = time.time()
+        sc, ov, res = split_args(args, None, results)
+        specs = select(target)
+        presets = presets_of(specs, sc)
+        plan = []  # (preset, n jobs, n missing)
+        seen: set[str] = set()
+        for p in presets:
+            jobs = [j for j in preset_jobs(p, identity_overrides(ov)) if j.run_id not in seen]
+            seen.update(j.run_id for j in jobs)
+            missing = [j for j in jobs if job_status(res, j) not in ("done", "diverged")]
+            plan.append((p, len(jobs), len(missing)))
+        t = Table(title=f"reproduce {target} ({sc} scale) → {res}")
+        for c in ("preset", "runs", "to train"):
+            t.add_column(c)
+        for p, n, m in plan:
+            t.add_row(p, str(n), str(m))
+        out.print(t)
+        if dry_run:
+            return
+        failures: list[dict] = []
+        trained = 0
+        for p, n, m in plan:
+            if not m:
+                continue
+            out.print(f"[bold]training[/] {m} run(s) of preset {p} …", highlight=False)
+            t1 = time.time()
+            records = sw.launch([f"experiment={p}", *ov, f"results_dir={res}"], quiet=bool(state.get("quiet")))
+            trained += sum(r.get("status") in ("done", "diverged") for r in records)
+            bad = [r for r in records if r.get("status") in ("failed", "invalid")]
+            failures += bad
+            out.print(f"  {p}: {len(records)} job(s) in {time.time() - t1:.0f} s"
+                      + (f", [red]{len(bad)} failed[/]" if bad else ""), highlight=False)
+            for r in bad:
+                err.print(f"  [red]{r['status']}[/]: {' '.join(r.get('overrides', []))}: {r.get('error')}",
+                          highlight=False, soft_wrap=True)
+        names = [s.name for s in specs]
+        done, missing = plot_figures(names, res, out_dir, sc, ov, skip_missing=True)
+        if target.strip().lower() in ("main", "all"):
+            run_verify(names, res, out_dir, sc, ov)
+        out.print(f"reproduce {target}: {trained} run(s) trained, {len(done)} figure(s) in {out_dir}, "
+                  f"{time.time() - t0:.0f} s", highlight=False, soft_wrap=True)
+        if failures or missing:
+            raise typer.Exit(1)
+
+    @app.command(context_settings=EXTRA)
+    @guarded
+    def verify(target: Optional[str] = typer.Argument("all", help="figN (comma lists ok), main or all"),
+               overrides: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper and Hydra overrides the runs were trained with"),
+               results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
+               out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where claims.md goes."),
+               scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
+               strict: bool = typer.Option(False, "--strict", help="Exit 1 when a claim fails or is missing.")) -> None:
+        """Check the paper's claims on the results: claim, measured value, threshold, PASS/FAIL/MISSING.
+
+        Writes the table to <out>/claims.md too. Example: [bold]revgn verify main --results results[/]
+        """
+        from revgn_cli.figures.registry import select
+
+        sc, ov, res = split_args(overrides, scale, results)
+        names = [s.name for s in select(target or "all")]
+        outcomes = run_verify(names, res, out_dir, sc, ov)
+        if strict and any(o.status != "PASS" for o in outcomes):
+            raise typer.Exit(1)

@@ -1,0 +1,122 @@
+"""Which runs a figure reads, whether they exist, and the one call that loads them (``load_runs``).
+
+A figure names the experiment presets it reads (``conf/experiment/<preset>.yaml``) per scale. The runs of a preset
+are exactly the jobs of its grid, composed by ``revgn_cli.sweep.expand`` (so a figure never mixes in stale runs of
+an older grid that share the experiment folder); the figure loads those run ids — and only those — through
+``revgn_cli.results.load_runs``. Plots never train.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from revgn_cli.config import run_id
+from revgn_cli.results import RunDir, load_runs
+
+PLOT_STATUSES = ("done", "diverged")
+SCALES = ("quick", "paper")
+
+
+class MissingRunsError(FileNotFoundError):
+    """A figure's runs are not in the results dir; the message names the command that makes them."""
+
+
+def reproduce_command(fig: str, scale: str) -> str:
+    return f"revgn reproduce {fig} scale={scale}"
+
+
+@dataclass(frozen=True)
+class PresetJob:
+    preset: str
+    exp_name: str
+    run_id: str
+    overrides: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=256)
+def preset_jobs(preset: str, overrides: tuple[str, ...] = ()) -> tuple[PresetJob, ...]:
+    """Every job of ``experiment=<preset>`` (plus ``overrides``), composed and validated; cached per process."""
+    from revgn_cli.sweep import expand
+
+    jobs = expand([f"experiment={preset}", *overrides])
+    return tuple(PresetJob(preset, j.cfg.exp_name, run_id(j.cfg), tuple(j.overrides)) for j in jobs)
+
+
+def identity_overrides(overrides: Iterable[str]) -> tuple[str, ...]:
+    """Drop the overrides that never change a run's identity (where results go, which device)."""
+    skip = ("results_dir=", "device=", "hydra/", "hydra.")
+    return tuple(o for o in overrides if not o.lstrip("+~").startswith(skip))
+
+
+def job_status(results_dir: str | Path, job: PresetJob) -> str | None:
+    run = RunDir(Path(results_dir).expanduser() / job.exp_name / job.run_id)
+    return run.read_meta().get("status") if run.exists() else None
+
+
+@dataclass
+class Availability:
+    """How many of a figure's runs exist, by status."""
+
+    total: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        return sum(self.by_status.get(s, 0) for s in PLOT_STATUSES)
+
+    @property
+    def complete(self) -> bool:
+        return self.total > 0 and self.finished == self.total
+
+    def describe(self) -> str:
+        if not self.total:
+            return "no jobs"
+        parts = [f"{self.finished}/{self.total} finished"]
+        for s in ("diverged", "running", "failed", "interrupted"):
+            if self.by_status.get(s):
+                parts.append(f"{self.by_status[s]} {s}")
+        return ", ".join(parts)
+
+
+def jobs_for(presets: Sequence[str], overrides: Iterable[str] = ()) -> list[PresetJob]:
+    """The union of the presets' jobs, each run id once, in preset order."""
+    ov = identity_overrides(overrides)
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in presets:
+        for j in preset_jobs(p, ov):
+            if (j.exp_name, j.run_id) not in seen:
+                seen.add((j.exp_name, j.run_id))
+                out.append(j)
+    return out
+
+
+def availability(results_dir: str | Path, presets: Sequence[str], overrides: Iterable[str] = ()) -> Availability:
+    av = Availability()
+    for j in jobs_for(presets, overrides):
+        av.total += 1
+        st = job_status(results_dir, j) or "missing"
+        av.by_status[st] = av.by_status.get(st, 0) + 1
+    return av
+
+
+def load_figure_runs(fig: str, scale: str, presets: Sequence[str], results_dir: str | Path,
+                     overrides: Iterable[str] = ()) -> tuple[pd.DataFrame, Availability]:
+    """The metrics rows of the figure's finished runs (``done`` and ``diverged``), via ``load_runs``.
+
+    Raises ``MissingRunsError`` (one line, naming the command to run) when none of them exist.
+    """
+    jobs = jobs_for(presets, overrides)
+    av = availability(results_dir, presets, overrides)
+    ids = sorted({j.run_id for j in jobs})
+    exps = sorted({j.exp_name for j in jobs})
+    df = load_runs(results_dir, {"run_id": ids, "experiment": exps}, statuses=PLOT_STATUSES) if ids else None
+    if df is None or df.empty:
+        raise MissingRunsError(
+            f"{fig}: none of its {len(jobs)} run(s) (preset {', '.join(presets)}) is finished in {results_dir} — "
+            f"run `{reproduce_command(fig, scale)}`")
+    return df, av
