@@ -3,7 +3,7 @@
 Runs the same config (the mnist5k demo setting by default) twice per optimiser, side by side in one process, into
 throw-away results dirs, alternating the order over repeats; prints the ratio (target ≤ 1.2).
 
-    python bench/metrics_overhead.py [--epochs 4] [--repeats 2] [--optimizers gn,adam] [OVERRIDES...]
+    python bench/metrics_overhead.py [--epochs E] [--repeats 2] [--optimizers gn,adam] [OVERRIDES...]
 """
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ def timed(overrides: list[str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the preset's")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--optimizers", default="gn,adam")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     print(f"{'optimizer':<10} {'with metrics s':>15} {'without s':>10} {'ratio':>7}")
     for opt in a.optimizers.split(","):
-        common = BASE + [f"optimizer={opt}", f"train.epochs={a.epochs}", *a.overrides]
+        common = BASE + [f"optimizer={opt}", *([f"train.epochs={a.epochs}"] if a.epochs else []), *a.overrides]
         timed(common + ["metrics.every=0", "train.epochs=1"])  # warm-up (data cache, allocator, torch.func)
         on, off = [], []
         for r in range(a.repeats):

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from revgn_cli.errors import expected_errors, one_line
@@ -17,9 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: list them, fetch MNIST / CIFAR-10.")
 app.add_typer(data_app, name="data")
 
-# Piped output (files, CI logs, tests) gets a wide console so tables are not squeezed to 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
+from revgn_cli.console import err, out  # noqa: E402
 STATE: dict[str, Any] = {"debug": False, "quiet": False}
 OVERRIDES_HELP = "Hydra overrides, e.g. optimizer=gn dataset=mnist5k regime=mini_batch optimizer.lr=0.1"
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}

@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-out = Console()
-err = Console(stderr=True)
+from revgn_cli.console import err, out  # noqa: E402
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEFAULT_RESULTS = "results"
 DEFAULT_OUT = Path("figures")

@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 # Piped output (files, CI logs, tests) gets a wide console so tables are not squeezed to 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
+from revgn_cli.console import err, out  # noqa: E402
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEFAULT_OUT = Path("figures")
 
