@@ -71,34 +71,36 @@ def reference(tmp_path_factory):
     return _rows(res)
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference):
+def _interrupt(tmp_path, sig: int, at_epoch: int) -> tuple[list[str], Path, int]:
+    """Start a training subprocess, send ``sig`` once a checkpoint of ``at_epoch`` exists; return its exit code."""
     res = tmp_path / "results"
     ov = LONG + [f"results_dir={res}"]
     proc = _spawn(ov)
-    _wait_for(lambda: _run_dir(res) is not None and _ckpt_epoch(_run_dir(res)) >= 3, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    meta = json.loads((_run_dir(res) / "meta.json").read_text())
-    assert meta["status"] == "running"  # killed: nothing could mark it
+    _wait_for(lambda: _run_dir(res) is not None and _ckpt_epoch(_run_dir(res)) >= at_epoch, proc)
+    proc.send_signal(sig)
+    return ov, res, proc.wait(timeout=60)
+
+
+def _resume_matches(ov: list[str], res: Path, reference: pd.DataFrame) -> None:
     r = CliRunner().invoke(app, ["--quiet", "train", *ov])
     assert r.exit_code == 0, r.output
     assert "resumed" in r.output
-    got = _rows(res)
-    pd.testing.assert_frame_equal(got.reset_index(drop=True), reference.reset_index(drop=True))
+    pd.testing.assert_frame_equal(_rows(res).reset_index(drop=True), reference.reset_index(drop=True))
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference):
+    ov, res, _ = _interrupt(tmp_path, signal.SIGKILL, at_epoch=3)
+    meta = json.loads((_run_dir(res) / "meta.json").read_text())
+    assert meta["status"] == "running"  # killed: nothing could mark it
+    _resume_matches(ov, res, reference)
 
 
 def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
-    res = tmp_path / "results"
-    ov = LONG + [f"results_dir={res}"]
-    proc = _spawn(ov)
-    _wait_for(lambda: _run_dir(res) is not None and _ckpt_epoch(_run_dir(res)) >= 2, proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 130
+    ov, res, code = _interrupt(tmp_path, signal.SIGTERM, at_epoch=2)
+    assert code == 130
     meta = json.loads((_run_dir(res) / "meta.json").read_text())
     assert meta["status"] == "interrupted"
-    r = CliRunner().invoke(app, ["--quiet", "train", *ov])
-    assert r.exit_code == 0 and "resumed" in r.output
-    pd.testing.assert_frame_equal(_rows(res).reset_index(drop=True), reference.reset_index(drop=True))
+    _resume_matches(ov, res, reference)
 
 
 def test_divergence_stops_keeps_rows_and_sweep_goes_on(tmp_path):
