@@ -101,7 +101,7 @@ def sweep(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_H
     _print_jobs(jobs) if dry_run or not STATE["quiet"] else None
     if dry_run:
         return
-    records = sw.launch(overrides or [], force=force, quiet=False)
+    records = sw.launch(overrides or [], force=force, quiet=False, jobs=jobs)
     _summarise_sweep(records, len(jobs))
 
 

@@ -65,16 +65,28 @@ def expand(overrides: list[str]) -> list[Job]:
     return jobs
 
 
-def launch(overrides: list[str], *, force: bool = False, quiet: bool = False) -> list[dict]:
-    """Run ``python -m revgn_cli.sweep_app --multirun ...`` and return each job's report record."""
-    with tempfile.TemporaryDirectory(prefix="revgn-sweep-") as tmp:
-        report = Path(tmp) / "report.jsonl"
-        env = dict(os.environ, REVGN_SWEEP_REPORT=str(report), REVGN_FORCE="1" if force else "0",
+def launch(overrides: list[str], *, force: bool = False, quiet: bool = False,
+           jobs: list[Job] | None = None) -> list[dict]:
+    """Run ``python -m revgn_cli.sweep_app --multirun ...`` and return each job's report record.
+
+    Jobs append their record to a report file under the results dir (``<results_dir>/.hydra/reports/``), which a
+    cluster's compute nodes share with the submitting node, unlike its /tmp.
+    """
+    jobs = jobs if jobs is not None else expand(overrides)  # callers that expanded already pass theirs
+    report_dir = Path(jobs[0].cfg.results_dir).expanduser() / ".hydra" / "reports"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=report_dir, prefix="sweep-", suffix=".jsonl")
+    os.close(fd)
+    report = Path(name)
+    try:
+        env = dict(os.environ, REVGN_SWEEP_REPORT=str(report.resolve()), REVGN_FORCE="1" if force else "0",
                    HYDRA_FULL_ERROR="0")
         cmd = [sys.executable, "-m", "revgn_cli.sweep_app", "--multirun", *overrides]
         proc = subprocess.run(cmd, env=env, capture_output=quiet, text=True)
-        records = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+        records = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
         if proc.returncode != 0 and not records:
             detail = (proc.stderr or "").strip().splitlines()[-1:] if quiet else []
             raise RuntimeError("the Hydra multirun failed before any job ran" + (f": {detail[0]}" if detail else ""))
         return records
+    finally:
+        report.unlink(missing_ok=True)
