@@ -6,9 +6,10 @@ at init), checkpoints every ``train.checkpoint_every`` epochs and on SIGINT/SIGT
 """
 from __future__ import annotations
 
+import io
 import math
+import shutil
 import signal
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from revgn_cli.config import Config, ConfigError, OptimizerConfig, conf_dir
 from revgn_cli.data import Dataset, load_dataset, make_augment
+from revgn_cli.metrics import DiagnosticsTracker, loss_change_pct
 from revgn_cli.models import RevMLP
 from revgn_cli.optim import batch_loss, make_optimizer
 from revgn_cli.results.store import RunDir, atomic_write_bytes
@@ -66,7 +68,6 @@ class TrainState:
 class Phase:
     start_epoch: int
     optimizer: OptimizerConfig
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def preset_optimizer(name: str) -> OptimizerConfig:
@@ -208,8 +209,6 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
         model.load_state_dict(load_checkpoint_file(cfg.train.init_from)["model"])
     tracker = None
     if m.every > 0 and (m.ntk or m.cka != "off" or m.weights):
-        from revgn_cli.metrics import DiagnosticsTracker
-
         tracker = DiagnosticsTracker(model, x_tr[: m.probe_size], x_tr[: min(m.cka_probe_size, x_tr.shape[0])],
                                      ntk=m.ntk and m.probe_size > 0, cka=m.cka, weights=m.weights)
 
@@ -240,8 +239,6 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
         run.write_rows(st.rows)
         save_checkpoint(run, model, opt, tracker, st)
         if st.batch == 0 and st.epoch in cfg.train.keep_checkpoints:
-            import shutil
-
             shutil.copyfile(run.ckpt_path, run.ckpt_dir / f"epoch_{st.epoch}.pt")
 
     def eval_row(epoch: int) -> dict[str, Any]:
@@ -284,8 +281,6 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                     row: dict[str, Any] = {"run_id": run.run_id, "epoch": st.epoch + (bi + 1) / len(order),
                                            "step": st.step, "split": "step", "batch_loss": loss_before}
                     if m.loss_change:
-                        from revgn_cli.metrics import loss_change_pct
-
                         with torch.no_grad():
                             after = float(batch_loss(eval_network(opt, model)(xb), tb, cfg.train.loss))
                         row["batch_loss_after"] = after
@@ -316,8 +311,6 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
 
 
 def save_checkpoint(run: RunDir, model: torch.nn.Module, opt: Any, tracker: Any, st: TrainState) -> None:
-    import io
-
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                 "tracker": tracker.state_dict() if tracker is not None else None,
