@@ -65,6 +65,32 @@ def expand(overrides: list[str]) -> list[Job]:
     return jobs
 
 
+def _run_with_progress(cmd: list[str], env: dict[str, str], n_jobs: int, quiet: bool) -> str | None:
+    """Run the multirun; unless ``quiet``, echo its output above a progress bar of finished jobs (on stderr).
+
+    Returns None on success, else the last line the process printed (for the error message).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from revgn_cli.console import err
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    last = ""
+    progress = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, disable=quiet)
+    with progress:
+        task = progress.add_task("jobs", total=n_jobs)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            last = line or last
+            if line.startswith("[revgn sweep]"):
+                progress.advance(task)
+            if not quiet:
+                progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return None if proc.wait() == 0 else last
+
+
 def launch(overrides: list[str], *, force: bool = False, quiet: bool = False,
            jobs: list[Job] | None = None) -> list[dict]:
     """Run ``python -m revgn_cli.sweep_app --multirun ...`` and return each job's report record.
@@ -82,11 +108,10 @@ def launch(overrides: list[str], *, force: bool = False, quiet: bool = False,
         env = dict(os.environ, REVGN_SWEEP_REPORT=str(report.resolve()), REVGN_FORCE="1" if force else "0",
                    HYDRA_FULL_ERROR="0")
         cmd = [sys.executable, "-m", "revgn_cli.sweep_app", "--multirun", *overrides]
-        proc = subprocess.run(cmd, env=env, capture_output=quiet, text=True)
+        tail = _run_with_progress(cmd, env, len(jobs), quiet)
         records = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
-        if proc.returncode != 0 and not records:
-            detail = (proc.stderr or "").strip().splitlines()[-1:] if quiet else []
-            raise RuntimeError("the Hydra multirun failed before any job ran" + (f": {detail[0]}" if detail else ""))
+        if tail is not None and not records:
+            raise RuntimeError("the Hydra multirun failed before any job ran" + (f": {tail}" if tail else ""))
         return records
     finally:
         report.unlink(missing_ok=True)

@@ -26,7 +26,11 @@ def _report(record: dict) -> None:
             os.write(fd, (line + "\n").encode())
         finally:
             os.close(fd)
-    print(f"[revgn sweep] {line}", flush=True)
+    final = " ".join(f"{k}={v:.4g}" for k, v in (record.get("final") or {}).items())
+    what = record.get("error") or final
+    # One human line per finished job; the parent counts these for its progress bar.
+    print(f"[revgn sweep] {record['status']} {record.get('run_id', '-')} {' '.join(record.get('overrides', []))}"
+          f"{' — ' + what if what else ''}", flush=True)
 
 
 def _share_cores() -> None:
