@@ -119,14 +119,13 @@ def _print_jobs(jobs: list) -> None:
 
 
 def _summarise_sweep(records: list[dict], expected: int) -> None:
+    from revgn_cli.sweep import report_failures
+
     counts: dict[str, int] = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     out.print("sweep: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" (of {expected} jobs)")
-    for r in records:
-        if r["status"] in ("failed", "invalid"):
-            err.print(f"  [red]{r['status']}[/]: {' '.join(r.get('overrides', []))}: {r.get('error')}")
-    if counts.get("failed") or counts.get("invalid") or len(records) < expected:
+    if report_failures(records) or len(records) < expected:
         raise typer.Exit(1)
 
 

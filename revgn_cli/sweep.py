@@ -115,3 +115,17 @@ def launch(overrides: list[str], *, force: bool = False, quiet: bool = False,
         return records
     finally:
         report.unlink(missing_ok=True)
+
+
+FAILED = ("failed", "invalid")
+
+
+def report_failures(records: list[dict]) -> list[dict]:
+    """Print one stderr line per job that failed or could not compose; return those records."""
+    from revgn_cli.console import err
+
+    bad = [r for r in records if r.get("status") in FAILED]
+    for r in bad:
+        err.print(f"  [red]{r['status']}[/]: {' '.join(r.get('overrides', []))}: {r.get('error')}",
+                  highlight=False, soft_wrap=True)
+    return bad

@@ -205,13 +205,11 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             t1 = time.time()
             records = sw.launch([f"experiment={p}", *ov, f"results_dir={res}"], quiet=bool(state.get("quiet")))
             trained += sum(r.get("status") in ("done", "diverged") for r in records)
-            bad = [r for r in records if r.get("status") in ("failed", "invalid")]
+            bad = [r for r in records if r.get("status") in sw.FAILED]
             failures += bad
             out.print(f"  {p}: {len(records)} job(s) in {time.time() - t1:.0f} s"
                       + (f", [red]{len(bad)} failed[/]" if bad else ""), highlight=False)
-            for r in bad:
-                err.print(f"  [red]{r['status']}[/]: {' '.join(r.get('overrides', []))}: {r.get('error')}",
-                          highlight=False, soft_wrap=True)
+            sw.report_failures(records)
         names = [s.name for s in specs]
         done, missing = plot_figures(names, res, out_dir, sc, ov, skip_missing=True)
         if target.strip().lower() in ("main", "all"):

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 # Piped output (files, CI logs, tests) gets a wide console so tables are not squeezed to 80 columns.
-from revgn_cli.console import err, out  # noqa: E402
+from revgn_cli.console import out  # noqa: E402
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEFAULT_OUT = Path("figures")
 
@@ -147,11 +147,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                 out.print(f"[bold]preset {p}[/] …", highlight=False)
                 records = sw.launch([f"experiment={p}", *ov, f"results_dir={res}"], force=force,
                                     quiet=bool(state.get("quiet")))
-                bad = [r for r in records if r.get("status") in ("failed", "invalid")]
-                failed += len(bad)
-                for r in bad:
-                    err.print(f"  [red]{r['status']}[/]: {' '.join(r.get('overrides', []))}: {r.get('error')}",
-                              highlight=False, soft_wrap=True)
+                failed += len(sw.report_failures(records))
             if failed:
                 raise typer.Exit(1)
         render_and_summarise(name, res, out_dir, sc, ov)
