@@ -226,6 +226,14 @@ def to_config(node: DictConfig) -> Config:
     return validate(obj)
 
 
+def preset_optimizer(name: str) -> OptimizerConfig:
+    """The optimiser group's preset (conf/optimizer/<name>.yaml) as a typed config: the defaults of a switch and of
+    every key a caller of ``make_optimizer`` leaves out."""
+    node = OmegaConf.merge(OmegaConf.structured(OptimizerConfig),
+                           OmegaConf.load(conf_dir() / "optimizer" / f"{name}.yaml"))
+    return OmegaConf.to_object(node)
+
+
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Compose ``conf/config.yaml`` with Hydra's Compose API and the given overrides."""
     from hydra import compose, initialize_config_dir

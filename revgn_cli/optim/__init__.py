@@ -5,10 +5,12 @@ counters for the metrics rows) and `state_dict()` / `load_state_dict()`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import asdict
+from typing import Mapping
 
 import torch
 
+from revgn_cli.config import preset_optimizer
 from revgn_cli.models.revmlp import RevMLP
 from revgn_cli.optim.gn import COMBINES, GaussNewton, gn_direction
 from revgn_cli.optim.linearised import LinearisedStepper
@@ -24,17 +26,6 @@ __all__ = [
 
 OPTIMIZERS = ("gn", "adam", "sgd", "linearised")
 
-# Defaults for keys missing from the `opt` mapping (paper full-batch learning rates, DESIGN §3).
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gn": {"lr": 0.5, "combine": "sum", "loss_hessian": "identity"},
-    "adam": {"lr": 1e-4, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-    "sgd": {"lr": 0.1, "momentum": 0.0},
-    # Iterative linearisation (DESIGN §6): inner sgd|adam with their own keys; relinearise_every None = ∞.
-    "linearised": {"lr": 0.1, "inner": "sgd", "relinearise_every": None, "momentum": 0.0, "beta1": 0.9,
-                   "beta2": 0.999, "eps": 1e-8},
-}
-
-
 def make_optimizer(
     model: RevMLP, opt: Mapping, reg: Mapping | None = None, loss: str = "ce"
 ) -> GaussNewton | TorchStepper | LinearisedStepper:
@@ -42,7 +33,7 @@ def make_optimizer(
 
     opt keys: name ∈ {gn, adam, sgd, linearised}; lr; combine, loss_hessian (gn); momentum (sgd); beta1, beta2,
     eps (adam); inner ∈ {sgd, adam} and relinearise_every (K, None = ∞) for linearised (+ the inner's keys).
-    Missing (or None) keys take the defaults above; unknown keys are ignored.
+    Missing (or None) keys take conf/optimizer/<name>.yaml's values; unknown keys are ignored.
     reg keys: those of Regularizer. GN uses all of them. For adam/sgd only reg.name == "weight_decay" has an
     effect (torch's coupled `weight_decay=reg.weight_decay`, i.e. L2 added to the gradient); truncation, damping
     and noise shape GN's pseudoinverse and are ignored there.
@@ -50,7 +41,8 @@ def make_optimizer(
     name = str(opt.get("name", "gn")).lower()
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
-    o = dict(_DEFAULTS[name])
+    # Missing keys take the optimiser group's preset (conf/optimizer/<name>.yaml): configs are the one source.
+    o = asdict(preset_optimizer(name))
     o.update({k: opt[k] for k in opt.keys() if opt[k] is not None})
     r = Regularizer.from_mapping(reg)
     if name == "gn":

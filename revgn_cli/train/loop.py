@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
-from revgn_cli.config import Config, ConfigError, OptimizerConfig, conf_dir
+from revgn_cli.config import Config, ConfigError, OptimizerConfig, preset_optimizer
 from revgn_cli.data import Dataset, load_dataset, make_augment
 from revgn_cli.metrics import DiagnosticsTracker, loss_change_pct
 from revgn_cli.models import RevMLP
@@ -68,12 +67,6 @@ class TrainState:
 class Phase:
     start_epoch: int
     optimizer: OptimizerConfig
-
-
-def preset_optimizer(name: str) -> OptimizerConfig:
-    """The optimiser group's preset (conf/optimizer/<name>.yaml) as a typed config: the defaults of a switch."""
-    node = OmegaConf.merge(OmegaConf.structured(OptimizerConfig), OmegaConf.load(conf_dir() / "optimizer" / f"{name}.yaml"))
-    return OmegaConf.to_object(node)
 
 
 def phases(cfg: Config) -> list[Phase]:
