@@ -4,13 +4,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-stderr = Console(stderr=True)
+from revgn_cli.console import err
 
 
 class RichReporter:
     """Implements revgn_cli.train.loop.Reporter: steps done / total, epoch and live loss."""
 
-    def __init__(self, console: Console = stderr):
+    def __init__(self, console: Console = err):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("epoch {task.fields[epoch]:.2f}  loss {task.fields[loss]:.4g}"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
