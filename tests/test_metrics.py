@@ -21,6 +21,7 @@ from revgn_cli.metrics import (
     linear_cka,
     loss_change_pct,
     normalised_function_distance,
+    prepare_cka,
     probe_similarity,
     weight_cosine,
     weight_norm_ratio,
@@ -138,9 +139,15 @@ def naive_debiased_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return hsic_u(K, L) / math.sqrt(hsic_u(K, K) * hsic_u(L, L))
 
 
-@pytest.mark.parametrize("shape", [(20, 5, 7), (6, 30, 40)], ids=["feature-space", "gram"])
-def test_cka_matches_naive_formulas(shape):
+@pytest.mark.parametrize(
+    "shape, grams_kept",
+    [((20, 5, 7), [False, False]), ((6, 30, 40), [True, True]), ((12, 8, 4), [True, False])],
+    ids=["feature-space", "gram", "mixed"],
+)
+def test_cka_matches_naive_formulas(shape, grams_kept):
     n, p, q = shape
+    # The route prepare_cka takes: it keeps the n×n Gram when n < 2·width, else works in feature space.
+    assert [prepare_cka(torch.randn(n, k)).gram is not None for k in (p, q)] == grams_kept
     g = torch.Generator().manual_seed(4)
     x = torch.randn(n, p, generator=g) + 2.0
     y = x[:, :1] * torch.randn(1, q, generator=g) + 0.5 * torch.randn(n, q, generator=g)  # correlated
@@ -315,6 +322,36 @@ def test_tracker_at_init_and_after_perturbation(cka):
         for h in "FG":
             assert row[f"wcos_{h}{k}"] < 1 - 1e-6
     assert math.isnan(tr.compute(m, 2.0)["ntk_velocity"])  # no epochs elapsed
+
+
+def test_tracker_takes_the_callers_cka_forward():
+    # compute(reps=cka_outputs(model)) is the same row as compute() running its own forward; the loop uses it to
+    # share one forward between CKA and the training-set evaluation.
+    m, probe, cka_x, tr = _tracker_setup()
+    _perturb(m, 12)
+    reps = tr.cka_outputs(m)
+    assert [tuple(r.shape) for r in reps] == [(16, 8), (16, 8)]
+    torch.testing.assert_close(reps[-1], m.features(cka_x), rtol=0, atol=0)
+    tr2 = DiagnosticsTracker(tiny_model(seed=3), probe, cka_x)
+    assert tr.compute(m, 1.0, reps=reps) == tr2.compute(m, 1.0)
+    assert DiagnosticsTracker(m, probe, cka_x, cka="off").cka_outputs(m) is None
+
+
+def test_evaluate_with_known_head_logits_equals_full_evaluation():
+    from revgn_cli.train.evaluate import evaluate
+
+    m = tiny_model(seed=4)
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(23, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (23,), generator=g)
+    full = evaluate(m, x, y, 4, "ce", chunk=5)
+    for k in (1, 7, 23):  # inside a chunk, past a chunk boundary, all rows
+        with torch.no_grad():
+            head = m(x[:k])
+        got = evaluate(m, x, y, 4, "ce", chunk=5, head_logits=head)
+        assert got[0] == pytest.approx(full[0], rel=1e-12) and got[1] == full[1]
+    with pytest.raises(ValueError, match="more than"):
+        evaluate(m, x[:3], y[:3], 4, "ce", chunk=5, head_logits=head)
 
 
 def test_tracker_switches_and_model_unchanged():

@@ -35,7 +35,8 @@ class CKAReference:
     """A representation prepared once for repeated CKA (e.g. the block outputs at init).
 
     Fields: xc — column-centred float64 features [n, p]; degenerate — zero total variance;
-    diag — row squared norms = diag(K) [n]; trace — tr K; self_lin — ⟨K, K⟩_F = ‖XᵀX‖²_F.
+    diag — row squared norms = diag(K) [n]; trace — tr K; self_lin — ⟨K, K⟩_F = ‖XᵀX‖²_F;
+    gram — the centred Gram K = xc xcᵀ [n, n] when kept (see ``prepare_cka``), else None.
     """
 
     xc: Tensor
@@ -43,6 +44,7 @@ class CKAReference:
     diag: Tensor
     trace: float
     self_lin: float
+    gram: Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -58,8 +60,17 @@ def _frob_inner(a: Tensor, b: Tensor) -> float:
     return float(torch.sum((a @ a.T) * (b @ b.T)))
 
 
+# Largest n whose n×n float64 Gram ``prepare_cka`` keeps (8 MiB at n = 1024, 32 MiB at 2048).
+GRAM_MAX_N = 2048
+
+
 def prepare_cka(x: Tensor) -> CKAReference:
-    """Centre x [n, p] in float64 and precompute the self terms used by ``cka_prepared``."""
+    """Centre x [n, p] in float64 and precompute the self terms used by ``cka_prepared``.
+
+    When n < 2p (and n ≤ GRAM_MAX_N) the centred Gram K is kept: two such references then give ⟨K, L⟩_F by an
+    elementwise product, so a representation compared with a fixed reference (the init, every epoch) costs one
+    n²p Gram instead of the n·p² self term plus the n·p·q cross product of the feature route.
+    """
     if x.dim() != 2:
         raise ValueError(f"CKA expects a [n, features] matrix, got shape {tuple(x.shape)}")
     x64 = x.detach().to(torch.float64)
@@ -68,7 +79,13 @@ def prepare_cka(x: Tensor) -> CKAReference:
     tol = torch.finfo(torch.float64).eps * max(x.shape[0], 1) * torch.linalg.vector_norm(x64)
     degenerate = bool(torch.linalg.vector_norm(xc) <= tol)
     diag = (xc * xc).sum(dim=1)
-    return CKAReference(xc, degenerate, diag, float(diag.sum()), 0.0 if degenerate else _frob_inner(xc, xc))
+    n, p = xc.shape
+    if degenerate:
+        return CKAReference(xc, True, diag, float(diag.sum()), 0.0)
+    if n < 2 * p and n <= GRAM_MAX_N:
+        gram = xc @ xc.T
+        return CKAReference(xc, False, diag, float(diag.sum()), float(torch.sum(gram * gram)), gram)
+    return CKAReference(xc, False, diag, float(diag.sum()), _frob_inner(xc, xc))
 
 
 def _debiased_hsic(lin: float, da: Tensor, db: Tensor, ta: float, tb: float, n: int) -> float:
@@ -85,7 +102,7 @@ def cka_prepared(a: CKAReference, b: CKAReference, debiased: bool = False) -> fl
         raise ValueError(f"{'debiased' if debiased else 'linear'} CKA needs n >= {4 if debiased else 2}, got {n}")
     if a.degenerate or b.degenerate:
         return math.nan
-    cross = _frob_inner(a.xc, b.xc)
+    cross = float(torch.sum(a.gram * b.gram)) if a.gram is not None and b.gram is not None else _frob_inner(a.xc, b.xc)
     if not debiased:
         return cross / math.sqrt(a.self_lin * b.self_lin)
     num = _debiased_hsic(cross, a.diag, b.diag, a.trace, b.trace, n)

@@ -83,13 +83,23 @@ class DiagnosticsTracker:
             cols += [f"wcos_{n}" for n in self._hl_names] + [f"wnorm_ratio_{n}" for n in self._hl_names]
         return cols
 
-    def compute(self, model: nn.Module, epoch: float) -> dict[str, float]:
+    def cka_outputs(self, model: nn.Module) -> list[Tensor] | None:
+        """[X_1..X_L] of ``model`` on the CKA inputs (None when CKA is off): what ``compute(reps=...)`` takes, for a
+        caller that also wants the logits of those inputs (``model.logits(reps[-1])``) from the same forward."""
+        if self.cka_x is None:
+            return None
+        with torch.no_grad():
+            return model.block_outputs(self.cka_x)
+
+    def compute(self, model: nn.Module, epoch: float, reps: list[Tensor] | None = None) -> dict[str, float]:
         """One row of diagnostics at the model's current parameters; ``epoch`` may be fractional.
 
         ntk_sim_init = ⟨Θ_0, Θ_t⟩/(‖Θ_0‖‖Θ_t‖); ntk_dist_init = 1 − that; ntk_velocity = kernel distance between Θ_t
         and the Θ of the previous ``compute`` call divided by the epochs between them (NaN at the first call, or when
         no epochs elapsed); ntk_probe_sim = cos(Θ_0 u, Θ_t u); cka_block{k} = CKA(X_k now, X_k at init) on cka_x;
         wcos_/wnorm_ratio_{F,G}{k} per half-layer W. Updates the "previous Θ" state.
+
+        reps: ``cka_outputs(model)`` if the caller already ran it at the current parameters, else None.
         """
         row: dict[str, float] = {}
         epoch = float(epoch)
@@ -103,7 +113,8 @@ class DiagnosticsTracker:
                 row["ntk_probe_sim"] = probe_similarity(self.theta0, theta, self.u)
                 self.theta_prev, self.epoch_prev = theta, epoch
             if self.cka != "off":
-                reps = model.block_outputs(self.cka_x)  # the only forward pass for CKA
+                if reps is None:
+                    reps = model.block_outputs(self.cka_x)  # the only forward pass for CKA
                 debiased = self.cka == "debiased"
                 for k, (ref, r) in enumerate(zip(self._cka_ref, reps), start=1):
                     row[f"cka_block{k}"] = cka_prepared(ref, prepare_cka(r), debiased=debiased)

@@ -8,14 +8,25 @@ from revgn_cli.optim import batch_loss
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, n_classes: int, loss: str, chunk: int) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on (x [n,d], y [n]) — the same loss the optimisers minimise."""
-    total_loss, correct, n = 0.0, 0, x.shape[0]
-    for i in range(0, n, chunk):
-        xb, yb = x[i : i + chunk], y[i : i + chunk]
-        logits = model(xb)
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, n_classes: int, loss: str, chunk: int,
+             head_logits: Tensor | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on (x [n,d], y [n]) — the same loss the optimisers minimise.
+
+    head_logits: ``model``'s logits [k, C] for the first k rows of x when the caller already has them (the
+        diagnostics' forward pass on the CKA probe, which is the first training samples); only x[k:] is run.
+    """
+    n = x.shape[0]
+    k = 0 if head_logits is None else head_logits.shape[0]
+    if k > n:
+        raise ValueError(f"head_logits has {k} rows, more than the {n} inputs")
+    pieces = ([(head_logits, slice(0, k))] if k else []) + [(None, slice(i, i + chunk)) for i in range(k, n, chunk)]
+    total_loss, correct = 0.0, 0
+    for logits, rows in pieces:
+        if logits is None:
+            logits = model(x[rows])
+        yb = y[rows]
         t = torch.nn.functional.one_hot(yb, n_classes).to(logits.dtype)
-        total_loss += float(batch_loss(logits, t, loss)) * xb.shape[0]
+        total_loss += float(batch_loss(logits, t, loss)) * yb.shape[0]
         correct += int((logits.argmax(dim=1) == yb).sum())
     return total_loss / n, correct / n
 

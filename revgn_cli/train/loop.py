@@ -236,14 +236,22 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
 
     def eval_row(epoch: int) -> dict[str, Any]:
         row: dict[str, Any] = {"run_id": run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
+        diagnose = tracker is not None and (epoch % m.every == 0 or epoch == cfg.train.epochs)
+        reps = None
         if epoch == 0 or epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
             net = eval_network(opt, model)  # linearised runs: the tangent model they train, not model(x)
-            row["train_loss"], row["train_acc"] = evaluate(net, x_tr, y_tr, C, cfg.train.loss, cfg.train.eval_chunk)
+            head = None
+            if diagnose and net is model:
+                # The CKA probe is the first training samples: one forward gives its block outputs and its logits.
+                reps = tracker.cka_outputs(model)
+                head = model.logits(reps[-1]) if reps else None
+            row["train_loss"], row["train_acc"] = evaluate(net, x_tr, y_tr, C, cfg.train.loss, cfg.train.eval_chunk,
+                                                           head_logits=head)
             row["test_loss"], row["test_acc"] = evaluate(net, x_te, y_te, C, cfg.train.loss, cfg.train.eval_chunk)
         if st.running_n:
             row["train_loss_running"] = st.running_sum / st.running_n
-        if tracker is not None and (epoch % m.every == 0 or epoch == cfg.train.epochs):
-            row.update(tracker.compute(model, float(epoch)))
+        if diagnose:
+            row.update(tracker.compute(model, float(epoch), reps=reps))
         for k, v in getattr(opt, "stats", {}).items():
             row[k] = float(v)
         row["phase"] = float(st.phase)
