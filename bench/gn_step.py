@@ -4,6 +4,8 @@ Side by side in one process, on the same data and the same initial model: for ea
 gets its own copy of the model and the rounds are interleaved (GN, Adam, SGD, GN, Adam, …), so a load spike on a
 shared machine hits all of them alike; the table reports the median over rounds. gn_naive (full Jacobian + float64
 lstsq) runs once per configuration where its Jacobian fits the memory budget, and on extra small sizes.
+Times come from a first pass under the normal allocator; peak memory from a second pass (one step each), because
+measuring it on CPU needs an allocator setting that slows allocation-heavy steps (GN's more than Adam's).
 
 Peak memory = the optimiser's footprint beyond the model and the batch: what it keeps between steps (.grad tensors
 and Adam's moments; nothing for GN) plus the increase of the peak during the step — the process' RSS high-water
@@ -13,14 +15,17 @@ above the pre-step allocation on CUDA. Approximate on CPU (page granularity, all
     python bench/gn_step.py --quick            # < 2 min on 2 CPU cores
     python bench/gn_step.py                    # the full grid n∈{256,1024} × d∈{64,784} × h∈{1024,2048} × L∈{2,6}
     python bench/gn_step.py --device cuda
+    python bench/gn_step.py --quick --data mnist5k   # real images for the d=784 rows (n ≤ 4000)
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import itertools
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,7 +68,8 @@ def _return_freed_memory_to_os() -> bool:
 
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(libc.mallopt(m_trim_threshold, 128 * 1024))
+        ok = bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(libc.mallopt(m_trim_threshold, 128 * 1024))
+        return ok
     except OSError:
         return False
 
@@ -125,11 +131,30 @@ def naive_bytes(n: int, d: int, h: int, L: int) -> int:
     return entries * (4 + 8 + 8)
 
 
-def run_config(cfg, args, device, dtype, mem: PeakMemory, naive_only: bool = False) -> dict:
+def plain_timer(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(seconds, nan): wall time under the normal allocator, for the timing pass."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, float("nan")
+
+
+def run_config(cfg, args, device, dtype, measure: Callable[[Callable[[], object]], tuple[float, float]],
+               repeats: int) -> dict:
+    """One configuration: median seconds and peak extra bytes per optimiser over ``repeats`` interleaved rounds."""
     n, d, h, L = cfg
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, d, generator=gen).to(device=device, dtype=dtype)
-    t = torch.nn.functional.one_hot(torch.randint(0, 10, (n,), generator=gen), 10).to(device=device, dtype=dtype)
+    x = torch.randn(n, d, generator=gen)
+    t = torch.nn.functional.one_hot(torch.randint(0, 10, (n,), generator=gen), 10)
+    if args.data == "mnist5k" and d == 784:  # real images: their Grams are far from full rank (most of Σ is cut)
+        from revgn_cli.data import load_dataset
+
+        ds = load_dataset("mnist5k")
+        x, t = ds.x_train[:n], torch.nn.functional.one_hot(ds.y_train[:n], 10)
+    x, t = x.to(device=device, dtype=dtype), t.to(device=device, dtype=dtype)
     base = RevMLP(d, L, h, seed=0).to(device=device, dtype=dtype)
     row: dict = {"n": n, "d": d, "h": h, "L": L, "params": base.n_trainable()}
     opts = {}
@@ -140,10 +165,10 @@ def run_config(cfg, args, device, dtype, mem: PeakMemory, naive_only: bool = Fal
     peaks: dict[str, float] = {k: 0.0 for k in opts}
     for name, opt in opts.items():  # warm-up (allocator, lazy init, QR cache)
         opt.step(x, t)
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for name, opt in opts.items():
             held = persistent_bytes(opt)
-            dt, pk = mem.measure(lambda: opt.step(x, t))
+            dt, pk = measure(lambda: opt.step(x, t))
             times[name].append(dt)
             peaks[name] = max(peaks[name], pk + held)
     for name in opts:
@@ -155,8 +180,7 @@ def run_config(cfg, args, device, dtype, mem: PeakMemory, naive_only: bool = Fal
         row["naive_note"] = f"skip: J needs ~{need / 2**30:.0f} GiB"
     else:
         model = copy.deepcopy(base)
-        dt, pk = mem.measure(lambda: gn_naive(model, x, t))
-        row["naive_s"], row["naive_mem"] = dt, pk
+        row["naive_s"], row["naive_mem"] = measure(lambda: gn_naive(model, x, t))
     return row
 
 
@@ -184,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds per config (default 3 quick, 5 full)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--data", default="randn", choices=("randn", "mnist5k"),
+                    help="inputs: Gaussian (default), or the first n mnist5k training images for the d=784 rows")
+    ap.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)  # internal: the child process
     ap.add_argument("--naive-mem-gb", type=float, default=3.0, help="skip gn_naive above this estimated peak")
     args = ap.parse_args(argv)
     if args.repeats is None:
@@ -193,10 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     dev = torch.device("cuda" if use_cuda else "cpu")
     dtype = getattr(torch, args.dtype)
-    mem = PeakMemory(dev)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    print(f"# device: {name}; dtype {args.dtype}; torch {torch.__version__}; repeats {args.repeats} (median); "
+    print(f"# device: {name}; dtype {args.dtype}; data {args.data}; torch {torch.__version__}; "
+          f"repeats {args.repeats} (median); "
           f"load avg at start {load[0]:.2f}")
     print("# GN = GaussNewton(lr 0.5, sum, truncation rtol 1e-2 atol 1e-5) — the paper preset; Adam/SGD = torch.optim"
           " with backprop; naive = gn_naive (jacrev + float64 lstsq).")
@@ -208,9 +235,28 @@ def main(argv: list[str] | None = None) -> int:
     extra = NAIVE_EXTRA_QUICK if args.quick else NAIVE_EXTRA_FULL
     rows = []
     t0 = time.perf_counter()
-    for cfg in [*extra, *configs]:
-        rows.append(run_config(cfg, args, dev, dtype, mem))
-        print(f"#   done n={cfg[0]} d={cfg[1]} h={cfg[2]} L={cfg[3]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    # Two passes: times under the normal allocator here; peak memory in a fresh child process, which needs an
+    # allocator setting from its start (one mmap per large tensor, see PeakMemory) that slows allocation-heavy
+    # steps and cannot be undone.
+    cfgs = [*extra, *configs]
+    if args.memory_pass:
+        mem = PeakMemory(dev)
+        peaks = [{k: v for k, v in run_config(c, args, dev, dtype, mem.measure, 2).items() if k.endswith("_mem")}
+                 for c in cfgs]
+        print("MEMORY " + json.dumps(peaks))
+        return 0
+    for cfg in cfgs:
+        rows.append(run_config(cfg, args, dev, dtype, lambda fn: plain_timer(fn, dev), args.repeats))
+        print(f"#   timed n={cfg[0]} d={cfg[1]} h={cfg[2]} L={cfg[3]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    child = subprocess.run([sys.executable, __file__, "--memory-pass", *(argv if argv is not None else sys.argv[1:])],
+                           capture_output=True, text=True)
+    lines = [ln for ln in child.stdout.splitlines() if ln.startswith("MEMORY ")]
+    if child.returncode != 0 or not lines:
+        print(f"# memory pass failed (rc {child.returncode}): {child.stderr.strip()[-500:]}")
+    else:
+        for row, peak in zip(rows, json.loads(lines[-1][len("MEMORY "):])):
+            row.update(peak)
+    print(f"#   memory pass done ({time.perf_counter() - t0:.0f}s)", flush=True)
     print()
     print_table(rows)
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3

@@ -215,6 +215,9 @@ def pinv_solve(
     lam, vec = _eigh_gram(phi, row_side, counters)  # float64
     full_dim = max(n, (basis.shape[1] if basis is not None else r) + 1)
     f = spectral_filter(lam, reg, _machine_floor(full_dim, in_dtype, form))
+    kept = f != 0
+    if not bool(kept.all()):  # only the kept eigenvectors enter the products (on MNIST ~3/4 are cut: 4× fewer flops)
+        lam, f, vec = lam[kept], f[kept], vec[:, kept]
     # The factorisation is float64; applying it is done in the Gram's dtype (float64 unless fast_gram allowed
     # float32: an orthogonal V applied in float32 adds only ~1e-7·‖t‖ per component).
     lam, f, vec, tw = lam.to(form), f.to(form), vec.to(form), t.to(form)
