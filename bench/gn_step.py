@@ -184,6 +184,42 @@ def run_config(cfg, args, device, dtype, measure: Callable[[Callable[[], object]
     return row
 
 
+def floor_parts(cfg, args, device, dtype) -> dict[str, float]:
+    """Seconds of the parts every exact GN step at this size must do, timed alone (median of ``args.repeats``):
+    the forward plus the one inverse-network JVP (targets and activations), the n×n Grams of the ReLU half-layers,
+    and their float64 eigh — what GN/Adam cannot go below without giving up exactness or the no-stored-activations
+    design."""
+    from revgn_cli.optim import gn as gn_mod
+    from revgn_cli.optim.pinv import _gram
+
+    n, d, h, L = cfg
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=gen).to(device=device, dtype=dtype)
+    model = RevMLP(d, L, h, seed=0).to(device=device, dtype=dtype)
+    eps = torch.randn(n, d, generator=gen).to(device=device, dtype=dtype)
+
+    def passes():
+        gn_mod._STEP_MEMO.clear()
+        with torch.no_grad():
+            out = gn_mod._targets_and_activations(model, gn_mod._features(model, x), eps)
+        gn_mod._STEP_MEMO.clear()
+        return out
+
+    feats = [f for _, acts in passes() for f in (acts[1], acts[3]) if f is not None and f.shape[0] <= f.shape[1] + 1]
+    grams = [_gram(f, True).to(torch.float64) for f in feats]
+    parts = {
+        "passes": lambda: passes(),
+        "grams": lambda: [_gram(f, True) for f in feats],
+        "eigh": lambda: [torch.linalg.eigh(g) for g in grams],
+    }
+    out = {}
+    for name, fn in parts.items():
+        fn()
+        out[name] = statistics.median(plain_timer(fn, device)[0] for _ in range(args.repeats))
+    out["n_grams"] = len(grams)
+    return out
+
+
 def fmt_mem(b: float) -> str:
     return "   n/a" if b != b else f"{b / 2**20:6.0f}"
 
@@ -263,7 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n# total {time.perf_counter() - t0:.0f}s; load avg at end {load[0]:.2f}")
     tgt = [r for r in rows if (r["n"], r["d"], r["h"], r["L"]) == (1024, 784, 2048, 2)]
     if tgt:
-        print(f"# target GN/Adam ≤ 3 at n=1024 d=784 h=2048 L=2: {tgt[0]['gn_s'] / tgt[0]['adam_s']:.2f}")
+        r = tgt[0]
+        print(f"# target GN/Adam ≤ 3 at n=1024 d=784 h=2048 L=2: {r['gn_s'] / r['adam_s']:.2f}")
+        fl = floor_parts((1024, 784, 2048, 2), args, dev, dtype)
+        a = r["adam_s"]
+        print(f"#   parts of every exact GN step there, in Adam steps: forward + inverse JVP {fl['passes'] / a:.2f}, "
+              f"{fl['n_grams']} n×n Grams {fl['grams'] / a:.2f}, their float64 eigh {fl['eigh'] / a:.2f} → "
+              f"{(fl['passes'] + fl['grams'] + fl['eigh']) / a:.2f} before any solve product")
     nv = [r for r in rows if r["naive_s"] == r["naive_s"]]
     if nv:
         big = max(nv, key=lambda r: r["params"] * r["n"] * r["d"])

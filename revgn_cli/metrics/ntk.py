@@ -13,8 +13,8 @@ Two implementations, both with ``torch.func`` and no Python loop over parameters
   product g_ic ⊗ Σ_i, where g_ic = ∂Z_ic/∂(half-layer output_i) = ∂Z_ic/∂b. Hence, exactly,
       Θ[(i,c),(j,c')] = Σ_half-layers ⟨g_ic, g_jc'⟩ · (⟨σ_i, σ_j⟩ + 1).
   g comes from one ``jacrev`` of the C batch-summed logits wrt per-sample bias matrices (one batched forward, C
-  vmapped backward passes), σ from the block outputs returned as ``aux`` of the same call. Cost O(L·(C·P·d·h + (PC)²·d)) and
-  O(L·(PC)²) memory instead of O(PC·|θ|): ~0.3 s for P=100, d=784, h=2048, L=2 on 2 CPU cores.
+  vmapped backward passes), σ from that same forward (returned as ``aux``). Cost O(L·(C·P·d·h + (PC)²·d)) and
+  O(L·(PC)²) memory instead of O(PC·|θ|): 0.07 s for P=100, d=784, h=2048, L=2 on 2 CPU cores (0.05 s at h=1024).
 
 Kernel distance / similarity follow Fort et al. 2020, "Deep learning versus kernel learning: an empirical study of
 loss landscape geometry and the time evolution of the Neural Tangent Kernel" (NeurIPS 2020).
