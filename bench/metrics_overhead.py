@@ -6,7 +6,8 @@ throw-away results dirs, alternating the order over repeats; prints the ratio (t
 One-time costs of a process are paid in a warm-up with metrics on and printed apart, not put in the ratio: the
 first torch.func.jacrev of a process (the NTK's) imports torch._dynamo, about 1 s however long the run is.
 Columns: "loss_change only" is the run with the per-step loss change but no epoch diagnostics, i.e. the part of
-the overhead that is one extra forward pass per update.
+the overhead that is one extra forward pass per update. Last, the parts timed alone on the preset's model: one
+optimiser step and one no-grad forward of a batch (the loss change's cost per update), and one diagnostics row.
 
     python bench/metrics_overhead.py [--epochs E] [--repeats 2] [--optimizers gn,adam] [OVERRIDES...]
 """
@@ -16,6 +17,8 @@ import argparse
 import statistics
 import tempfile
 import time
+
+import torch
 
 from revgn_cli.config import compose_config
 from revgn_cli.train.runner import execute
@@ -32,6 +35,46 @@ def timed(overrides: list[str]) -> float:
         return time.perf_counter() - t0
 
 
+def median_seconds(fn, repeats: int = 7) -> float:
+    fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def parts(overrides: list[str]) -> str:
+    """One line: a step, a no-grad forward of one batch, and a diagnostics row, timed alone on the preset's model."""
+    from dataclasses import asdict
+
+    from revgn_cli.metrics import DiagnosticsTracker
+    from revgn_cli.optim import batch_loss, make_optimizer
+    from revgn_cli.train.loop import build_model, prepare_data
+    from revgn_cli.train.runtime import resolve_dtype
+
+    cfg = compose_config(overrides)
+    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    td = prepare_data(cfg, device)
+    dtype = resolve_dtype(cfg.precision)
+    model = build_model(cfg, td.data, device, dtype)
+    m = cfg.metrics
+    tracker = DiagnosticsTracker(model, td.x_tr[: m.probe_size], td.x_tr[: m.cka_probe_size], ntk=m.ntk, cka=m.cka,
+                                 weights=m.weights)
+    opt = make_optimizer(model, asdict(cfg.optimizer), asdict(cfg.regularizer), loss=cfg.train.loss)
+    b = cfg.regime.batch_size
+    xb = td.x_tr[:b]
+    tb = torch.nn.functional.one_hot(td.y_tr[:b], td.data.n_classes).to(dtype)
+    step = median_seconds(lambda: opt.step(xb, tb))
+    with torch.no_grad():
+        fwd = median_seconds(lambda: float(batch_loss(model(xb), tb, cfg.train.loss)))
+    row = median_seconds(lambda: tracker.compute(model, 1.0), repeats=3)
+    return (f"step {1e3 * step:.1f} ms; no-grad forward of the batch {1e3 * fwd:.1f} ms = {100 * fwd / step:.0f}% of a "
+            f"step; one diagnostics row {1e3 * row:.0f} ms (with its own CKA forward, which training shares with the "
+            f"evaluation)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=None, help="default: the preset's")
@@ -43,6 +86,7 @@ def main() -> None:
     import torch._dynamo  # noqa: F401  (what the first jacrev of a process would import)
 
     print(f"# one-time per process, not in the ratios: import torch._dynamo {time.perf_counter() - t0:.2f} s")
+    lines: list[str] = []
     print(f"{'optimizer':<10} {'with metrics s':>15} {'without s':>10} {'ratio':>7} {'loss_change only':>17}")
     for opt in a.optimizers.split(","):
         common = BASE + [f"optimizer={opt}", *([f"train.epochs={a.epochs}"] if a.epochs else []), *a.overrides]
@@ -59,6 +103,9 @@ def main() -> None:
                 times[label].append(timed(configs[label]))
         m = {k: statistics.median(v) for k, v in times.items()}
         print(f"{opt:<10} {m['on']:>15.2f} {m['off']:>10.2f} {m['on'] / m['off']:>7.3f} {m['lc'] / m['off']:>17.3f}")
+        lines.append(f"#   {opt}: {parts(common)}")
+    print("# parts, timed alone (median):")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
