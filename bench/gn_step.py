@@ -4,8 +4,9 @@ Side by side in one process, on the same data and the same initial model: for ea
 gets its own copy of the model and the rounds are interleaved (GN, Adam, SGD, GN, Adam, …), so a load spike on a
 shared machine hits all of them alike; the table reports the median over rounds. gn_naive (full Jacobian + float64
 lstsq) runs once per configuration where its Jacobian fits the memory budget, and on extra small sizes.
-Times come from a first pass under the normal allocator; peak memory from a second pass (one step each), because
-measuring it on CPU needs an allocator setting that slows allocation-heavy steps (GN's more than Adam's).
+Times come from a first pass under the normal allocator; peak memory from a second pass in a child process (two
+rounds each), because measuring it on CPU needs an allocator setting that slows allocation-heavy steps (GN's more
+than Adam's).
 
 Peak memory = the optimiser's footprint beyond the model and the batch: what it keeps between steps (.grad tensors
 and Adam's moments; nothing for GN) plus the increase of the peak during the step — the process' RSS high-water
@@ -68,10 +69,20 @@ def _return_freed_memory_to_os() -> bool:
 
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(libc.mallopt(m_trim_threshold, 128 * 1024))
-        return ok
+        return bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(libc.mallopt(m_trim_threshold, 128 * 1024))
     except OSError:
         return False
+
+
+def plain_timer(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(seconds, nan): wall time under the normal allocator, for the timing pass."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, float("nan")
 
 
 class PeakMemory:
@@ -100,9 +111,7 @@ class PeakMemory:
             fn()
             dt = time.perf_counter() - t
             return dt, 1024.0 * (_status_kib("VmHWM") - base)
-        t = time.perf_counter()
-        fn()
-        return time.perf_counter() - t, float("nan")
+        return plain_timer(fn, self.device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,20 +140,8 @@ def naive_bytes(n: int, d: int, h: int, L: int) -> int:
     return entries * (4 + 8 + 8)
 
 
-def plain_timer(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """(seconds, nan): wall time under the normal allocator, for the timing pass."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t, float("nan")
-
-
-def run_config(cfg, args, device, dtype, measure: Callable[[Callable[[], object]], tuple[float, float]],
-               repeats: int) -> dict:
-    """One configuration: median seconds and peak extra bytes per optimiser over ``repeats`` interleaved rounds."""
+def inputs_and_model(cfg, args, device, dtype) -> tuple[torch.Tensor, torch.Tensor, RevMLP]:
+    """The batch (x [n, d], one-hot t [n, 10]) and the initial model every optimiser of a configuration starts from."""
     n, d, h, L = cfg
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=gen)
@@ -154,8 +151,15 @@ def run_config(cfg, args, device, dtype, measure: Callable[[Callable[[], object]
 
         ds = load_dataset("mnist5k")
         x, t = ds.x_train[:n], torch.nn.functional.one_hot(ds.y_train[:n], 10)
-    x, t = x.to(device=device, dtype=dtype), t.to(device=device, dtype=dtype)
-    base = RevMLP(d, L, h, seed=0).to(device=device, dtype=dtype)
+    model = RevMLP(d, L, h, seed=0).to(device=device, dtype=dtype)
+    return x.to(device=device, dtype=dtype), t.to(device=device, dtype=dtype), model
+
+
+def run_config(cfg, args, device, dtype, measure: Callable[[Callable[[], object]], tuple[float, float]],
+               repeats: int) -> dict:
+    """One configuration: median seconds and peak extra bytes per optimiser over ``repeats`` interleaved rounds."""
+    n, d, h, L = cfg
+    x, t, base = inputs_and_model(cfg, args, device, dtype)
     row: dict = {"n": n, "d": d, "h": h, "L": L, "params": base.n_trainable()}
     opts = {}
     for name, (o, r) in (("gn", GN_OPT), ("adam", ADAM_OPT), ("sgd", SGD_OPT)):
@@ -192,11 +196,8 @@ def floor_parts(cfg, args, device, dtype) -> dict[str, float]:
     from revgn_cli.optim import gn as gn_mod
     from revgn_cli.optim.pinv import _gram
 
-    n, d, h, L = cfg
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, d, generator=gen).to(device=device, dtype=dtype)
-    model = RevMLP(d, L, h, seed=0).to(device=device, dtype=dtype)
-    eps = torch.randn(n, d, generator=gen).to(device=device, dtype=dtype)
+    x, _, model = inputs_and_model(cfg, args, device, dtype)
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
 
     def passes():
         gn_mod._STEP_MEMO.clear()

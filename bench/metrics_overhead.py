@@ -49,19 +49,16 @@ def parts(overrides: list[str]) -> str:
     """One line: a step, a no-grad forward of one batch, and a diagnostics row, timed alone on the preset's model."""
     from dataclasses import asdict
 
-    from revgn_cli.metrics import DiagnosticsTracker
     from revgn_cli.optim import batch_loss, make_optimizer
-    from revgn_cli.train.loop import build_model, prepare_data
-    from revgn_cli.train.runtime import resolve_dtype
+    from revgn_cli.train.loop import build_model, build_tracker, prepare_data
+    from revgn_cli.train.runtime import resolve_device, resolve_dtype
 
     cfg = compose_config(overrides)
-    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     td = prepare_data(cfg, device)
     dtype = resolve_dtype(cfg.precision)
     model = build_model(cfg, td.data, device, dtype)
-    m = cfg.metrics
-    tracker = DiagnosticsTracker(model, td.x_tr[: m.probe_size], td.x_tr[: m.cka_probe_size], ntk=m.ntk, cka=m.cka,
-                                 weights=m.weights)
+    tracker = build_tracker(cfg, model, td.x_tr)
     opt = make_optimizer(model, asdict(cfg.optimizer), asdict(cfg.regularizer), loss=cfg.train.loss)
     b = cfg.regime.batch_size
     xb = td.x_tr[:b]

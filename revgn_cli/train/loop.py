@@ -167,6 +167,16 @@ class TrainData:
     augment: Callable[[Tensor, torch.Generator], Tensor] | None
 
 
+def build_tracker(cfg: Config, model: RevMLP, x_tr: Tensor) -> DiagnosticsTracker | None:
+    """The run's diagnostics at its current (initial) parameters, or None when ``metrics`` logs none. The NTK probe
+    is the first ``probe_size`` training samples, the CKA probe the first ``cka_probe_size`` (capped at the set)."""
+    m = cfg.metrics
+    if m.every <= 0 or not (m.ntk or m.cka != "off" or m.weights):
+        return None
+    return DiagnosticsTracker(model, x_tr[: m.probe_size], x_tr[: min(m.cka_probe_size, x_tr.shape[0])],
+                              ntk=m.ntk and m.probe_size > 0, cka=m.cka, weights=m.weights)
+
+
 def prepare_data(cfg: Config, device: torch.device) -> TrainData:
     """Load and select the data, and check every size that depends on it — before any run dir is touched."""
     dtype = resolve_dtype(cfg.precision)
@@ -200,10 +210,7 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
     if ck is None and cfg.train.init_from:
         # Start from another run's weights (parent/child spawning); diagnostics then compare with this start.
         model.load_state_dict(load_checkpoint_file(cfg.train.init_from)["model"])
-    tracker = None
-    if m.every > 0 and (m.ntk or m.cka != "off" or m.weights):
-        tracker = DiagnosticsTracker(model, x_tr[: m.probe_size], x_tr[: min(m.cka_probe_size, x_tr.shape[0])],
-                                     ntk=m.ntk and m.probe_size > 0, cka=m.cka, weights=m.weights)
+    tracker = build_tracker(cfg, model, x_tr)
 
     def make_opt(phase: int):
         opt_cfg = plan[phase].optimizer
