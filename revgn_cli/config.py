@@ -98,7 +98,8 @@ class TrainConfig:
 
 @dataclass
 class MetricsConfig:
-    every: int = 1  # epochs between diagnostics (NTK, CKA, weights); 0 = off
+    every: int = 1  # `unit`s between diagnostics (NTK, CKA, weights); 0 = off
+    unit: str = "epoch"  # epoch: in the epoch rows | step: every `every` updates, in the step rows (+ init row)
     probe_size: int = 100  # NTK probe set P (first training samples)
     cka_probe_size: int = 1024  # CKA probe set (first training samples; capped at the train size)
     ntk: bool = True
@@ -145,6 +146,7 @@ CHOICES = {
     "regularizer.name": ("none", "truncation", "damping", "noise", "weight_decay"),
     "train.loss": ("ce", "mse"),
     "metrics.cka": ("linear", "debiased", "off"),
+    "metrics.unit": ("epoch", "step"),
     "device": ("auto", "cpu", "cuda"),
     "precision": ("float32", "float64"),
     "scale": ("quick", "paper"),

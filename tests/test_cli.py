@@ -48,6 +48,24 @@ def test_train_writes_a_valid_run_dir(tiny, results, opt):
     assert steps.step.tolist() == list(range(1, 13))
 
 
+def test_diagnostics_every_k_steps(tiny, results):
+    """metrics.unit=step: NTK/CKA/weights every k updates (and the last one) in the step rows, the init row as the
+    reference, none in later epoch rows; velocity is per epoch over the fractional epochs between logged steps."""
+    r = invoke("train", "optimizer=adam", *tiny, "metrics.unit=step", "metrics.every=4")
+    assert r.exit_code == 0, r.output
+    rows = pd.read_parquet(results / "default" / only_run(results)["run_id"] / "metrics.parquet")
+    steps, ep = rows[rows.split == "step"], rows[rows.split == "epoch"]
+    logged = steps[steps.ntk_sim_init.notna()]
+    assert logged.step.tolist() == [4, 8, 12]  # 12 updates: every 4th, the last one among them
+    for col in ("ntk_dist_init", "ntk_probe_sim", "cka_block1", "cka_block2", "wcos_F1", "wcos_G2"):
+        assert logged[col].notna().all() and steps[~steps.step.isin([4, 8, 12])][col].isna().all(), col
+    assert ep[ep.epoch == 0].ntk_sim_init.item() == pytest.approx(1.0)
+    assert ep[ep.epoch > 0].ntk_sim_init.isna().all() and ep.test_acc.notna().all()
+    # Adam moves the weights at every update: the kernel moves, and its velocity is distance / fractional epochs.
+    assert (logged.ntk_dist_init > 0).all() and (logged.ntk_velocity > 0).all()
+    assert logged.epoch.tolist() == pytest.approx([4 / 6, 8 / 6, 2.0])
+
+
 def test_rerun_is_skipped_and_force_retrains(tiny, results):
     assert invoke("train", *tiny).exit_code == 0
     r = invoke("train", *tiny)

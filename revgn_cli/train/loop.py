@@ -243,7 +243,9 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
 
     def eval_row(epoch: int) -> dict[str, Any]:
         row: dict[str, Any] = {"run_id": run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
-        diagnose = tracker is not None and (epoch % m.every == 0 or epoch == cfg.train.epochs)
+        # Epoch 0 always: the init row is the reference a step-unit run's first velocity is measured from.
+        diagnose = tracker is not None and (epoch == 0 or m.unit == "epoch" and (epoch % m.every == 0
+                                                                                  or epoch == cfg.train.epochs))
         reps = None
         if epoch == 0 or epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
             net = eval_network(opt, model)  # linearised runs: the tangent model they train, not model(x)
@@ -293,6 +295,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                             after = float(batch_loss(eval_network(opt, model)(xb), tb, cfg.train.loss))
                         row["batch_loss_after"] = after
                         row["loss_change_pct"] = loss_change_pct(loss_before, after)
+                    if tracker is not None and m.unit == "step" and (st.step % m.every == 0 or st.step == total):
+                        row.update(tracker.compute(model, row["epoch"]))
                     st.rows.append(row)
                     st.running_sum += loss_before
                     st.running_n += 1
