@@ -6,7 +6,8 @@ throw-away results dirs, alternating the order over repeats; prints the ratio (t
 One-time costs of a process are paid in a warm-up with metrics on and printed apart, not put in the ratio: the
 first torch.func.jacrev of a process (the NTK's) imports torch._dynamo, about 1 s however long the run is.
 Columns: "loss_change only" is the run with the per-step loss change but no epoch diagnostics, i.e. the part of
-the overhead that is one extra forward pass per update. Last, the parts timed alone on the preset's model: one
+the overhead that is one extra forward pass per update; "epoch diagnostics only" the run with NTK/CKA/weights every
+epoch but no loss change. Last, the parts timed alone on the preset's model: one
 optimiser step and one no-grad forward of a batch (the loss change's cost per update), and one diagnostics row.
 
     python bench/metrics_overhead.py [--epochs E] [--repeats 2] [--optimizers gn,adam] [OVERRIDES...]
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="default: the preset's")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--optimizers", default="gn,adam")
+    ap.add_argument("--verbose", action="store_true", help="print every run's time, not just the medians")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -84,7 +86,8 @@ def main() -> None:
 
     print(f"# one-time per process, not in the ratios: import torch._dynamo {time.perf_counter() - t0:.2f} s")
     lines: list[str] = []
-    print(f"{'optimizer':<10} {'with metrics s':>15} {'without s':>10} {'ratio':>7} {'loss_change only':>17}")
+    print(f"{'optimizer':<10} {'with metrics s':>15} {'without s':>10} {'ratio':>7} {'loss_change only':>17} "
+          f"{'epoch diagnostics only':>23}")
     for opt in a.optimizers.split(","):
         common = BASE + [f"optimizer={opt}", *([f"train.epochs={a.epochs}"] if a.epochs else []), *a.overrides]
         timed(common + ["train.epochs=1"])  # warm-up (data cache, allocator, torch.func) with every metric on
@@ -92,6 +95,7 @@ def main() -> None:
             "on": common,
             "off": common + ["metrics.every=0", "metrics.loss_change=false"],
             "lc": common + ["metrics.every=0"],
+            "ep": common + ["metrics.loss_change=false"],
         }
         times: dict[str, list[float]] = {k: [] for k in configs}
         for r in range(a.repeats):
@@ -99,7 +103,10 @@ def main() -> None:
             for label in order:
                 times[label].append(timed(configs[label]))
         m = {k: statistics.median(v) for k, v in times.items()}
-        print(f"{opt:<10} {m['on']:>15.2f} {m['off']:>10.2f} {m['on'] / m['off']:>7.3f} {m['lc'] / m['off']:>17.3f}")
+        if a.verbose:
+            print(f"#   {opt} runs (s): " + "; ".join(f"{k} {', '.join(f'{t:.2f}' for t in v)}" for k, v in times.items()))
+        print(f"{opt:<10} {m['on']:>15.2f} {m['off']:>10.2f} {m['on'] / m['off']:>7.3f} {m['lc'] / m['off']:>17.3f} "
+              f"{m['ep'] / m['off']:>23.3f}")
         lines.append(f"#   {opt}: {parts(common)}")
     print("# parts, timed alone (median):")
     print("\n".join(lines))

@@ -106,6 +106,7 @@ class MetricsConfig:
     cka: str = "linear"  # linear | debiased | off
     weights: bool = True
     loss_change: bool = True  # per step: loss on the same batch after the update (one extra forward)
+    loss_change_every: int = 1  # measure it after every k-th update (1 = each update, the paper's Fig. 3)
 
 
 @dataclass
@@ -167,7 +168,7 @@ def validate(cfg: Config) -> Config:
         if val not in allowed:
             raise ConfigError(f"{key}={val!r} is not one of {', '.join(allowed)}")
     positive_ints = ["model.n_blocks", "regime.n_samples", "regime.batch_size", "train.eval_every",
-                     "train.eval_chunk", "train.checkpoint_every"]
+                     "train.eval_chunk", "train.checkpoint_every", "metrics.loss_change_every"]
     for key in positive_ints:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")

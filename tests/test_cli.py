@@ -46,6 +46,24 @@ def test_train_writes_a_valid_run_dir(tiny, results, opt):
     assert len(steps) == 2 * 6  # 1347 train samples / 256 → 6 batches (last one kept)
     assert steps["loss_change_pct"].notna().all()
     assert steps.step.tolist() == list(range(1, 13))
+    # Per-epoch aggregates of the loss change over that epoch's 6 updates (none at init).
+    for e in (1, 2):
+        lc = steps[(steps.epoch > e - 1) & (steps.epoch <= e)].loss_change_pct
+        row = ep[ep.epoch == e]
+        assert row.loss_change_pct_mean.item() == pytest.approx(lc.mean())
+        assert row.loss_change_pct_median.item() == pytest.approx(lc.median())
+    assert ep[ep.epoch == 0][["loss_change_pct_mean", "loss_change_pct_median"]].isna().all(axis=None)
+
+
+def test_loss_change_every_k_updates(tiny, results):
+    r = invoke("train", "optimizer=sgd", *tiny, "metrics.every=0", "metrics.loss_change_every=4")
+    assert r.exit_code == 0, r.output
+    rows = pd.read_parquet(results / "default" / only_run(results)["run_id"] / "metrics.parquet")
+    steps = rows[rows.split == "step"]
+    assert steps[steps.loss_change_pct.notna()].step.tolist() == [4, 8, 12]
+    assert steps[steps.batch_loss_after.notna()].step.tolist() == [4, 8, 12]
+    ep1 = rows[(rows.split == "epoch") & (rows.epoch == 1)]
+    assert ep1.loss_change_pct_mean.item() == pytest.approx(steps[steps.step == 4].loss_change_pct.item())
 
 
 def test_diagnostics_every_k_steps(tiny, results):

@@ -62,6 +62,7 @@ TRAIN_CASES = {
     "batch larger than dataset": (["regime=mini_batch", "regime.batch_size=100000"], "batch_size"),
     "full-batch subset larger than dataset": (["regime.n_samples=100000"], "n_samples"),
     "probe larger than dataset": (["metrics.every=1", "metrics.probe_size=5000"], "probe_size"),
+    "loss change every 0 updates": (["metrics.loss_change_every=0"], "metrics.loss_change_every"),
     "unknown diagnostics unit": (["metrics.unit=batch"], "metrics.unit"),
     "switch after the end": (["train.switch_epoch=50", "train.switch_to=adam"], "switch_epoch"),
     "switch to unknown optimiser": (["train.switch_epoch=1", "train.switch_to=lbfgs"], "switch_to"),

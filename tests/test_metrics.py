@@ -20,6 +20,7 @@ from revgn_cli.metrics import (
     kernel_similarity,
     linear_cka,
     loss_change_pct,
+    loss_change_summary,
     normalised_function_distance,
     prepare_cka,
     probe_similarity,
@@ -232,6 +233,15 @@ def test_loss_change_pct():
     assert loss_change_pct(0.5, 0.75) == pytest.approx(50.0)
     assert loss_change_pct(0.0, 0.0) == 0.0
     assert math.isnan(loss_change_pct(0.0, 0.1))
+
+
+def test_loss_change_summary():
+    assert loss_change_summary([]) == {}
+    s = loss_change_summary([-10.0, -2.0, math.nan, -3.0, 40.0])
+    assert s == {"loss_change_pct_mean": pytest.approx(6.25), "loss_change_pct_median": pytest.approx(-2.5)}
+    s = loss_change_summary([math.nan, math.nan])
+    assert math.isnan(s["loss_change_pct_mean"]) and math.isnan(s["loss_change_pct_median"])
+    assert loss_change_summary([-1.0, math.inf])["loss_change_pct_mean"] == math.inf
 
 
 # ---------------------------------------------------------------- function space

@@ -7,7 +7,7 @@ from revgn_cli.metrics.function_space import (
     interpolate_params,
     normalised_function_distance,
 )
-from revgn_cli.metrics.loss_change import loss_change_pct
+from revgn_cli.metrics.loss_change import loss_change_pct, loss_change_summary
 from revgn_cli.metrics.ntk import empirical_ntk, kernel_distance, kernel_similarity, probe_similarity
 from revgn_cli.metrics.tracker import DiagnosticsTracker
 from revgn_cli.metrics.weights import (
@@ -23,6 +23,7 @@ __all__ = [
     "linear_cka", "prepare_cka", "cka_prepared", "CKAReference",
     "weight_cosine", "weight_norm_ratio", "weight_similarity", "initial_weights", "half_layer_names",
     "loss_change_pct",
+    "loss_change_summary",
     "disagreement", "expected_disagreement", "normalised_function_distance", "interpolate_params", "error_barrier",
     "DiagnosticsTracker",
 ]

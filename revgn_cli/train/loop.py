@@ -19,7 +19,7 @@ from torch import Tensor
 
 from revgn_cli.config import Config, ConfigError, OptimizerConfig, preset_optimizer
 from revgn_cli.data import Dataset, load_dataset, make_augment
-from revgn_cli.metrics import DiagnosticsTracker, loss_change_pct
+from revgn_cli.metrics import DiagnosticsTracker, loss_change_pct, loss_change_summary
 from revgn_cli.models import RevMLP
 from revgn_cli.optim import batch_loss, make_optimizer
 from revgn_cli.results.store import RunDir, atomic_write_bytes
@@ -167,6 +167,16 @@ class TrainData:
     augment: Callable[[Tensor, torch.Generator], Tensor] | None
 
 
+def epoch_step_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The step rows logged since the last epoch row: the updates of the epoch being closed."""
+    out = []
+    for r in reversed(rows):
+        if r["split"] != "step":
+            break
+        out.append(r)
+    return out[::-1]
+
+
 def build_tracker(cfg: Config, model: RevMLP, x_tr: Tensor) -> DiagnosticsTracker | None:
     """The run's diagnostics at its current (initial) parameters, or None when ``metrics`` logs none. The NTK probe
     is the first ``probe_size`` training samples, the CKA probe the first ``cka_probe_size`` (capped at the set)."""
@@ -259,6 +269,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
             row["test_loss"], row["test_acc"] = evaluate(net, x_te, y_te, C, cfg.train.loss, cfg.train.eval_chunk)
         if st.running_n:
             row["train_loss_running"] = st.running_sum / st.running_n
+        row.update(loss_change_summary([r["loss_change_pct"] for r in epoch_step_rows(st.rows)
+                                        if "loss_change_pct" in r]))
         if diagnose:
             row.update(tracker.compute(model, float(epoch), reps=reps))
         for k, v in getattr(opt, "stats", {}).items():
@@ -290,7 +302,7 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                     st.batch = bi + 1
                     row: dict[str, Any] = {"run_id": run.run_id, "epoch": st.epoch + (bi + 1) / len(order),
                                            "step": st.step, "split": "step", "batch_loss": loss_before}
-                    if m.loss_change:
+                    if m.loss_change and st.step % m.loss_change_every == 0:
                         with torch.no_grad():
                             after = float(batch_loss(eval_network(opt, model)(xb), tb, cfg.train.loss))
                         row["batch_loss_after"] = after
