@@ -92,3 +92,35 @@ def test_rejects_bad_shapes():
         RevMLP(7, 2, 8)
     with pytest.raises(ValueError):
         RevMLP(8, 0, 8)
+
+
+def test_linear_map_memo_follows_every_weight_change():
+    """C Wᵀ is formed once per set of weights in no-grad use, and never served stale: an in-place update, an
+    optimiser step, load_state_dict and a dtype move all give the new product; a graph-recording forward
+    differentiates through it."""
+    m = _model(8, 1, 64)  # one block, linear: both half-layers use the memo
+    hl = m.blocks[0].F
+
+    def fresh() -> torch.Tensor:
+        return hl.expand @ hl.weight.T
+
+    with torch.no_grad():
+        first = hl.linear_map()
+        assert hl.linear_map() is first and torch.equal(first, fresh())
+        hl.weight.mul_(2.0)  # in place: version bump
+        assert torch.equal(hl.linear_map(), fresh()) and not torch.equal(hl.linear_map(), first)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x = torch.randn(70, 8, dtype=torch.float64)  # n = 70: forward takes the z (C Wᵀ) order
+    m(x).square().sum().backward()  # grad mode: the product is differentiated, not memoised
+    assert hl.weight.grad is not None and hl.weight.grad.abs().sum() > 0
+    before = m(x).detach()
+    opt.step()
+    with torch.no_grad():
+        assert torch.equal(hl.linear_map(), fresh())
+        assert not torch.allclose(m(x), before)
+        m.load_state_dict(state)
+        assert torch.equal(hl.linear_map(), fresh())
+        torch.testing.assert_close(m(x), m.features(x) @ m.readout, rtol=0, atol=0)
+        m.float()
+        assert hl.linear_map().dtype == torch.float32 and torch.equal(hl.linear_map(), fresh())

@@ -90,7 +90,7 @@ def _ntk_structured(model: nn.Module, x: Tensor) -> Tensor:
     # A linear half-layer is z ↦ z (C Wᵀ) + b: with C Wᵀ formed once, the C backward passes below cost (d/2)² per
     # row instead of 2·(d/2)·h (the model's own forward picks its product order for one pass, not for C of them).
     # Not for the first half-layer: no backward pass goes through it (its input x is not differentiated).
-    maps = [hl.expand @ hl.weight.T if k > 0 and hl.linear and hl.expand is not None else None
+    maps = [hl.linear_map() if k > 0 and hl.linear and hl.expand is not None else None
             for k, hl in enumerate(halves)]
 
     def half_out(k: int, z: Tensor, bias: Tensor, sigmas: list[Tensor]) -> Tensor:

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 
 def _identity(z: Tensor) -> Tensor:
@@ -32,6 +33,7 @@ class HalfLayer(nn.Module):
             fan = hidden
         self.weight = nn.Parameter(torch.randn(width, fan, generator=gen) * init_std)
         self.bias = nn.Parameter(torch.zeros(width))
+        self._map_memo: tuple | None = None  # see linear_map
 
     @property
     def act(self) -> Callable[[Tensor], Tensor]:
@@ -45,13 +47,36 @@ class HalfLayer(nn.Module):
         """σ(z C) ∈ ℝ^{n×h}: the features that multiply Wᵀ (Σ without its column of ones)."""
         return self.act(self.pre(z))
 
+    def linear_map(self) -> Tensor:
+        """C Wᵀ ∈ ℝ^{(d/2)×(d/2)} (Wᵀ without expansion): with σ = identity the half-layer is z ↦ z (C Wᵀ) + b.
+
+        Memoised while W and C are unchanged (same storage, same version counter: any in-place update through the
+        tensors, an optimiser step or ``load_state_dict``, bumps it) and no autograd graph is being recorded, so
+        the no-grad forwards at one set of weights — the loss change's after-update pass, the evaluation chunks,
+        the next GN step's forward, inverse and correction — form it once. An edit through ``.data`` bypasses
+        version counters (for autograd too) and is not seen.
+        """
+        w, c = self.weight, self.expand
+        if c is None:
+            return w.T
+        if (torch.is_grad_enabled() and w.requires_grad) or is_functorch_wrapped_tensor(w):
+            return c @ w.T  # a graph (or a torch.func transform) must see the product
+        key = (w.data_ptr(), w._version, c.data_ptr(), c._version)
+        memo = self._map_memo
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        cw = c @ w.T
+        # The detached aliases pin W's and C's storage, so no later tensor can reuse their addresses.
+        self._map_memo = (key, cw, w.detach(), c)
+        return cw
+
     def forward(self, z: Tensor) -> Tensor:
         if self.linear and self.expand is not None:
             # σ = identity: z C Wᵀ = z (C Wᵀ). Same function; the product order with fewer flops is taken, which
             # for a large batch (evaluation, paper-size batches) is (d/2)²(h + n) instead of 2·n·(d/2)·h.
             n, w, h = z.shape[0], self.width, self.hidden
             if w * (h + n) < 2 * n * h:
-                return z @ (self.expand @ self.weight.T) + self.bias
+                return z @ self.linear_map() + self.bias
         return self.sigma(z) @ self.weight.T + self.bias
 
 

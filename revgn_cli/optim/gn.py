@@ -60,21 +60,6 @@ class _ConstMatmul(torch.autograd.Function):
         return dz @ ctx.m
 
 
-# C Wᵀ of each linear half-layer, computed once per GN step and shared by the forward, the inverse and the F→G
-# correction; emptied at the start and end of every step (the weights change between steps).
-_STEP_MEMO: dict[int, Tensor] = {}
-
-
-def _linear_map(hl: HalfLayer) -> Tensor:
-    """C Wᵀ ∈ ℝ^{w×w} (or Wᵀ without expansion): a linear half-layer is z ↦ z (C Wᵀ) + b."""
-    if hl.expand is None:
-        return hl.weight.T
-    cw = _STEP_MEMO.get(id(hl.weight))
-    if cw is None:
-        cw = _STEP_MEMO[id(hl.weight)] = hl.expand @ hl.weight.T
-    return cw
-
-
 def _apply_half(hl: HalfLayer, z: Tensor, n: int) -> tuple[Tensor, Tensor | None]:
     """(F(z), φ = σ(zC) or None): φ is kept only for half-layers solved on the n-side (ReLU, or no bottleneck).
 
@@ -82,7 +67,7 @@ def _apply_half(hl: HalfLayer, z: Tensor, n: int) -> tuple[Tensor, Tensor | None
     solve is re-expressed from z alone (see _factor_linear).
     """
     if _factored(hl, n):
-        return _ConstMatmul.apply(z, _linear_map(hl)) + hl.bias, None
+        return _ConstMatmul.apply(z, hl.linear_map()) + hl.bias, None
     feats = hl.act(z if hl.expand is None else _ConstMatmul.apply(z, hl.expand))
     return _ConstMatmul.apply(feats, hl.weight.T) + hl.bias, feats
 
@@ -175,7 +160,7 @@ def _half_layer_jvp(hl: HalfLayer, feats: Tensor | None, dz: Tensor) -> Tensor:
     are reused instead of recomputing G's forward; a linear G is the constant matrix C Wᵀ.
     """
     if hl.linear:
-        return dz @ _linear_map(hl)
+        return dz @ hl.linear_map()
     return (hl.pre(dz) * (feats > 0)) @ hl.weight.T
 
 
@@ -211,7 +196,7 @@ def _coerce_reg(regularizer: Regularizer | Mapping | str | None) -> Regularizer:
     return Regularizer.from_mapping(regularizer)
 
 
-def _direction_and_loss_impl(
+def _direction_and_loss(
     model: RevMLP,
     x: Tensor,
     t_onehot: Tensor,
@@ -224,6 +209,7 @@ def _direction_and_loss_impl(
     counters: MutableMapping[str, float] | None,
     generator: torch.Generator | None,
 ) -> tuple[list[Tensor], Tensor]:
+    """(Δθ, pre-update loss); see gn_direction for the arguments."""
     if combine not in COMBINES:
         raise ValueError(f"unknown combine {combine!r}; valid: {', '.join(COMBINES)}")
     reg = _coerce_reg(regularizer)
@@ -243,15 +229,6 @@ def _direction_and_loss_impl(
             for dw in _solve_block(blk, t, acts, reg, **kw):
                 out.extend(u * scale if scale != 1.0 else u for u in _as_param_updates(dw))  # step 6
     return out, ell
-
-
-def _direction_and_loss(model: RevMLP, x: Tensor, t_onehot: Tensor, **kw: Any) -> tuple[list[Tensor], Tensor]:
-    """(Δθ, pre-update loss); see gn_direction for the arguments."""
-    _STEP_MEMO.clear()
-    try:
-        return _direction_and_loss_impl(model, x, t_onehot, **kw)
-    finally:
-        _STEP_MEMO.clear()
 
 
 def gn_direction(
