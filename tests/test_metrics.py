@@ -334,6 +334,41 @@ def test_tracker_at_init_and_after_perturbation(cka):
     assert math.isnan(tr.compute(m, 2.0)["ntk_velocity"])  # no epochs elapsed
 
 
+def test_tracker_first_row_at_init_reuses_the_reference(monkeypatch):
+    """A fresh run's epoch-0 row is taken at the construction parameters: Θ_0 and the prepared init reps are reused
+    (no second NTK or CKA preparation), and the row equals a recomputation; any in-place change is seen."""
+    import revgn_cli.metrics.tracker as trk
+
+    m, probe, cka_x, tr = _tracker_setup()
+    calls = {"ntk": 0, "prep": 0}
+    real_ntk, real_prep = trk.empirical_ntk, trk.prepare_cka
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(trk, "empirical_ntk", counting("ntk", real_ntk))
+    monkeypatch.setattr(trk, "prepare_cka", counting("prep", real_prep))
+    reused = tr.compute(m, 0.0)
+    assert calls == {"ntk": 0, "prep": 0}
+    for k in ("ntk_sim_init", "ntk_probe_sim", "cka_block1", "cka_block2"):
+        assert reused[k] == pytest.approx(1.0, abs=1e-15), k
+    m2, _, _, tr2 = _tracker_setup()  # its construction computes Θ_0 and prepares two init reps
+    assert calls == {"ntk": 1, "prep": 2}
+    with torch.no_grad():
+        for p in m2.trainable():
+            p.add_(0.0)  # same values, new version: the tracker must recompute
+    recomputed = tr2.compute(m2, 0.0)
+    assert calls == {"ntk": 2, "prep": 4}
+    for k, v in reused.items():
+        assert v == pytest.approx(recomputed[k], abs=1e-12) or (math.isnan(v) and math.isnan(recomputed[k])), k
+    m3, _, _, tr3 = _tracker_setup()
+    _perturb(m3, 13)
+    assert tr3.compute(m3, 0.0)["ntk_sim_init"] < 1 - 1e-6  # changed before the first row: recomputed
+
+
 def test_tracker_takes_the_callers_cka_forward():
     # compute(reps=cka_outputs(model)) is the same row as compute() running its own forward; the loop uses it to
     # share one forward between CKA and the training-set evaluation.

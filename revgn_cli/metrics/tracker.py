@@ -17,6 +17,10 @@ __all__ = ["DiagnosticsTracker"]
 CKAMode = Literal["linear", "debiased", "off"]
 
 
+def _param_key(model: nn.Module) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
 class DiagnosticsTracker:
     """Keeps the reference state at initialisation and turns a model into one row of diagnostics.
 
@@ -68,6 +72,10 @@ class DiagnosticsTracker:
             else None
         )
         self.w0 = initial_weights(model) if self.weights else []
+        # What the first compute() needs to see that the parameters are still the ones above (then Θ_0 and the
+        # prepared init reps *are* its NTK and CKA inputs): storage and version counter of every parameter, as in
+        # HalfLayer.linear_map; the aliases pin the storage so no later tensor can take its address.
+        self._at_init: tuple[tuple, list[Tensor]] | None = (_param_key(model), [q.detach() for q in model.parameters()])
         self._prepare()
 
     def _prepare(self) -> None:
@@ -103,9 +111,13 @@ class DiagnosticsTracker:
         """
         row: dict[str, float] = {}
         epoch = float(epoch)
+        # The first row of a fresh run is taken at the construction parameters: reuse, don't recompute, Θ_0 and the
+        # prepared init reps (the reference itself; its comparison with itself is exactly 1).
+        at_init = self._at_init is not None and _param_key(model) == self._at_init[0]
+        self._at_init = None
         with torch.no_grad():
             if self.ntk:
-                theta = empirical_ntk(model, self.probe_x)
+                theta = self.theta0 if at_init else empirical_ntk(model, self.probe_x)
                 row["ntk_sim_init"] = kernel_similarity(self.theta0, theta)
                 row["ntk_dist_init"] = kernel_distance(self.theta0, theta)
                 dt = None if self.epoch_prev is None else epoch - self.epoch_prev
@@ -113,11 +125,15 @@ class DiagnosticsTracker:
                 row["ntk_probe_sim"] = probe_similarity(self.theta0, theta, self.u)
                 self.theta_prev, self.epoch_prev = theta, epoch
             if self.cka != "off":
-                if reps is None:
-                    reps = model.block_outputs(self.cka_x)  # the only forward pass for CKA
+                if at_init:
+                    now = self._cka_ref
+                else:
+                    if reps is None:
+                        reps = model.block_outputs(self.cka_x)  # the only forward pass for CKA
+                    now = [prepare_cka(r) for r in reps]
                 debiased = self.cka == "debiased"
-                for k, (ref, r) in enumerate(zip(self._cka_ref, reps), start=1):
-                    row[f"cka_block{k}"] = cka_prepared(ref, prepare_cka(r), debiased=debiased)
+                for k, (ref, r) in enumerate(zip(self._cka_ref, now), start=1):
+                    row[f"cka_block{k}"] = cka_prepared(ref, r, debiased=debiased)
             if self.weights:
                 row.update(weight_similarity(model, self.w0))
         return row
@@ -159,4 +175,5 @@ class DiagnosticsTracker:
         self.u = same(self.u, state["u"], "u")
         self.reps0 = [same(o, n, f"reps0[{i}]") for i, (o, n) in enumerate(zip(self.reps0, state["reps0"]))]
         self.w0 = [same(o, n, f"w0[{i}]") for i, (o, n) in enumerate(zip(self.w0, state["w0"]))]
+        self._at_init = None  # a restored reference is not necessarily the model's current parameters
         self._prepare()
