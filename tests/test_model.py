@@ -124,3 +124,21 @@ def test_linear_map_memo_follows_every_weight_change():
         torch.testing.assert_close(m(x), m.features(x) @ m.readout, rtol=0, atol=0)
         m.float()
         assert hl.linear_map().dtype == torch.float32 and torch.equal(hl.linear_map(), fresh())
+
+
+def test_stamp_sees_in_place_updates_and_new_storage():
+    from revgn_cli.models.stamp import Stamp
+
+    a, b = torch.randn(4), torch.nn.Parameter(torch.randn(3))
+    s = Stamp((a, b))
+    assert s.matches((a, b)) and not s.matches((b, a))
+    a.add_(0.0)  # same values, new version
+    assert not s.matches((a, b))
+    s = Stamp((a, b))
+    old = b.data
+    b.data = old.clone()  # new storage, same values; the stamp pins the old one, so no address reuse
+    assert not s.matches((a, b))
+    s = Stamp((a, b))
+    with torch.no_grad():
+        b.copy_(torch.zeros(3))  # what load_state_dict does
+    assert not s.matches((a, b))

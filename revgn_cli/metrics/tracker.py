@@ -11,14 +11,11 @@ from torch import Tensor, nn
 from revgn_cli.metrics.cka import cka_prepared, prepare_cka
 from revgn_cli.metrics.ntk import empirical_ntk, kernel_distance, kernel_similarity, probe_similarity
 from revgn_cli.metrics.weights import half_layer_names, initial_weights, weight_similarity
+from revgn_cli.models.stamp import Stamp
 
 __all__ = ["DiagnosticsTracker"]
 
 CKAMode = Literal["linear", "debiased", "off"]
-
-
-def _param_key(model: nn.Module) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
 class DiagnosticsTracker:
@@ -72,10 +69,9 @@ class DiagnosticsTracker:
             else None
         )
         self.w0 = initial_weights(model) if self.weights else []
-        # What the first compute() needs to see that the parameters are still the ones above (then Θ_0 and the
-        # prepared init reps *are* its NTK and CKA inputs): storage and version counter of every parameter, as in
-        # HalfLayer.linear_map; the aliases pin the storage so no later tensor can take its address.
-        self._at_init: tuple[tuple, list[Tensor]] | None = (_param_key(model), [q.detach() for q in model.parameters()])
+        # Lets the first compute() see that the parameters are still the ones above (then Θ_0 and the prepared
+        # init reps *are* its NTK and CKA inputs).
+        self._at_init: Stamp | None = Stamp(model.parameters())
         self._prepare()
 
     def _prepare(self) -> None:
@@ -113,7 +109,7 @@ class DiagnosticsTracker:
         epoch = float(epoch)
         # The first row of a fresh run is taken at the construction parameters: reuse, don't recompute, Θ_0 and the
         # prepared init reps (the reference itself; its comparison with itself is exactly 1).
-        at_init = self._at_init is not None and _param_key(model) == self._at_init[0]
+        at_init = self._at_init is not None and self._at_init.matches(model.parameters())
         self._at_init = None
         with torch.no_grad():
             if self.ntk:

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 
+from revgn_cli.models.stamp import Stamp
+
 
 def _identity(z: Tensor) -> Tensor:
     return z
@@ -50,24 +52,20 @@ class HalfLayer(nn.Module):
     def linear_map(self) -> Tensor:
         """C Wᵀ ∈ ℝ^{(d/2)×(d/2)} (Wᵀ without expansion): with σ = identity the half-layer is z ↦ z (C Wᵀ) + b.
 
-        Memoised while W and C are unchanged (same storage, same version counter: any in-place update through the
-        tensors, an optimiser step or ``load_state_dict``, bumps it) and no autograd graph is being recorded, so
-        the no-grad forwards at one set of weights — the loss change's after-update pass, the evaluation chunks,
-        the next GN step's forward, inverse and correction — form it once. An edit through ``.data`` bypasses
-        version counters (for autograd too) and is not seen.
+        Memoised while W and C are unchanged (``Stamp``: same storage, same version counter) and no autograd graph
+        is being recorded, so the no-grad forwards at one set of weights — the loss change's after-update pass, the
+        evaluation chunks, the NTK, the next GN step's forward, inverse and correction — form it once.
         """
         w, c = self.weight, self.expand
         if c is None:
             return w.T
         if (torch.is_grad_enabled() and w.requires_grad) or is_functorch_wrapped_tensor(w):
             return c @ w.T  # a graph (or a torch.func transform) must see the product
-        key = (w.data_ptr(), w._version, c.data_ptr(), c._version)
         memo = self._map_memo
-        if memo is not None and memo[0] == key:
+        if memo is not None and memo[0].matches((w, c)):
             return memo[1]
         cw = c @ w.T
-        # The detached aliases pin W's and C's storage, so no later tensor can reuse their addresses.
-        self._map_memo = (key, cw, w.detach(), c)
+        self._map_memo = (Stamp((w, c)), cw)
         return cw
 
     def forward(self, z: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 from revgn_cli.models.revmlp import CouplingBlock, HalfLayer, RevMLP
+from revgn_cli.models.stamp import Stamp
 from revgn_cli.optim.losses import batch_loss, output_residual
 from revgn_cli.optim.pinv import FALLBACK_COUNTER, Regularizer, pinv_solve
 
@@ -123,8 +124,8 @@ def _targets_and_activations(model: RevMLP, xl: Tensor, eps: Tensor) -> list[tup
 # ---------------------------------------------------------------------------------------------------------------
 # Step 5: per-block solves.
 
-# C = Rᵀ Qᵀ (QR of Cᵀ), cached per fixed expansion buffer (it never changes; keyed weakly, checked by version).
-_FACTOR_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Tensor -> (version, Rᵀ, B)
+# C = Rᵀ Qᵀ (QR of Cᵀ), cached per fixed expansion buffer (it never changes; keyed weakly, checked by its Stamp).
+_FACTOR_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Tensor -> (Stamp, Rᵀ, B)
 
 
 def _factor_linear(hl: HalfLayer) -> tuple[Tensor, Tensor]:
@@ -135,11 +136,11 @@ def _factor_linear(hl: HalfLayer) -> tuple[Tensor, Tensor]:
     """
     c = hl.expand
     hit = _FACTOR_CACHE.get(c)
-    if hit is not None and hit[0] == c._version:
+    if hit is not None and hit[0].matches((c,)):
         return hit[1], hit[2]
     q, r = torch.linalg.qr(c.T.to(torch.float64))  # Cᵀ = Q R, Q ∈ ℝ^{h×w}
     out = (r.T.to(c.dtype).contiguous(), q.T.to(c.dtype).contiguous())
-    _FACTOR_CACHE[c] = (c._version, *out)
+    _FACTOR_CACHE[c] = (Stamp((c,)), *out)
     return out
 
 
