@@ -11,7 +11,12 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch._C._functorch import is_functorch_wrapped_tensor
+
+try:  # private torch API (2.x); without it the C Wᵀ memo is simply never used
+    from torch._C._functorch import is_functorch_wrapped_tensor
+except ImportError:  # pragma: no cover
+    def is_functorch_wrapped_tensor(t: Tensor) -> bool:
+        return True
 
 from revgn_cli.models.stamp import Stamp
 
