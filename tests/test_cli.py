@@ -101,6 +101,15 @@ def test_mnist5k_full_batch_run(results):
     assert set(df["dataset.name"]) == {"mnist5k"}
     ep = df[df.split == "epoch"]
     assert ep.train_loss.iloc[-1] < ep.train_loss.iloc[0]
+    # Every diagnostic of the default metrics config, every epoch (metrics.every=1 is the default).
+    for col in ("ntk_sim_init", "ntk_dist_init", "ntk_probe_sim", "cka_block1", "cka_block2", "wcos_F1", "wcos_G2",
+                "wnorm_ratio_F2"):
+        assert ep[col].notna().all(), col
+    assert ep.ntk_velocity.iloc[1:].notna().all()
+    after = ep[ep.epoch > 0]
+    assert after.loss_change_pct_mean.notna().all() and after.loss_change_pct_median.notna().all()
+    steps = df[df.split == "step"]
+    assert len(steps) == 2 and steps.loss_change_pct.notna().all() and steps.batch_loss_after.notna().all()
 
 
 def test_runs_lists_and_filters(tiny, results):
