@@ -124,6 +124,14 @@ def test_linear_map_memo_follows_every_weight_change():
         torch.testing.assert_close(m(x), m.features(x) @ m.readout, rtol=0, atol=0)
         m.float()
         assert hl.linear_map().dtype == torch.float32 and torch.equal(hl.linear_map(), fresh())
+    with torch.inference_mode():
+        m(x.float())
+    xg = x.float().requires_grad_()
+    m.requires_grad_(False)
+    with torch.no_grad():
+        m(xg)  # memoised outside inference mode: usable in a graph below
+    m(xg).sum().backward()  # the graph saves the (memoised) C Wᵀ for the input gradient
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
 
 
 def test_stamp_sees_in_place_updates_and_new_storage():

@@ -64,8 +64,11 @@ class HalfLayer(nn.Module):
         w, c = self.weight, self.expand
         if c is None:
             return w.T
-        if (torch.is_grad_enabled() and w.requires_grad) or is_functorch_wrapped_tensor(w):
-            return c @ w.T  # a graph (or a torch.func transform) must see the product
+        if ((torch.is_grad_enabled() and w.requires_grad) or is_functorch_wrapped_tensor(w)
+                or torch.is_inference_mode_enabled()):
+            # A graph (or a torch.func transform) must see the product; an inference-mode tensor could not be
+            # saved for a later backward, so it is never memoised.
+            return c @ w.T
         memo = self._map_memo
         if memo is not None and memo[0].matches((w, c)):
             return memo[1]
