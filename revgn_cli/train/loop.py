@@ -254,8 +254,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
     def eval_row(epoch: int) -> dict[str, Any]:
         row: dict[str, Any] = {"run_id": run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
         # Epoch 0 always: the init row is the reference a step-unit run's first velocity is measured from.
-        diagnose = tracker is not None and (epoch == 0 or m.unit == "epoch" and (epoch % m.every == 0
-                                                                                  or epoch == cfg.train.epochs))
+        diagnose = tracker is not None and (
+            epoch == 0 or (m.unit == "epoch" and (epoch % m.every == 0 or epoch == cfg.train.epochs)))
         reps = None
         if epoch == 0 or epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
             net = eval_network(opt, model)  # linearised runs: the tangent model they train, not model(x)
