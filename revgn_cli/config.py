@@ -52,6 +52,7 @@ class OptimizerConfig:
     lr: float = 0.5
     combine: str = "sum"  # GN: sum (paper code) | mean (a true right inverse)
     loss_hessian: str = "identity"  # GN with CE: identity | exact
+    solver: str = "auto"  # GN: auto (per regulariser the cheapest path matching float64 eigh) | eigh (always eigh)
     momentum: float = 0.0  # SGD
     beta1: float = 0.9  # Adam
     beta2: float = 0.999
@@ -141,6 +142,7 @@ CHOICES = {
     "optimizer.name": ("gn", "adam", "sgd", "linearised"),
     "optimizer.combine": ("sum", "mean"),
     "optimizer.loss_hessian": ("identity", "exact"),
+    "optimizer.solver": ("auto", "eigh"),
     "optimizer.inner": ("sgd", "adam"),
     "regime.name": ("full_batch", "mini_batch"),
     "regime.subset": ("first", "random"),
@@ -257,6 +259,9 @@ def run_id(cfg: Config) -> str:
     d = config_dict(cfg)
     for k in NON_IDENTITY_KEYS:
         d.pop(k, None)
+    # optimizer.solver picks how the same GN step is computed (they agree to ~1e-10, docs/gn.md): not part of a
+    # run's identity, so ids made before the key existed stay valid.
+    d["optimizer"] = {k: v for k, v in d["optimizer"].items() if k != "solver"}
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

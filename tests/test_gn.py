@@ -295,7 +295,8 @@ def test_pinv_strategies_match_explicit_svd(name, n):
 
 
 def test_solver_fallback_is_counted(monkeypatch):
-    """A failing eigh is retried as a float64 SVD of Σ and counted in GaussNewton.stats."""
+    """A failing eigh is retried as a float64 SVD of Σ and counted in GaussNewton.stats (solver=eigh: with the
+    default solver `none` takes the Cholesky path, which never calls eigh on these full-rank Grams)."""
     m, x, t = _full_rank_case()
     ref = _flat(gn_direction(m, x, t))
     real = torch.linalg.eigh
@@ -310,10 +311,109 @@ def test_solver_fallback_is_counted(monkeypatch):
         return real(a, *args, **kw)
 
     monkeypatch.setattr(torch.linalg, "eigh", flaky)
-    opt = GaussNewton(m, lr=0.0, regularizer="none", combine="sum")
+    opt = GaussNewton(m, lr=0.0, regularizer="none", combine="sum", solver="eigh")
     delta, _ = opt.direction(x, t)
     assert opt.stats["gn_solver_fallbacks"] == 2.0
     assert _rel(_flat(delta), ref) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# solver paths (pinv.solver_path): each fast path against the float64 eigh path
+
+
+def _spy_eigh(monkeypatch):
+    """Count torch.linalg.eigh calls (the eigh path factors the Gram with it; the Cholesky paths never do)."""
+    calls = {"n": 0}
+    real = torch.linalg.eigh
+
+    def spy(a, *args, **kw):
+        calls["n"] += 1
+        return real(a, *args, **kw)
+
+    monkeypatch.setattr(torch.linalg, "eigh", spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["none", "damping", "noise"])
+@pytest.mark.parametrize("n", [12, 60])  # row side (n ≤ h+1) and column side (n > h+1)
+@pytest.mark.parametrize("factored", [False, True])
+def test_cholesky_paths_match_eigh_on_full_rank_grams(name, n, factored, monkeypatch):
+    """solver=auto (float64 Cholesky; damping with a certified λ_max) equals solver=eigh to 1e-8 on full-rank
+    Grams, for ΔW̃ and ΣΔW̃, on both sides of the Gram and through the orthonormal-basis factorisation — and never
+    calls eigh (the fast path really ran)."""
+    torch.manual_seed(n)
+    r, h, k = 24, 40, 3
+    z = torch.randn(n, r, dtype=F64)
+    c = torch.randn(r, h, dtype=F64) / h**0.5
+    feats, basis = (z, torch.linalg.qr(c.T)[0].T) if factored else ((z @ c).relu(), None)
+    t = torch.randn(n, k, dtype=F64)
+    reg = Regularizer(name, damping=1e-3, noise=0.2)
+    ref = pinv_solve(feats, t, reg, basis=basis, solver="eigh", generator=torch.Generator().manual_seed(3))
+    calls = _spy_eigh(monkeypatch)
+    got = pinv_solve(feats, t, reg, basis=basis, solver="auto", generator=torch.Generator().manual_seed(3))
+    assert calls["n"] == 0
+    assert _rel(got[0], ref[0]) < 1e-8 and _rel(got[1], ref[1]) < 1e-8
+
+
+@pytest.mark.parametrize("linear", [True, False], ids=["linear-first", "relu"])
+@pytest.mark.parametrize("reg", ["none", {"name": "damping", "damping": 1e-4}])
+def test_gn_direction_solver_auto_equals_eigh(linear, reg):
+    """The whole step: solver=auto and solver=eigh agree to 1e-8 (and auto keeps J Δθ = c·ε, tested above)."""
+    m, x, t = _problem(8, 12, 3, 16, linear=linear, seed=21)
+    auto = _flat(gn_direction(m, x, t, regularizer=reg))
+    eigh = _flat(gn_direction(m, x, t, regularizer=reg, solver="eigh"))
+    assert _rel(auto, eigh) < 1e-8
+
+
+@pytest.mark.parametrize("name", ["none", "noise", "damping"])
+def test_cholesky_path_falls_back_to_eigh_on_rank_deficient_gram(name, monkeypatch):
+    """Σ of rank 4 < n: ΣΣᵀ is singular, so `none`/`noise` must leave the Cholesky path (eigh then drops the zero
+    eigenvalues) — the step is the minimum-norm least-squares one of an explicit pseudoinverse. `damping` stays on
+    its Cholesky of G + δI and still equals eigh: exact zeros carry Σᵀv = 0."""
+    torch.manual_seed(0)
+    n, h = 20, 30
+    feats = torch.randn(n, 3, dtype=F64) @ torch.randn(3, h, dtype=F64)  # rank 3; with the ones column ≤ 4
+    t = torch.randn(n, 2, dtype=F64)
+    sig = torch.cat([feats, torch.ones(n, 1, dtype=F64)], 1)
+    assert torch.linalg.matrix_rank(sig) == 4
+    reg = Regularizer(name, damping=1e-3, noise=0.0)
+    ref = pinv_solve(feats, t, reg, solver="eigh")
+    calls = _spy_eigh(monkeypatch)
+    dw, ach = pinv_solve(feats, t, reg, solver="auto")
+    assert calls["n"] == (0 if name == "damping" else 1)
+    assert _rel(dw, ref[0]) < 1e-8 and _rel(ach, ref[1]) < 1e-8
+    if name != "damping":
+        assert _rel(dw, torch.linalg.pinv(sig) @ t) < 1e-8
+
+
+def test_certified_lambda_max_is_sound():
+    """λ_max from Lanczos + a Cholesky certificate: 1e-9-accurate on Grams with a separated or a clustered top, and
+    None (never a wrong value) when too few Lanczos steps leave θ short of λ_max."""
+    from revgn_cli.optim.pinv import _certified_lambda_max
+
+    torch.manual_seed(1)
+    a = torch.randn(80, 50, dtype=F64)
+    q = torch.linalg.qr(torch.randn(60, 60, dtype=F64))[0]
+    clustered = q @ torch.diag(torch.cat([torch.tensor([1.0, 1 - 1e-6, 1 - 2e-6], dtype=F64),
+                                          torch.rand(57, dtype=F64) * 0.9])) @ q.T
+    for g in (a.relu() @ a.relu().T, a @ a.T, a.T @ a, clustered):
+        lam = _certified_lambda_max(g)
+        assert lam is not None and abs(lam.item() / torch.linalg.eigvalsh(g)[-1].item() - 1) < 1e-9
+    assert _certified_lambda_max(clustered, max_steps=2) is None
+
+
+def test_solver_option_reaches_gauss_newton():
+    """optimizer.solver: make_optimizer passes it to GaussNewton (default auto from conf/optimizer/gn.yaml), the
+    state round-trips, and an unknown name is refused."""
+    m, x, t = _full_rank_case()
+    assert make_optimizer(m, {"name": "gn"}, None).solver == "auto"
+    opt = make_optimizer(m, {"name": "gn", "solver": "eigh"}, {"name": "none"})
+    assert opt.solver == "eigh" and opt.state_dict()["solver"] == "eigh"
+    other = GaussNewton(m, lr=1.0)
+    other.load_state_dict(opt.state_dict())
+    assert other.solver == "eigh"
+    with pytest.raises(ValueError, match="unknown solver 'lu'"):
+        GaussNewton(m, lr=1.0, solver="lu")
 
 
 def test_regularizer_from_mapping():

@@ -31,7 +31,7 @@ def make_optimizer(
 ) -> GaussNewton | TorchStepper | LinearisedStepper:
     """Build the optimiser named by opt["name"] over model.trainable().
 
-    opt keys: name ∈ {gn, adam, sgd, linearised}; lr; combine, loss_hessian (gn); momentum (sgd); beta1, beta2,
+    opt keys: name ∈ {gn, adam, sgd, linearised}; lr; combine, loss_hessian, solver (gn); momentum (sgd); beta1, beta2,
     eps (adam); inner ∈ {sgd, adam} and relinearise_every (K, None = ∞) for linearised (+ the inner's keys).
     Missing (or None) keys take conf/optimizer/<name>.yaml's values; unknown keys are ignored.
     reg keys: those of Regularizer. GN uses all of them. For adam/sgd only reg.name == "weight_decay" has an
@@ -48,7 +48,7 @@ def make_optimizer(
     if name == "gn":
         return GaussNewton(
             model, lr=float(o["lr"]), combine=str(o["combine"]), regularizer=r, loss=loss,
-            loss_hessian=str(o["loss_hessian"]),
+            loss_hessian=str(o["loss_hessian"]), solver=str(o["solver"]),
         )
     wd = r.weight_decay if r.name == "weight_decay" else 0.0
     if name == "linearised":  # the inner SGD/Adam is built exactly like the plain ones below

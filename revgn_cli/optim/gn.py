@@ -24,7 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from revgn_cli.models.revmlp import CouplingBlock, HalfLayer, RevMLP
 from revgn_cli.models.stamp import Stamp
 from revgn_cli.optim.losses import batch_loss, output_residual
-from revgn_cli.optim.pinv import FALLBACK_COUNTER, Regularizer, pinv_solve
+from revgn_cli.optim.pinv import FALLBACK_COUNTER, SOLVERS, Regularizer, pinv_solve
 
 __all__ = ["gn_direction", "GaussNewton", "COMBINES"]
 
@@ -207,6 +207,7 @@ def _direction_and_loss(
     loss: str,
     loss_hessian: str,
     fast_gram: bool,
+    solver: str,
     counters: MutableMapping[str, float] | None,
     generator: torch.Generator | None,
 ) -> tuple[list[Tensor], Tensor]:
@@ -223,7 +224,7 @@ def _direction_and_loss(
         ell = batch_loss(logits, t_onehot, loss)
         eps = output_residual(logits, t_onehot, loss, loss_hessian) @ ref.T  # steps 2-3
         del x, logits
-        kw = dict(fast_gram=fast_gram, counters=counters, generator=generator)
+        kw = dict(fast_gram=fast_gram, solver=solver, counters=counters, generator=generator)
         out: list[Tensor] = []
         scale = 1.0 / len(model.blocks) if combine == "mean" else 1.0
         for blk, (t, acts) in zip(model.blocks, _targets_and_activations(model, xl, eps)):  # steps 4-5
@@ -242,6 +243,7 @@ def gn_direction(
     loss: str = "ce",
     loss_hessian: str = "identity",
     fast_gram: bool = False,
+    solver: str = "auto",
     counters: MutableMapping[str, float] | None = None,
     generator: torch.Generator | None = None,
 ) -> list[Tensor]:
@@ -254,12 +256,14 @@ def gn_direction(
         loss: "ce" | "mse";  loss_hessian: "identity" | "exact" (CE only; see output_residual).
         fast_gram: float32 models only: form/factor the n×n Gram in float32 when the regulariser truncates at
             ≥ 1e-2·s_max anyway (GaussNewton turns this on; tests of exactness leave it off).
+        solver: "auto" (per filter the cheapest path that reproduces the float64 eigh step: a float64 Cholesky for
+            none/noise/damping, eigh for truncation; see pinv.solver_path) or "eigh" (always float64 eigh).
         counters: mapping incremented in place (key "gn_solver_fallbacks") when a solve falls back to float64 SVD.
         generator: RNG for the `noise` regulariser (default: torch's global RNG).
     """
     out, _ = _direction_and_loss(
         model, x, t_onehot, combine=combine, regularizer=regularizer, loss=loss, loss_hessian=loss_hessian,
-        fast_gram=fast_gram, counters=counters, generator=generator,
+        fast_gram=fast_gram, solver=solver, counters=counters, generator=generator,
     )
     return out
 
@@ -269,7 +273,7 @@ class GaussNewton:
 
     weight_decay: None → regularizer.weight_decay if regularizer.name == "weight_decay", else 0; a number
     overrides that for any regulariser. It decays every trained tensor (weights and biases), as − α λ θ in
-    DESIGN §2.
+    DESIGN §2. solver: "auto" | "eigh", see gn_direction.
     """
 
     def __init__(
@@ -282,9 +286,12 @@ class GaussNewton:
         loss: str = "ce",
         loss_hessian: str = "identity",
         fast_gram: bool = True,
+        solver: str = "auto",
     ):
         if combine not in COMBINES:
             raise ValueError(f"unknown combine {combine!r}; valid: {', '.join(COMBINES)}")
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
         self.model = model
         self.lr = float(lr)
         self.combine = combine
@@ -292,7 +299,7 @@ class GaussNewton:
         if weight_decay is None:
             weight_decay = self.regularizer.weight_decay if self.regularizer.name == "weight_decay" else 0.0
         self.weight_decay = float(weight_decay)
-        self.loss, self.loss_hessian, self.fast_gram = loss, loss_hessian, fast_gram
+        self.loss, self.loss_hessian, self.fast_gram, self.solver = loss, loss_hessian, fast_gram, solver
         self.stats: dict[str, float] = {FALLBACK_COUNTER: 0.0}
         self.generator: torch.Generator | None = None
 
@@ -300,7 +307,8 @@ class GaussNewton:
         """(Δθ, pre-update loss tensor) for the batch."""
         return _direction_and_loss(
             self.model, x, t_onehot, combine=self.combine, regularizer=self.regularizer, loss=self.loss,
-            loss_hessian=self.loss_hessian, fast_gram=self.fast_gram, counters=self.stats, generator=self.generator,
+            loss_hessian=self.loss_hessian, fast_gram=self.fast_gram, solver=self.solver, counters=self.stats,
+            generator=self.generator,
         )
 
     def step(self, x: Tensor, t_onehot: Tensor) -> float:
@@ -317,7 +325,7 @@ class GaussNewton:
         return {
             "name": "gn", "lr": self.lr, "combine": self.combine, "regularizer": asdict(self.regularizer),
             "weight_decay": self.weight_decay, "loss": self.loss, "loss_hessian": self.loss_hessian,
-            "fast_gram": self.fast_gram, "stats": dict(self.stats),
+            "fast_gram": self.fast_gram, "solver": self.solver, "stats": dict(self.stats),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -329,4 +337,5 @@ class GaussNewton:
         self.loss = state.get("loss", self.loss)
         self.loss_hessian = state.get("loss_hessian", self.loss_hessian)
         self.fast_gram = bool(state.get("fast_gram", self.fast_gram))
+        self.solver = str(state.get("solver", self.solver))
         self.stats = {FALLBACK_COUNTER: 0.0, **{k: float(v) for k, v in state.get("stats", {}).items()}}

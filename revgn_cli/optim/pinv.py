@@ -12,23 +12,29 @@ row side, ΣᵀΣ on the column side — whichever is smaller):
                  this is *exactly* (Σ⁺ + s‖Σ⁺‖_F/√numel·G) t, i.e. perturbing Σ⁺ itself, without forming Σ⁺.
     weight_decay truncation (the paper's main-run pseudoinverse); the decay itself lives in GaussNewton's update.
 
-The Gram matrix squares Σ's condition number, so by default it is formed and factored (eigh) in float64 and the
-filter acts on its eigenvalues. `fast_gram` lets a float32 caller *form* it in float32 (still factored in
-float64) when the filter throws away everything below s < 1e-2·s_max anyway (see `gram_dtype`). A failing eigh
-(LinAlgError or non-finite output) is retried with a float64 SVD of Σ itself and counted in
-`counters["gn_solver_fallbacks"]`.
+The Gram matrix squares Σ's condition number, so by default it is formed and factored in float64. `fast_gram`
+lets a float32 caller *form* it in float32 (still factored in float64) when the filter throws away everything
+below s < 1e-2·s_max anyway (see `gram_dtype`).
+
+Solver paths (`solver_path`, one table): a filter that needs no eigenvectors is applied by a float64 Cholesky —
+`none`/`noise` solve G⁻¹ when G is certified to have no eigenvalue below the machine floor, `damping` solves
+(G + δI)⁻¹ with a certified λ_max — and everything else (truncation, or `solver="eigh"`, or a Gram the Cholesky
+path cannot certify) takes the float64 `eigh` path: f applied to G's eigenvalues. A failing eigh (LinAlgError or
+non-finite output) is retried with a float64 SVD of Σ itself and counted in `counters["gn_solver_fallbacks"]`.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Mapping, MutableMapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Regularizer", "REGULARIZERS", "pinv_solve", "spectral_filter", "gram_dtype"]
+__all__ = ["Regularizer", "REGULARIZERS", "SOLVERS", "pinv_solve", "solver_path", "spectral_filter", "gram_dtype"]
 
 REGULARIZERS = ("none", "truncation", "damping", "noise", "weight_decay")
+SOLVERS = ("auto", "eigh")  # auto: the cheapest exact path per filter (solver_path); eigh: always float64 eigh
 FALLBACK_COUNTER = "gn_solver_fallbacks"
 
 
@@ -181,6 +187,136 @@ def _eigh_gram(phi: Tensor, row_side: bool, counters: MutableMapping[str, float]
     return s * s, (u if row_side else vh.T)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Solver paths: each applies f(G) for one family of filters to a right-hand side B (t on the row side, Σᵀt on the
+# column side) and returns (f(G) B, G f(G) B, Σ f(λ)) in float64 — the last is ‖Σ⁺‖_F² for the exact filter (noise
+# needs it) — or None when it cannot guarantee the float64 eigh path's answer; the caller then takes that path.
+
+Solved = tuple[Tensor, Tensor, Tensor | None]
+
+
+def _solve_eigh(
+    phi: Tensor, row_side: bool, rhs: Tensor, reg: Regularizer, floor: float,
+    counters: MutableMapping[str, float] | None,
+) -> Solved:
+    """Every filter, from the float64 eigenpairs of the Gram (the reference path and the fallback of the others)."""
+    lam, vec = _eigh_gram(phi, row_side, counters)  # float64
+    f = spectral_filter(lam, reg, floor)
+    fro2 = f.sum()
+    kept = f != 0
+    if not bool(kept.all()):  # only the kept eigenvectors enter the products (on MNIST ~3/4 are cut: 4× fewer flops)
+        lam, f, vec = lam[kept], f[kept], vec[:, kept]
+    # The factorisation is float64; applying it is done in rhs' dtype (the Gram's: float64 unless fast_gram allowed
+    # float32 — an orthogonal V applied in float32 adds only ~1e-7·‖t‖ per component).
+    lam, f, vec = lam.to(rhs.dtype), f.to(rhs.dtype), vec.to(rhs.dtype)
+    proj = vec.T @ rhs
+    sol = vec @ (f[:, None] * proj)
+    gsol = vec @ ((lam * f)[:, None] * proj) if row_side else sol  # G f(G) t: no n×h product (row side only)
+    return sol, gsol, fro2
+
+
+def _certified_lambda_max(g: Tensor, tol: float = 1e-10, max_steps: int = 80) -> Tensor | None:
+    """λ_max of a symmetric PSD float64 matrix g ∈ ℝ^{m×m} to relative accuracy 2·tol, or None.
+
+    Lanczos with full reorthogonalisation from a fixed start gives a Ritz value θ ≤ λ_max (a Rayleigh quotient);
+    it stops when the Ritz residual β·|y_last| is ≤ tol·θ (a handful of matrix-vector products on a Gram, whose top
+    eigenvalue is well separated; the tiny tridiagonal is solved in numpy). A Cholesky of θ(1 + 2·tol)·I − g then
+    *proves* λ_max < θ(1 + 2·tol): the bound is sound however the iteration went; if the proof fails, None (the
+    caller then uses eigh).
+    """
+    m = g.shape[0]
+    steps = min(m, max_steps)
+    q = torch.ones(m, dtype=g.dtype) + 0.1 * torch.randn(m, generator=torch.Generator().manual_seed(0), dtype=g.dtype)
+    q = (q / q.norm()).to(g.device)
+    basis = g.new_zeros(m, steps)
+    alpha: list[float] = []
+    beta: list[float] = []
+    theta = 0.0
+    for j in range(steps):
+        basis[:, j] = q
+        w = g @ q
+        alpha.append(float(q @ w))
+        for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
+            w = w - basis[:, : j + 1] @ (basis[:, : j + 1].T @ w)
+        b = float(w.norm())
+        tri = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
+        ritz, vecs = np.linalg.eigh(tri)
+        theta = float(ritz[-1])
+        if b * abs(vecs[-1, -1]) <= tol * theta or b == 0.0:
+            break
+        beta.append(b)
+        q = w / b
+    if not theta > 0:
+        return None
+    bound = theta * (1.0 + 2.0 * tol)
+    shifted = torch.diag(g.new_full((m,), bound)) - g
+    if int(torch.linalg.cholesky_ex(shifted).info) != 0:
+        return None
+    return g.new_tensor(theta)
+
+
+def _solve_cholesky(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: float) -> Solved | None:
+    """f(λ) = 1/λ (none, noise): G⁻¹B by a float64 Cholesky G = LLᵀ.
+
+    Equals the eigh path when that path keeps every eigenvalue, i.e. λ_min > floor·λ_max. Certified, not
+    estimated: λ_min ≥ 1/tr(G⁻¹) = 1/‖L⁻¹‖_F² and λ_max ≤ ‖G‖_F (conservative by ≤ m and ≤ √m; measured on ReLU
+    Grams, n = 1024, h = 2048: 1/tr(G⁻¹) ≈ λ_min/160). A Gram that fails either test (numerically singular, or too
+    close to it to tell) returns None: the eigh path then drops its numerically-zero eigenvalues as before.
+    """
+    g = gram.to(torch.float64)
+    chol, info = torch.linalg.cholesky_ex(g)
+    if int(info) != 0:
+        return None
+    linv = torch.linalg.solve_triangular(chol, torch.eye(g.shape[0], dtype=g.dtype, device=g.device), upper=False)
+    tr_inv = (linv * linv).sum()
+    if not (bool(torch.isfinite(tr_inv)) and float(tr_inv) * floor * float(torch.linalg.matrix_norm(g)) < 1.0):
+        return None
+    b = rhs.to(torch.float64)
+    return torch.cholesky_solve(b, chol), b, tr_inv  # G·G⁻¹B = B exactly
+
+
+def _solve_cholesky_damped(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: float) -> Solved | None:
+    """f(λ) = 1/(λ + δ), δ = damping·λ_max (damping): (G + δI)⁻¹B by a float64 Cholesky, λ_max certified.
+
+    G(G + δI)⁻¹ = I − δ(G + δI)⁻¹, so G f(G) B comes free. Differs from the eigh path only in the directions whose
+    eigenvalue lies below the machine floor (numerically zero): eigh drops them, this path keeps them at weight
+    1/(λ + δ). In ΔW̃ = Σᵀ(…)t such a direction enters with the factor s/(s² + δ) ≤ √(floor·λ_max)/δ, at most
+    2·√(floor/damping) of the largest factor 1/(2√δ) (and exactly 0 for exact zeros, where Σᵀv = 0).
+    """
+    g = gram.to(torch.float64)
+    lam_max = _certified_lambda_max(g)
+    if lam_max is None:
+        return None
+    delta = reg.damping * lam_max
+    if float(delta) <= floor * float(lam_max):  # no damping above the floor: that is the exact filter
+        return _solve_cholesky(gram, rhs, reg, floor)
+    chol, info = torch.linalg.cholesky_ex(g + torch.diag(delta.expand(g.shape[0])))
+    if int(info) != 0:
+        return None
+    b = rhs.to(torch.float64)
+    sol = torch.cholesky_solve(b, chol)
+    return sol, b - delta * sol, None
+
+
+_PATHS: dict[str, Callable[[Tensor, Tensor, Regularizer, float], Solved | None]] = {
+    "none": _solve_cholesky,
+    "noise": _solve_cholesky,
+    "damping": _solve_cholesky_damped,
+    # truncation, weight_decay: the float64 eigh path. Measured on mnist5k Grams (bench/gn_truncation.py,
+    # docs/gn.md), no cheaper method reproduced its step to 1e-6.
+}
+
+
+def solver_path(reg: Regularizer, solver: str = "auto") -> Callable[[Tensor, Tensor, Regularizer, float], Solved | None] | None:
+    """The fast path for reg's filter, or None for the float64 eigh path (solver="eigh", or no fast path)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    return None if solver == "eigh" else _PATHS.get(reg.name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
 def pinv_solve(
     feats: Tensor,
     t: Tensor,
@@ -188,6 +324,7 @@ def pinv_solve(
     *,
     basis: Tensor | None = None,
     fast_gram: bool = False,
+    solver: str = "auto",
     counters: MutableMapping[str, float] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -201,6 +338,7 @@ def pinv_solve(
         t: targets ∈ ℝ^{n×k}.
         reg: the regulariser.
         fast_gram: allow a float32 Gram when feats is float32 and the filter truncates at ≥ 1e-2 (see gram_dtype).
+        solver: "auto" (the filter's fast path, see solver_path) or "eigh" (always the float64 eigh path).
         counters: incremented in place on a solver fallback.
         generator: RNG for `noise`.
 
@@ -210,45 +348,41 @@ def pinv_solve(
     n, r = feats.shape
     in_dtype = feats.dtype
     form = gram_dtype(in_dtype, reg, fast_gram)
-    phi = feats.to(form)
+    phi, tw = feats.to(form), t.to(form)
     row_side = n <= r + 1  # the cheaper Gram: n×n or (r+1)×(r+1)
-    lam, vec = _eigh_gram(phi, row_side, counters)  # float64
-    full_dim = max(n, (basis.shape[1] if basis is not None else r) + 1)
-    f = spectral_filter(lam, reg, _machine_floor(full_dim, in_dtype, form))
-    kept = f != 0
-    if not bool(kept.all()):  # only the kept eigenvectors enter the products (on MNIST ~3/4 are cut: 4× fewer flops)
-        lam, f, vec = lam[kept], f[kept], vec[:, kept]
-    # The factorisation is float64; applying it is done in the Gram's dtype (float64 unless fast_gram allowed
-    # float32: an orthogonal V applied in float32 adds only ~1e-7·‖t‖ per component).
-    lam, f, vec, tw = lam.to(form), f.to(form), vec.to(form), t.to(form)
+    floor = _machine_floor(max(n, (basis.shape[1] if basis is not None else r) + 1), in_dtype, form)
+    rhs = tw if row_side else torch.cat([phi.T @ tw, tw.sum(dim=0, keepdim=True)], dim=0)  # t or Σᵀt
+    path = solver_path(reg, solver)
+    solved = path(_gram(phi, row_side), rhs, reg, floor) if path is not None else None
+    if solved is None:
+        solved = _solve_eigh(phi, row_side, rhs, reg, floor, counters)
+    sol, gsol, fro2 = solved
+    sol = sol.to(form)
     if row_side:
-        proj = vec.T @ tw  # Vᵀt
-        coef = vec @ (f[:, None] * proj)  # (ΣΣᵀ)⁺_f t
-        dw = torch.cat([phi.T @ coef, coef.sum(dim=0, keepdim=True)], dim=0)  # Σᵀ (ΣΣᵀ)⁺_f t
-        achieved = vec @ ((lam * f)[:, None] * proj)  # ΣΣᵀ(ΣΣᵀ)⁺_f t: no n×h product needed
+        dw = torch.cat([phi.T @ sol, sol.sum(dim=0, keepdim=True)], dim=0)  # Σᵀ f(ΣΣᵀ) t
+        achieved = gsol.to(form)  # ΣΣᵀ f(ΣΣᵀ) t
     else:
-        st = torch.cat([phi.T @ tw, tw.sum(dim=0, keepdim=True)], dim=0)  # Σᵀt
-        dw = vec @ (f[:, None] * (vec.T @ st))  # (ΣᵀΣ)⁺_f Σᵀ t
+        dw = sol  # f(ΣᵀΣ) Σᵀt
         achieved = phi @ dw[:-1] + dw[-1:]
     dw, achieved = dw.to(in_dtype), achieved.to(in_dtype)
     if basis is not None:  # back from the [φ, 1] coordinates to the [φB, 1] ones: ΔW̃ = diag(B, 1)ᵀ ΔṼ
         dw = torch.cat([basis.T @ dw[:-1], dw[-1:]], dim=0)
     if reg.name == "noise" and reg.noise > 0:
-        dw, achieved = _add_noise(dw, achieved, feats, t, basis, lam, f, reg, generator)
+        dw, achieved = _add_noise(dw, achieved, feats, t, basis, fro2, reg, generator)
     return dw, achieved
 
 
 def _add_noise(
-    dw: Tensor, achieved: Tensor, feats: Tensor, t: Tensor, basis: Tensor | None, lam: Tensor, f: Tensor,
+    dw: Tensor, achieved: Tensor, feats: Tensor, t: Tensor, basis: Tensor | None, fro2: Tensor,
     reg: Regularizer, generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
     """(Σ⁺ + c·G) t with c = noise·‖Σ⁺‖_F/√numel(Σ⁺), G ∈ ℝ^{(h+1)×n} ~ N(0, 1) fresh: we add c·(G t).
 
-    ‖Σ⁺‖_F² = Σ_kept 1/λ (the exact pseudoinverse's singular values are 1/s).
+    fro2 = ‖Σ⁺‖_F² = Σ_kept 1/λ (the exact pseudoinverse's singular values are 1/s) = tr(G⁻¹) when G is invertible.
     """
     n = t.shape[0]
     rows = dw.shape[0]  # h + 1
-    c = reg.noise * torch.sqrt(f.sum().to(torch.float64)) / (rows * n) ** 0.5
+    c = reg.noise * torch.sqrt(fro2.to(torch.float64)) / (rows * n) ** 0.5
     g = torch.randn(rows, n, generator=generator, dtype=t.dtype, device=t.device)
     extra = (g @ t) * c.to(t.dtype)
     inner = extra[:-1] if basis is None else basis @ extra[:-1]  # diag(B,1)·extra in the [φ, 1] coordinates
