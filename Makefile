@@ -26,10 +26,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/gn_step.py --quick
 	$(PY) bench/metrics_overhead.py
+	$(PY) bench/gn_truncation.py
 
 bench-smoke: $(STAMP)
 	$(PY) bench/gn_step.py --smoke
 	$(PY) bench/metrics_overhead.py --smoke
+	$(PY) bench/gn_truncation.py --smoke
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,6 +18,10 @@ above the pre-step allocation on CUDA. Approximate on CPU (page granularity, all
     python bench/gn_step.py --device cuda
     python bench/gn_step.py --quick --data mnist5k   # real images for the d=784 rows (n ≤ 4000)
     python bench/gn_step.py --smoke            # tiny sizes, seconds: every code path runs (make test runs it)
+
+After the table, "solver paths" (issue 16): GN/Adam at the target shape for the default path, the exact all-ReLU
+path (regularizer=none) and damping, each with optimizer.solver=auto and =eigh, and at L = 6, d = 64 — Adam and
+every GN variant of a model interleaved in the same rounds.
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from revgn_cli.models import RevMLP  # noqa: E402
-from revgn_cli.optim import gn_naive, make_optimizer  # noqa: E402
+from revgn_cli.optim import Regularizer, gn_naive, make_optimizer  # noqa: E402
+from revgn_cli.optim.pinv import solver_path  # noqa: E402
 
 GRID = list(itertools.product((256, 1024), (64, 784), (1024, 2048), (2, 6)))  # (n, d, h, L)
 QUICK = [(1024, 784, 2048, 2), (256, 784, 1024, 2), (1024, 64, 1024, 6)]
@@ -49,6 +54,15 @@ NAIVE_EXTRA_SMOKE = [(8, 16, 32, 2)]
 TARGET = (1024, 784, 2048, 2)
 GN_OPT = ({"name": "gn", "lr": 0.5, "combine": "sum"}, {"name": "truncation", "rtol": 1e-2, "atol": 1e-5})
 ADAM_OPT = ({"name": "adam", "lr": 1e-4}, None)
+# Solver-path rows (issue 16): (shape, model kwargs, label, regulariser, targets' GN/Adam bound); each GN variant
+# runs with optimizer.solver=auto and =eigh.
+PATH_ROWS = [
+    (TARGET, {}, "default (linear 1st block)", GN_OPT[1], 3.0),
+    (TARGET, {"first_block_linear": False}, "exact, all-ReLU", {"name": "none"}, 4.0),
+    (TARGET, {}, "default (linear 1st block)", {"name": "damping", "damping": 1e-3}, None),
+    ((1024, 64, 1024, 6), {}, "default (linear 1st block)", GN_OPT[1], 15.0),
+]
+SMOKE_PATH_SHAPES = {TARGET: SMOKE[0], (1024, 64, 1024, 6): (32, 16, 64, 6)}
 SGD_OPT = ({"name": "sgd", "lr": 0.1}, None)
 
 
@@ -227,6 +241,53 @@ def floor_parts(cfg, args, device, dtype) -> dict[str, float]:
     return out
 
 
+def run_paths(args, device, dtype) -> list[dict]:
+    """PATH_ROWS: per (shape, model), Adam and each GN variant (solver auto / eigh) in interleaved rounds."""
+    groups: dict[tuple, list] = {}
+    for shape, kw, label, reg, bound in PATH_ROWS:
+        shape = SMOKE_PATH_SHAPES[shape] if args.smoke else shape
+        groups.setdefault((shape, tuple(sorted(kw.items())), label), []).append((reg, bound))
+    rows = []
+    for (shape, kw, label), regs in groups.items():
+        n, d, h, L = shape
+        x, t, _ = inputs_and_model(shape, args, device, dtype)
+        base = RevMLP(d, L, h, seed=0, **dict(kw)).to(device=device, dtype=dtype)
+        opts = {("adam", "", ""): make_optimizer(copy.deepcopy(base), *ADAM_OPT)}
+        for reg, bound in regs:
+            for solver in ("auto", "eigh"):
+                if solver == "eigh" and solver_path(Regularizer.from_mapping(reg)) is None:
+                    continue  # auto is eigh for this filter
+                opts[("gn", reg["name"], solver)] = make_optimizer(copy.deepcopy(base), {**GN_OPT[0], "solver": solver},
+                                                                   reg)
+        times = {k: [] for k in opts}
+        for opt in opts.values():  # warm-up
+            opt.step(x, t)
+        for _ in range(args.repeats):
+            for k, opt in opts.items():
+                times[k].append(plain_timer(lambda: opt.step(x, t), device)[0])
+        adam = statistics.median(times[("adam", "", "")])
+        bounds = {reg["name"]: bound for reg, bound in regs}
+        for k in opts:
+            if k[0] == "gn":
+                gn_s = statistics.median(times[k])
+                rows.append({"shape": shape, "model": label, "reg": k[1], "solver": k[2], "gn_s": gn_s, "adam_s": adam,
+                             "bound": bounds.get(k[1]) if k[2] == "auto" else None})
+    return rows
+
+
+def print_paths(rows: list[dict]) -> None:
+    head = (f"{'n':>5} {'d':>4} {'h':>5} {'L':>2}  {'model':<27} {'regularizer':<11} {'solver':<6} │ {'GN s':>7}"
+            f" {'Adam s':>7} │ {'GN/Adam':>7}  target")
+    print(head)
+    print("─" * len(head))
+    for r in rows:
+        n, d, h, L = r["shape"]
+        ratio = r["gn_s"] / r["adam_s"]
+        tgt = "" if r["bound"] is None else f"≤ {r['bound']:g}: {'met' if ratio <= r['bound'] else 'MISSED'}"
+        print(f"{n:5d} {d:4d} {h:5d} {L:2d}  {r['model']:<27} {r['reg']:<11} {r['solver']:<6} │ {r['gn_s']:7.3f}"
+              f" {r['adam_s']:7.3f} │ {ratio:7.2f}  {tgt}")
+
+
 def fmt_mem(b: float) -> str:
     return "   n/a" if b != b else f"{b / 2**20:6.0f}"
 
@@ -256,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="inputs: Gaussian (default), or the first n mnist5k training images for the d=784 rows")
     ap.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)  # internal: the child process
     ap.add_argument("--naive-mem-gb", type=float, default=3.0, help="skip gn_naive above this estimated peak")
+    ap.add_argument("--paths-only", action="store_true", help="only the solver-path rows (issue 16), not the grid")
     args = ap.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.smoke else 3 if args.quick else 5
@@ -284,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     # allocator setting from its start (one mmap per large tensor, see PeakMemory) that slows allocation-heavy
     # steps and cannot be undone.
     cfgs = [*extra, *configs]
+    if args.paths_only:
+        print()
+        print_paths(run_paths(args, dev, dtype))
+        print(f"# total {time.perf_counter() - t0:.0f}s; load avg at end {os.getloadavg()[0]:.2f}")
+        return 0
     if args.memory_pass:
         mem = PeakMemory(dev)
         peaks = [{k: v for k, v in run_config(c, args, dev, dtype, mem.measure, 2).items() if k.endswith("_mem")}
@@ -323,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         big = max(nv, key=lambda r: r["params"] * r["n"] * r["d"])
         print(f"# target naive/GN ≥ 100 at the largest naive size (n={big['n']} d={big['d']} h={big['h']} "
               f"L={big['L']}): {big['naive_s'] / big['gn_s']:.0f}")
+    print("\n# solver paths (issue 16): Adam and every GN variant of a model interleaved, median of rounds")
+    print_paths(run_paths(args, dev, dtype))
     return 0
 
 

@@ -386,6 +386,27 @@ def test_cholesky_path_falls_back_to_eigh_on_rank_deficient_gram(name, monkeypat
         assert _rel(dw, torch.linalg.pinv(sig) @ t) < 1e-8
 
 
+def test_damping_cholesky_follows_its_definition_below_the_eigh_floor():
+    """float32 features, Gram formed in float32 (fast_gram, as GaussNewton does for damping ≥ 1e-4): the eigh path
+    drops every eigenvalue below its machine floor (~4·√dim·eps₃₂·λ_max), though damping still weights those
+    directions by s/(s² + δ); the Cholesky of G + δI keeps them. Checked against the SVD definition of the filter."""
+    torch.manual_seed(2)
+    n, h = 64, 128
+    u = torch.linalg.qr(torch.randn(n, n, dtype=F64))[0]
+    v = torch.linalg.qr(torch.randn(h, n, dtype=F64))[0]
+    s = torch.logspace(0, -4, n, dtype=F64)
+    feats = ((u * s) @ v.T).float()
+    t = torch.randn(n, 2)
+    sig = torch.cat([feats, torch.ones(n, 1)], 1).to(F64)
+    uu, ss, vh = torch.linalg.svd(sig, full_matrices=False)
+    delta = 1e-3 * ss[0] ** 2
+    ref = vh.T @ ((ss / (ss**2 + delta))[:, None] * (uu.T @ t.to(F64)))
+    reg = Regularizer("damping", damping=1e-3)
+    chol = pinv_solve(feats, t, reg, fast_gram=True)[0].to(F64)
+    eigh = pinv_solve(feats, t, reg, fast_gram=True, solver="eigh")[0].to(F64)
+    assert _rel(chol, ref) < 1e-4 < 1e-3 < _rel(eigh, ref)
+
+
 def test_certified_lambda_max_is_sound():
     """λ_max from Lanczos + a Cholesky certificate: 1e-9-accurate on Grams with a separated or a clustered top, and
     None (never a wrong value) when too few Lanczos steps leave θ short of λ_max."""
