@@ -407,6 +407,21 @@ def test_damping_cholesky_follows_its_definition_below_the_eigh_floor():
     assert _rel(chol, ref) < 1e-4 < 1e-3 < _rel(eigh, ref)
 
 
+@pytest.mark.parametrize("reg", ["none", "noise", "truncation"])
+def test_real_images_solver_auto_equals_eigh(reg):
+    """mnist5k images (their Grams are numerically rank-deficient: blank pixels): `none`/`noise` must notice it and
+    hand over to eigh, so auto and eigh give the same step to 1e-8 — and truncation is the eigh path itself."""
+    from revgn_cli.data import load_dataset
+
+    ds = load_dataset("mnist5k")
+    m = _model64(784, 2, 128, seed=0, init_std=0.05)
+    x, t = ds.x_train[:96].to(F64), nn.functional.one_hot(ds.y_train[:96], 10).to(F64)
+    kw = dict(regularizer={"name": reg, "noise": 0.1}, combine="mean")
+    auto = _flat(gn_direction(m, x, t, solver="auto", generator=torch.Generator().manual_seed(0), **kw))
+    eigh = _flat(gn_direction(m, x, t, solver="eigh", generator=torch.Generator().manual_seed(0), **kw))
+    assert torch.isfinite(auto).all() and _rel(auto, eigh) < 1e-8
+
+
 def test_certified_lambda_max_is_sound():
     """λ_max from Lanczos + a Cholesky certificate: 1e-9-accurate on Grams with a separated or a clustered top, and
     None (never a wrong value) when too few Lanczos steps leave θ short of λ_max."""
