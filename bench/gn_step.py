@@ -275,11 +275,15 @@ def run_paths(args, device, dtype) -> list[dict]:
     return rows
 
 
+def print_head(head: str) -> None:
+    print(head)
+    print("─" * len(head))
+
+
 def print_paths(rows: list[dict]) -> None:
     head = (f"{'n':>5} {'d':>4} {'h':>5} {'L':>2}  {'model':<27} {'regularizer':<11} {'solver':<6} │ {'GN s':>7}"
             f" {'Adam s':>7} │ {'GN/Adam':>7}  target")
-    print(head)
-    print("─" * len(head))
+    print_head(head)
     for r in rows:
         n, d, h, L = r["shape"]
         ratio = r["gn_s"] / r["adam_s"]
@@ -295,8 +299,7 @@ def fmt_mem(b: float) -> str:
 def print_table(rows: list[dict]) -> None:
     head = (f"{'n':>5} {'d':>4} {'h':>5} {'L':>2} {'|θ|':>9} │ {'GN s':>7} {'Adam s':>7} {'SGD s':>7} {'naive s':>8} │"
             f" {'GN/Adam':>7} {'naive/GN':>8} │ {'GN MiB':>6} {'Adam':>6} {'SGD':>6} {'naive':>6}  note")
-    print(head)
-    print("─" * len(head))
+    print_head(head)
     for r in rows:
         naive = "      -" if r["naive_s"] != r["naive_s"] else f"{r['naive_s']:8.3f}"
         ratio = "       -" if r["naive_s"] != r["naive_s"] else f"{r['naive_s'] / r['gn_s']:8.0f}"

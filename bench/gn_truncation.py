@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# CPU, {torch.get_num_threads()} threads; torch {torch.__version__}; n = {args.n}; median of "
           f"{args.repeats} interleaved rounds; load avg at start {load:.2f}")
-    print(f"# truncation rtol {RTOL} (keep λ ≥ {RTOL**2:g}·λ_max); rel = ‖ΔW̃ − ΔW̃_eigh64‖/‖ΔW̃_eigh64‖ (target ≤ 1e-6)")
+    print(f"# truncation rtol {RTOL} (keep λ ≥ {RTOL**2:g}·λ_max); rel = ‖ΔW̃ − ΔW̃_eigh64‖/‖ΔW̃_eigh64‖"
+          " (target ≤ 1e-6)")
     head = f"{'h':>5} {'block':>6} {'Gram':>5} {'method':>18} {'ms':>8} {'rel':>9} {'kept':>9}  note"
     print(head)
     print("─" * len(head))

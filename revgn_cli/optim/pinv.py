@@ -298,7 +298,9 @@ def _solve_cholesky_damped(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: f
     return sol, b - delta * sol, None
 
 
-_PATHS: dict[str, Callable[[Tensor, Tensor, Regularizer, float], Solved | None]] = {
+SolverPath = Callable[[Tensor, Tensor, Regularizer, float], "Solved | None"]  # (G, B, reg, floor) → Solved | None
+
+_PATHS: dict[str, SolverPath] = {
     "none": _solve_cholesky,
     "noise": _solve_cholesky,
     "damping": _solve_cholesky_damped,
@@ -307,7 +309,7 @@ _PATHS: dict[str, Callable[[Tensor, Tensor, Regularizer, float], Solved | None]]
 }
 
 
-def solver_path(reg: Regularizer, solver: str = "auto") -> Callable[[Tensor, Tensor, Regularizer, float], Solved | None] | None:
+def solver_path(reg: Regularizer, solver: str = "auto") -> SolverPath | None:
     """The fast path for reg's filter, or None for the float64 eigh path (solver="eigh", or no fast path)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
