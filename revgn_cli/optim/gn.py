@@ -254,8 +254,9 @@ def gn_direction(
         combine: "sum" (J_X Δθ = L·ε, paper code) or "mean" (J_X Δθ = ε).
         regularizer: Regularizer, a mapping with its fields, a name, or None (= exact pseudoinverse "none").
         loss: "ce" | "mse";  loss_hessian: "identity" | "exact" (CE only; see output_residual).
-        fast_gram: float32 models only: form/factor the n×n Gram in float32 when the regulariser truncates at
-            ≥ 1e-2·s_max anyway (GaussNewton turns this on; tests of exactness leave it off).
+        fast_gram: float32 models only: form the n×n Gram in float32 when the regulariser truncates at
+            ≥ 1e-2·s_max anyway, and apply the float64 solve to the features in float32 (GaussNewton turns this
+            on; tests of exactness leave it off; see pinv.pinv_solve).
         solver: "auto" (per filter the cheapest path that reproduces the float64 eigh step: a float64 Cholesky for
             none/noise/damping, eigh for truncation; see pinv.solver_path) or "eigh" (always float64 eigh).
         counters: mapping incremented in place (key "gn_solver_fallbacks") when a solve falls back to float64 SVD.
