@@ -259,9 +259,10 @@ def run_id(cfg: Config) -> str:
     d = config_dict(cfg)
     for k in NON_IDENTITY_KEYS:
         d.pop(k, None)
-    # optimizer.solver picks how the same GN step is computed (they agree to ~1e-10, docs/gn.md): not part of a
-    # run's identity, so ids made before the key existed stay valid.
-    d["optimizer"] = {k: v for k, v in d["optimizer"].items() if k != "solver"}
+    # optimizer.solver=auto (the default) is hashed as if the key were absent, so ids made before it existed stay
+    # valid; solver=eigh gets ids of its own (for damping on a float32 model it changes the step, docs/gn.md).
+    if d["optimizer"].get("solver") == "auto":
+        d["optimizer"] = {k: v for k, v in d["optimizer"].items() if k != "solver"}
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -48,3 +48,16 @@ def test_run_id_stable_and_sensitive():
     assert a != run_id(compose_config(["optimizer.lr=0.2"]))
     # where output goes does not change the identity of a run
     assert a == run_id(compose_config(["optimizer.lr=0.1", "results_dir=/tmp/elsewhere", "device=cpu"]))
+
+
+def test_optimizer_solver_key():
+    """optimizer.solver: auto (default, hashed as absent so ids made before the key existed stay valid) | eigh (its
+    own id); any other value is refused with one line naming the key."""
+    from revgn_cli.config import validate
+
+    base = compose_config([])
+    assert base.optimizer.solver == "auto"
+    assert run_id(base) == run_id(compose_config(["optimizer.solver=auto"]))
+    assert run_id(base) != run_id(compose_config(["optimizer.solver=eigh"]))
+    with pytest.raises(ConfigError, match="optimizer.solver"):
+        validate(compose_config(["optimizer.solver=lu"]))
