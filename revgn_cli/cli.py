@@ -145,7 +145,8 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
         problems = check_runs(results)
         _print_problems(problems)
         if clean and problems:
-            if not yes and not typer.confirm(f"delete {len(problems)} flagged path(s)?", default=False):
+            n_del = sum(not p.keep for p in problems)
+            if not yes and not typer.confirm(f"delete {n_del} flagged path(s)?", default=False):
                 raise typer.Exit(1)
             out.print(f"removed {clean_runs(problems)} path(s)")
         if check and problems and not clean:

@@ -68,6 +68,9 @@ TRAIN_CASES = {
     "switch to unknown optimiser": (["train.switch_epoch=1", "train.switch_to=lbfgs"], "switch_to"),
     "diverge factor zero": (["train.diverge_factor=0"], "diverge_factor"),
     "escaping experiment name": (["exp_name=../evil"], "exp_name"),
+    "experiment name '.' (the results root)": (["exp_name=."], "exp_name"),
+    "experiment name '.hydra' (Hydra's bookkeeping)": (["exp_name=.hydra"], "exp_name"),
+    "experiment name with a separator": (["exp_name=a/b"], "exp_name"),
     "unknown dataset": (["dataset.name=imagenet"], "imagenet"),
     "missing MNIST files": (["dataset=mnist"], "revgn data fetch"),
     "augment on a non-CIFAR dataset": (["dataset.augment=crop"], "cifar"),
@@ -159,3 +162,28 @@ def test_fetch_unknown_dataset():
 
 def test_runs_bad_filter(existing):
     assert_one_clear_error(runner.invoke(app, ["runs", "--results", str(existing), "optimizer"]), contains="key=value")
+
+
+def test_clean_keeps_what_it_cannot_attribute(tmp_path):
+    """A run stored one level too high (what exp_name=. used to make) and an unknown directory holding a
+    checkpoint are reported by --check but survive --clean -y; a plain empty orphan is still removed."""
+    res = tmp_path / "results"
+    assert runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={res}"]).exit_code == 0
+    run = next(p for p in res.glob("default/*") if p.is_dir())
+    misplaced = res / run.name
+    import shutil
+
+    shutil.copytree(run, misplaced)  # results/<run_id>/{meta.json, config.yaml, checkpoints/last.pt, ...}
+    planted = res / "default" / "mystery"
+    planted.mkdir()
+    (planted / "weights.pt").write_bytes(b"not ours")
+    empty = res / "default" / "empty-orphan"
+    empty.mkdir()
+    before = snapshot(res)
+    r = runner.invoke(app, ["runs", "--check", "--results", str(res)])
+    assert r.exit_code == 1
+    assert "mystery" in r.output and run.name in r.output and "kept" in r.output
+    r = runner.invoke(app, ["runs", "--clean", "-y", "--results", str(res)])
+    assert r.exit_code == 0, r.output
+    assert not empty.exists()
+    assert snapshot(res) == before  # every file survived: the run's checkpoint, the planted one

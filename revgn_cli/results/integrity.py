@@ -13,6 +13,19 @@ from revgn_cli.results.store import ROW_KEYS, STATUSES, RunDir, StoreError
 class Problem:
     path: Path
     reason: str
+    keep: bool = False  # reported only: --clean never deletes it (it may hold a run's data)
+
+
+def _readable_meta(d: Path) -> bool:
+    try:
+        RunDir(d).read_meta()
+    except StoreError:
+        return False
+    return (d / "meta.json").is_file()
+
+
+def _holds_checkpoint(d: Path) -> bool:
+    return any(p.is_file() for p in d.rglob("*.pt"))
 
 
 def _check_run(run: RunDir) -> str | None:
@@ -61,10 +74,18 @@ def check_runs(results_dir: str | Path) -> list[Problem]:
     if not root.is_dir():
         return problems
     for exp in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _readable_meta(exp):  # a run one level too high (an old exp_name=.): its files are nobody's orphans
+            problems.append(Problem(exp, "a run stored outside <experiment>/<run_id>/; kept — move it into an "
+                                         "experiment directory to use it", keep=True))
+            continue
         for d in sorted(p for p in exp.iterdir() if p.is_dir() and not p.name.startswith(".")):
             run = RunDir(d)
             if not run.meta_path.exists() and not run.config_path.exists():
-                problems.append(Problem(d, "orphaned directory (no config.yaml, no meta.json)"))
+                if _holds_checkpoint(d):
+                    problems.append(Problem(d, "no config.yaml or meta.json but holds a checkpoint no run claims; "
+                                               "kept — inspect and delete by hand", keep=True))
+                else:
+                    problems.append(Problem(d, "orphaned directory (no config.yaml, no meta.json)"))
                 continue
             reason = _check_run(run)
             if reason:
@@ -75,10 +96,11 @@ def check_runs(results_dir: str | Path) -> list[Problem]:
 
 
 def clean_runs(problems: list[Problem]) -> int:
-    """Delete exactly the flagged paths (a stale `running` run is resumable, so it is kept); return how many."""
+    """Delete exactly the flagged paths (a stale `running` run is resumable, so it is kept, and so is whatever
+    ``check_runs`` marked ``keep``); return how many."""
     removed = 0
     for p in problems:
-        if p.reason.startswith("status running but no process"):
+        if p.keep or p.reason.startswith("status running but no process"):
             continue
         if p.path.is_dir():
             shutil.rmtree(p.path)
