@@ -187,3 +187,20 @@ def test_clean_keeps_what_it_cannot_attribute(tmp_path):
     assert r.exit_code == 0, r.output
     assert not empty.exists()
     assert snapshot(res) == before  # every file survived: the run's checkpoint, the planted one
+
+
+def test_files_follow_the_umask(tmp_path):
+    """Every file of a run lands with the mode open() gives under the process umask (022 → 0644), not mkstemp's
+    0600, so a results directory shared by a group is readable to it."""
+    import os
+    import stat
+
+    res = tmp_path / "results"
+    old = os.umask(0o022)
+    try:
+        assert runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={res}"]).exit_code == 0
+    finally:
+        os.umask(old)
+    run = next(p for p in res.glob("default/*") if p.is_dir())
+    for rel in ("config.yaml", "meta.json", "metrics.parquet", "checkpoints/last.pt"):
+        assert stat.S_IMODE((run / rel).stat().st_mode) == 0o644, rel

@@ -28,10 +28,19 @@ class StoreError(RuntimeError):
     """Unusable results directory or run files (unwritable, corrupt, locked). One-line message."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; the renamed file gets the mode open() would give it, so a results dir shared by
+        # a group stays readable to it (umask 022 → 0644).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
