@@ -130,11 +130,16 @@ def _onehot(y: Tensor, c: int, dtype: torch.dtype) -> Tensor:
     return torch.nn.functional.one_hot(y, c).to(dtype)
 
 
+# Signals a sweep job caught before its loop started (revgn_cli.sweep_app's handler appends here): the loop then
+# stops at its first update boundary instead of training the whole run.
+PENDING_SIGNALS: list[int] = []
+
+
 class _SignalFlag:
     """SIGINT/SIGTERM set a flag the loop checks at each update boundary (a second SIGINT interrupts at once)."""
 
     def __init__(self) -> None:
-        self.hit: int | None = None
+        self.hit: int | None = PENDING_SIGNALS[0] if PENDING_SIGNALS else None
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
