@@ -5,7 +5,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from revgn_cli.results.loader import read_config
+from revgn_cli.results.loader import config_problem, read_config
 from revgn_cli.results.store import ROW_KEYS, STATUSES, RunDir, StoreError
 
 
@@ -30,17 +30,13 @@ def _holds_checkpoint(d: Path) -> bool:
 
 def _check_run(run: RunDir) -> str | None:
     """Why this run dir is corrupt, or None when config, meta, rows and status agree."""
-    from omegaconf import OmegaConf
-
-    from revgn_cli.config import Config
-
     try:
         cfg = read_config(run)
-        OmegaConf.merge(OmegaConf.structured(Config), cfg)
     except StoreError as e:
         return str(e)
-    except Exception as e:  # schema mismatch: unknown key, wrong type
-        return f"config.yaml does not match the schema: {str(e).splitlines()[0]}"
+    problem = config_problem(cfg)
+    if problem:
+        return problem
     try:
         meta = run.read_meta()
     except StoreError as e:

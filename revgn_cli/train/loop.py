@@ -61,6 +61,7 @@ class TrainState:
     running_n: int = 0
     initial_loss: float = float("nan")
     rows: list[dict[str, Any]] = field(default_factory=list)
+    diverged: str | None = None  # why the run stopped as diverged (recorded in meta.json's "error")
 
 
 @dataclass
@@ -319,7 +320,9 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                     st.running_n += 1
                     reporter.advance(st.step, row["epoch"], loss_before)
                     if not math.isfinite(loss_before) or loss_before > cfg.train.diverge_factor * st.initial_loss:
-                        raise Diverged(f"loss {loss_before:.4g} at step {st.step}")
+                        raise Diverged(f"batch loss {loss_before:.4g} at step {st.step}: not finite or above "
+                                       f"train.diverge_factor={cfg.train.diverge_factor:g} × the initial loss "
+                                       f"{st.initial_loss:.4g}")
                     if sig.hit is not None:
                         save()
                         raise Interrupted(f"signal {sig.hit} at step {st.step}")
@@ -331,8 +334,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                     save()
                 else:
                     run.write_rows(st.rows)
-        except Diverged:
-            status = "diverged"
+        except Diverged as e:
+            status, st.diverged = "diverged", str(e)
             run.write_rows(st.rows)
         finally:
             reporter.finish()
