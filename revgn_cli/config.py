@@ -181,6 +181,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
     if cfg.model.hidden is not None and cfg.model.hidden < 1:
         raise ConfigError(f"model.hidden must be >= 1 or null, got {cfg.model.hidden}")
+    if cfg.metrics.ntk and cfg.metrics.every > 0 and cfg.metrics.probe_size == 0:  # it used to drop the NTK silently
+        raise ConfigError("metrics.probe_size=0 leaves the NTK no probe samples: use metrics.ntk=false to turn it off")
     positive_floats = ["optimizer.lr", "train.diverge_factor"]
     for key in positive_floats:
         v = _get(cfg, key)

@@ -42,11 +42,37 @@ def _compose_hydra_params(plain: list[str]) -> dict[str, str]:
     return {str(k): str(v) for k, v in params.items()}
 
 
+def check_launcher(plain: list[str], hydra_overrides: list[str]) -> None:
+    """Compose the Hydra overrides (``hydra/launcher=…``, ``hydra.launcher.…``) as the multirun will, so a launcher
+    mistake is one line before anything starts (and in ``--dry-run``), not a traceback after launch."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
+        try:
+            node = compose(config_name="config", overrides=plain + hydra_overrides, return_hydra_config=True)
+        except MissingConfigException as e:
+            names = GlobalHydra.instance().config_loader().get_group_options("hydra/launcher")
+            bad = [o for o in hydra_overrides if o.startswith("hydra/launcher=")]
+            raise ConfigError(f"{bad[0] if bad else str(e).splitlines()[0]}: no such launcher (installed: "
+                              f"{', '.join(names)})") from None
+    n_jobs = node.hydra.launcher.get("n_jobs")
+    if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs == 0):
+        raise ConfigError(f"hydra.launcher.n_jobs={n_jobs!r}: give the number of parallel jobs (>= 1; -1 = one per "
+                          "core)")
+
+
 def expand(overrides: list[str]) -> list[Job]:
     """Every job of the sweep, composed and validated, in Hydra's order (cartesian product)."""
     parser = OverridesParser.create()
-    parsed = [o for o in parser.parse_overrides(list(overrides)) if not o.key_or_group.startswith("hydra")]
+    every = parser.parse_overrides(list(overrides))
+    parsed = [o for o in every if not o.key_or_group.startswith("hydra")]
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    hydra_ovs = [o.input_line for o in every if o.key_or_group.startswith("hydra")]
+    if hydra_ovs:
+        check_launcher(plain, hydra_ovs)
     grid: dict[str, str] = _compose_hydra_params(plain)
     # As Hydra's BasicSweeper: a command-line override of a key the preset sweeps replaces that axis.
     for o in parsed:

@@ -367,7 +367,7 @@ def evaluate(claims: list[Claim], results_dir: str | Path, scale: str, overrides
                 cache[c.figure] = e
         df = cache[c.figure]
         if isinstance(df, MissingRunsError):
-            out.append(Outcome(c, "—", f"no runs: `{reproduce_command(c.figure, scale)}`", "MISSING"))
+            out.append(Outcome(c, "—", f"no runs: `{reproduce_command(c.figure, scale, results_dir, ov)}`", "MISSING"))
             continue
         for ds in datasets(df):
             try:

@@ -52,7 +52,7 @@ def split_args(args: list[str] | None, scale: str | None, results: Path | None) 
 def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
                  skip_missing: bool, allow_partial: bool = False) -> tuple[list[str], list[str]]:
     """Render each figure; returns (rendered, missing). A missing figure raises unless ``skip_missing``."""
-    from revgn_cli.figures.data import MissingRunsError
+    from revgn_cli.figures.data import MissingRunsError, reproduce_command
     from revgn_cli.figures.registry import render
 
     done, missing = [], []
@@ -66,7 +66,8 @@ def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, over
             err.print(f"[yellow]skipped[/] {e}", highlight=False, soft_wrap=True)
             continue
         av = r.availability
-        note = "" if av.complete else f" [yellow]({av.describe()}: `revgn reproduce {name} scale={scale}` for the rest)[/]"
+        fix = escape(reproduce_command(name, scale, results, overrides))
+        note = "" if av.complete else f" [yellow]({av.describe()}: `{fix}` for the rest)[/]"
         out.print(f"{name}: {' '.join(str(p) for p in r.paths)}{note}", highlight=False, soft_wrap=True)
         done.append(name)
         _close(r.figure)
@@ -115,6 +116,21 @@ def verify_table(outcomes: list) -> Table:
         t.add_row(o.claim.figure, escape(o.claim.text), escape(o.dataset), escape(o.value), escape(o.claim.threshold),
                   f"[{STATUS_STYLE[o.status]}]{o.status}[/]")
     return t
+
+
+def check_data(presets: list[str], overrides: list[str], results: str) -> None:
+    """Load every dataset the presets train on, once, before any job starts: a missing dataset is one line with
+    its `revgn data fetch` command, not the same error from every job."""
+    from revgn_cli.config import compose_config
+    from revgn_cli.data import load_dataset
+
+    seen = set()
+    for p in presets:
+        cfg = compose_config([f"experiment={p}", *overrides, f"results_dir={results}"])
+        key = (cfg.dataset.name, cfg.dataset.root)
+        if key not in seen:
+            seen.add(key)
+            load_dataset(*key)  # DataError names the fix (revgn data fetch NAME --root …)
 
 
 def run_verify(figs: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
@@ -200,6 +216,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         out.print(t)
         if dry_run:
             return
+        check_data([p for p, _, m in plan if m], ov, res)
         failures: list[dict] = []
         trained = 0
         for p, n, m in plan:

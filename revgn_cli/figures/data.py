@@ -25,8 +25,13 @@ class MissingRunsError(FileNotFoundError):
     """A figure's runs are not in the results dir; the message names the command that makes them."""
 
 
-def reproduce_command(fig: str, scale: str) -> str:
-    return f"revgn reproduce {fig} scale={scale}"
+def reproduce_command(fig: str, scale: str, results_dir: str | Path | None = None, overrides: Iterable[str] = ()) -> str:
+    """The command that makes the figure's runs — keeping the user's results dir and overrides, so it is the fix."""
+    import shlex
+
+    res = "" if results_dir is None or str(results_dir) == "results" else f" --results {shlex.quote(str(results_dir))}"
+    ov = "".join(f" {shlex.quote(o)}" for o in overrides if not o.startswith("results_dir="))
+    return f"revgn reproduce {fig} scale={scale}{ov}{res}"
 
 
 @dataclass(frozen=True)
@@ -143,5 +148,5 @@ def load_figure_runs(fig: str, scale: str, presets: Sequence[str], results_dir: 
     if df is None or df.empty:
         raise MissingRunsError(
             f"{fig}: none of its {len(jobs)} run(s) (preset {', '.join(presets)}) is finished in {results_dir} — "
-            f"run `{reproduce_command(fig, scale)}`")
+            f"run `{reproduce_command(fig, scale, results_dir, overrides)}`")
     return df, av

@@ -21,7 +21,7 @@ import yaml
 
 from revgn_cli.config import Config, config_dict, run_id
 from revgn_cli.results.store import CORRUPT, RunDir, check_writable
-from revgn_cli.train.loop import Interrupted, Reporter, prepare_data, train_run
+from revgn_cli.train.loop import Interrupted, Reporter, load_checkpoint_file, prepare_data, train_run
 from revgn_cli.train.runtime import resolve_device
 
 FINISHED = ("done", "diverged")
@@ -64,6 +64,8 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
     if run.status() in FINISHED and not force:  # finished is final: no lock or data needed to skip
         return _skipped(run, meta)
     td = prepare_data(cfg, device)  # bad data or sizes fail here, before anything is written
+    if cfg.train.init_from and not run.ckpt_path.exists():
+        load_checkpoint_file(cfg.train.init_from)  # not a checkpoint: one line, before anything is written
     with run.lock():
         meta = run.read_meta()  # again, under the lock: another job may have finished it meanwhile
         status = run.status()
