@@ -11,8 +11,8 @@ factorisation of each method (median of interleaved rounds, same Gram) and print
     eigh32+RR      float32 eigh → the subspace of every eigenvalue ≥ band·cut (a margin band below the cut) →
                    float64 Rayleigh–Ritz on it (project, eigh of the small matrix, cut there)
     eigh32+it+RR   the same with one float64 subspace-iteration step (S ← G S) before the Rayleigh–Ritz
-    evr64-subset   LAPACK dsyevr (scipy) in float64 for the eigenpairs above 0.99·cut only (λ_max from the
-                   certified Lanczos of pinv): the same tridiagonal reduction, fewer eigenvectors back-transformed
+    evr64-subset   LAPACK dsyevr (scipy) in float64 for the eigenpairs above 0.99·cut only (λ_max from
+                   pinv._lambda_max): the same tridiagonal reduction, fewer eigenvectors back-transformed
 
 Grams: the first n mnist5k training images through a RevMLP at init (float32, as GaussNewton forms them), the
 ReLU block's F half-layer (n×n Gram of σ(zC)) and the linear first block's F half-layer ((d/2+1)-sided Gram of
@@ -42,7 +42,7 @@ from revgn_cli.models import RevMLP  # noqa: E402
 from revgn_cli.optim import gn as gn_mod  # noqa: E402
 from revgn_cli.optim.losses import output_residual  # noqa: E402
 from revgn_cli.optim.pinv import (  # noqa: E402
-    Regularizer, _certified_lambda_max, _gram, pinv_solve, solver_path,
+    Regularizer, _gram, _lambda_max, pinv_solve, solver_path,
 )
 
 F64 = torch.float64
@@ -68,8 +68,7 @@ def _evr_subset(g: torch.Tensor, cut_rel: float) -> Eig:
     import numpy as np
     import scipy.linalg as sl
 
-    lam_max = _certified_lambda_max(g)
-    lo = 0.99 * cut_rel * float(lam_max if lam_max is not None else torch.linalg.matrix_norm(g))
+    lo = 0.99 * cut_rel * float(_lambda_max(g))
     w, v = sl.eigh(g.numpy(), driver="evr", subset_by_value=(lo, np.inf), check_finite=False)
     return torch.from_numpy(w), torch.from_numpy(v)
 

@@ -436,6 +436,13 @@ def test_certified_lambda_max_is_sound():
         lam = _certified_lambda_max(g)
         assert lam is not None and abs(lam.item() / torch.linalg.eigvalsh(g)[-1].item() - 1) < 1e-9
     assert _certified_lambda_max(clustered, max_steps=2) is None
+    # what damping uses: eigvalsh below 512 rows, the certified Lanczos above, eigvalsh when Lanczos cannot prove it
+    from revgn_cli.optim.pinv import _lambda_max
+
+    big = torch.randn(600, 700, dtype=F64).relu()
+    big = big @ big.T
+    for g, kw in ((clustered, {}), (big, {}), (big, {"max_steps": 1})):
+        assert abs(_lambda_max(g, **kw).item() / torch.linalg.eigvalsh(g)[-1].item() - 1) < 1e-9
 
 
 def test_solver_option_reaches_gauss_newton():

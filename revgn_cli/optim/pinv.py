@@ -258,6 +258,17 @@ def _certified_lambda_max(g: Tensor, tol: float = 1e-10, max_steps: int = 80) ->
     return g.new_tensor(theta)
 
 
+def _lambda_max(g: Tensor, lanczos_from: int = 512, max_steps: int = 24) -> Tensor:
+    """λ_max of a symmetric PSD float64 matrix: LAPACK's eigvalsh on small matrices (a 393×393 linear-block Gram
+    with a small top gap took Lanczos 40+ Python-level steps, slower than eigvalsh), the certified Lanczos on large
+    ones, and eigvalsh again when Lanczos cannot prove its value within max_steps."""
+    if g.shape[0] > lanczos_from:
+        lam = _certified_lambda_max(g, max_steps=max_steps)
+        if lam is not None:
+            return lam
+    return torch.linalg.eigvalsh(g)[-1]
+
+
 def _solve_cholesky(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: float) -> Solved | None:
     """f(λ) = 1/λ (none, noise): G⁻¹B by a float64 Cholesky G = LLᵀ.
 
@@ -279,7 +290,8 @@ def _solve_cholesky(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: float) -
 
 
 def _solve_cholesky_damped(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: float) -> Solved | None:
-    """f(λ) = 1/(λ + δ), δ = damping·λ_max (damping): (G + δI)⁻¹B by a float64 Cholesky, λ_max certified.
+    """f(λ) = 1/(λ + δ), δ = damping·λ_max (damping): (G + δI)⁻¹B by a float64 Cholesky, λ_max certified or
+    from LAPACK (see _lambda_max).
 
     G(G + δI)⁻¹ = I − δ(G + δI)⁻¹, so G f(G) B comes free. Differs from the eigh path only in the directions whose
     eigenvalue lies below the machine floor (numerically zero): eigh drops them, this path keeps them at weight
@@ -287,9 +299,7 @@ def _solve_cholesky_damped(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: f
     2·√(floor/damping) of the largest factor 1/(2√δ) (and exactly 0 for exact zeros, where Σᵀv = 0).
     """
     g = gram.to(torch.float64)
-    lam_max = _certified_lambda_max(g)
-    if lam_max is None:
-        return None
+    lam_max = _lambda_max(g)
     delta = reg.damping * lam_max
     if float(delta) <= floor * float(lam_max):  # no damping above the floor: that is the exact filter
         return _solve_cholesky(gram, rhs, reg, floor)
