@@ -53,7 +53,7 @@ class OptimizerConfig:
     lr: float = 0.5
     combine: str = "sum"  # GN: sum (paper code) | mean (a true right inverse)
     loss_hessian: str = "identity"  # GN with CE: identity | exact
-    solver: str = "auto"  # GN: auto (per regulariser the cheapest path matching float64 eigh) | eigh (always eigh)
+    solver: str = "auto"  # GN: auto (per regulariser the cheapest exact path, docs/gn.md) | eigh (always eigh)
     momentum: float = 0.0  # SGD
     beta1: float = 0.9  # Adam
     beta2: float = 0.999
