@@ -10,21 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from revgn_cli.confinfo import conf_dir  # noqa: F401 — re-exported: callers import it from here
+
 VERSION_BASE = "1.3"
-
-
-def conf_dir() -> Path:
-    """Where the Hydra configs live: ``$REVGN_CONF`` or the repository's ``conf/`` beside the package."""
-    env = os.environ.get("REVGN_CONF")
-    return Path(env).resolve() if env else Path(__file__).resolve().parent.parent / "conf"
 
 
 class ConfigError(ValueError):

@@ -1,15 +1,15 @@
 """One clear line for every expected failure; tracebacks only with --debug."""
 from __future__ import annotations
 
-from revgn_cli.config import ConfigError
-from revgn_cli.results.store import StoreError
-
 
 def expected_errors() -> tuple[type[BaseException], ...]:
+    # Imported here, not at the top: `revgn --help` must not pay for Hydra and pandas (fast start).
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from revgn_cli.config import ConfigError
     from revgn_cli.data import DataError
+    from revgn_cli.results.store import StoreError
 
     return (ConfigError, StoreError, DataError, HydraException, OmegaConfBaseException, FileNotFoundError,
             PermissionError)

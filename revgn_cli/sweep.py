@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -39,8 +41,11 @@ def _compose_hydra_params(plain: list[str]) -> dict[str, str]:
     return {str(k): str(v) for k, v in params.items()}
 
 
-def expand(overrides: list[str]) -> list[Job]:
-    """Every job of the sweep, composed and validated, in Hydra's order (cartesian product)."""
+def expand(overrides: list[str], on_job: Callable[[int, int], None] | None = None) -> list[Job]:
+    """Every job of the sweep, composed and validated, in Hydra's order (cartesian product).
+
+    ``on_job(done, total)`` is called after each job is composed (a progress bar for large grids).
+    """
     parser = OverridesParser.create()
     parsed = [o for o in parser.parse_overrides(list(overrides)) if not o.key_or_group.startswith("hydra")]
     plain = [o.input_line for o in parsed if not o.is_sweep_override()]
@@ -58,10 +63,13 @@ def expand(overrides: list[str]) -> list[Job]:
             raise ConfigError(f"sweep over {key} has no values")
         axes.append([f"{key}={v}" for v in values])
     jobs = []
+    total = math.prod(len(a) for a in axes)
     for combo in itertools.product(*axes) if axes else [()]:
         # Grid values come after the plain overrides, as in Hydra's BasicSweeper.
         ovs = plain + list(combo)
         jobs.append(Job(ovs, compose_config(ovs)))
+        if on_job is not None:
+            on_job(len(jobs), total)
     return jobs
 
 
@@ -70,19 +78,22 @@ def _run_with_progress(cmd: list[str], env: dict[str, str], n_jobs: int, quiet: 
 
     Returns None on success, else the last line the process printed (for the error message).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
     from revgn_cli.console import err
+    from revgn_cli.progress import JobLines, job_columns
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     last = ""
-    progress = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, disable=quiet)
+    progress = Progress(*job_columns(), console=err, disable=quiet)
+    job_lines = JobLines(progress)  # one live line per running job (epoch, loss, ETA) under the overall bar
     with progress:
-        task = progress.add_task("jobs", total=n_jobs)
+        task = progress.add_task("sweep", total=n_jobs, info="")
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")
+            if job_lines.feed(line):
+                continue
             last = line or last
             if line.startswith("[revgn sweep]"):
                 progress.advance(task)

@@ -50,6 +50,15 @@ def _share_cores() -> None:
         torch.set_num_threads(max(1, cores // n_jobs))
 
 
+def _job_reporter(rid: str):
+    """Under `revgn sweep` (which sets the report env var), print progress lines for the parent's per-job line."""
+    if not os.environ.get("REVGN_SWEEP_REPORT"):
+        return None
+    from revgn_cli.progress import LineReporter
+
+    return LineReporter(rid)
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base=VERSION_BASE)
 def app(node: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
@@ -67,7 +76,7 @@ def app(node: DictConfig) -> str:
         return "invalid"
     rid = run_id(cfg)
     try:
-        out = execute(cfg, force=os.environ.get("REVGN_FORCE") == "1")
+        out = execute(cfg, force=os.environ.get("REVGN_FORCE") == "1", reporter=_job_reporter(rid))
         _report({"status": out.status, "run_id": rid, "experiment": cfg.exp_name, "overrides": overrides,
                  "final": out.final})
         return out.status

@@ -114,7 +114,8 @@ def load_figure_runs(fig: str, scale: str, presets: Sequence[str], results_dir: 
     av = availability(results_dir, presets, overrides)
     ids = sorted({j.run_id for j in jobs})
     exps = sorted({j.exp_name for j in jobs})
-    df = load_runs(results_dir, {"run_id": ids, "experiment": exps}, statuses=PLOT_STATUSES) if ids else None
+    df = load_runs(results_dir, {"run_id": ids, "experiment": exps}, statuses=PLOT_STATUSES,
+                   strict=False) if ids else None
     if df is None or df.empty:
         raise MissingRunsError(
             f"{fig}: none of its {len(jobs)} run(s) (preset {', '.join(presets)}) is finished in {results_dir} — "
