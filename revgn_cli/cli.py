@@ -214,7 +214,7 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
     Examples: [bold]revgn runs exp_name=lr_sweep --sort test_acc:desc[/] · [bold]revgn runs --format csv > runs.csv[/] ·
     [bold]revgn runs show 3f2a9c1b[/] (one run in full) · [bold]revgn compare ID ID[/] (what differs)
     """
-    from revgn_cli.overrides import pop_results
+    from revgn_cli.overrides import parse_filters, pop_results
     from revgn_cli.results.query import check_results_dir
 
     args, res = pop_results(filters, results)
@@ -238,7 +238,7 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
             raise ConfigError("usage: revgn runs show RUN_ID (the id or its first characters, from `revgn runs`)")
         _show_run(res, args[1])
         return
-    _runs_listing(res, _parse_filters(args), columns, sort, fmt)
+    _runs_listing(res, parse_filters(args), columns, sort, fmt)
 
 
 def _summaries(results: str, flt: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -326,18 +326,6 @@ def _print_problems(problems: list) -> None:
     for p in problems:
         t.add_row(str(p.path), p.reason)
     out.print(t)
-
-
-def _parse_filters(items: list[str]) -> dict[str, Any]:
-    flt = {}
-    for it in items:
-        if "=" not in it:
-            from revgn_cli.config import ConfigError
-
-            raise ConfigError(f"filter {it!r} is not key=value (e.g. optimizer.name=gn)")
-        k, v = it.split("=", 1)
-        flt[k] = v.split(",") if "," in v else v
-    return flt
 
 
 @data_app.command("list")

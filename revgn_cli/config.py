@@ -251,6 +251,9 @@ def run_id(cfg: Config) -> str:
     d = config_dict(cfg)
     for k in NON_IDENTITY_KEYS:
         d.pop(k, None)
+    # Where the data lives never changes the numbers either; hashed as the default (None) so ids made before
+    # this rule stay valid and an explicit dataset.root finds the same run.
+    d["dataset"] = {**d["dataset"], "root": None}
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -8,6 +8,7 @@ loaded when there are overrides to check.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 # Global flags (`revgn --debug train …`): given after the command they would be read as overrides.
 GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
@@ -81,3 +82,14 @@ def check_overrides(args: list[str], command: str, *, allow_sweep: bool = False)
         if ov.is_sweep_override() and not allow_sweep:
             raise _config_error(f"{a} is a sweep (several values): `revgn {command}` runs one config — use "
                                 f"`revgn sweep {a} …` (or give one value)")
+
+
+def parse_filters(items: list[str]) -> dict[str, Any]:
+    """``key=value`` filters (``key=a,b`` matches either value) → a dict for ``query_runs`` / ``load_runs``."""
+    flt: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it or it.startswith("-"):
+            raise _config_error(f"filter {it!r} is not key=value (e.g. optimizer.name=gn)")
+        k, v = it.split("=", 1)
+        flt[k] = v.split(",") if "," in v else v
+    return flt
