@@ -281,7 +281,7 @@ def _runs_listing(results: str, flt: dict[str, Any], columns: Optional[str], sor
     from revgn_cli.results.views import runs_table
 
     caption = f"also differing: {', '.join(hidden)} (--columns to show)" if hidden else None
-    out.print(runs_table(rows, cols, f"{len(rows)} run(s) in {results}", caption))
+    out.print(runs_table(rows, cols, f"{len(rows)} run(s) in {results}", caption, width=out.width))
 
 
 def _show_run(results: str, ident: str) -> None:

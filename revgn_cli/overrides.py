@@ -67,7 +67,7 @@ def check_overrides(args: list[str], command: str, *, allow_sweep: bool = False)
     parser = OverridesParser.create()
     for a in args:
         key, eq, value = a.partition("=")
-        if not eq:
+        if not eq and not a.startswith("~"):  # ~key deletes a key: the one override without a value
             raise _config_error(f"override {a!r} is not key=value (e.g. optimizer=gn or optimizer.lr=0.1)")
         if value.rstrip().endswith(","):
             raise _config_error(f"override {a!r} ends in a comma: drop it ({key}={value.rstrip().rstrip(',')})")

@@ -140,10 +140,16 @@ def to_json(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return json.dumps([{c: r.get(c) for c in columns} for r in rows], indent=1, default=str)
 
 
-def column_width(key: str, rows: list[dict[str, Any]], columns: list[str]) -> int:
-    """Narrowest width that shows every value whole; a header may wrap between words."""
-    words = max((len(w) for w in header(key, columns).split()), default=1)
-    return max([words, *(len(cell(key, r.get(key))) for r in rows)])
+def column_width(key: str, rows: list[dict[str, Any]], columns: list[str], wrap_header: bool = True) -> int:
+    """Narrowest width that shows every value whole; the header wraps between words unless ``wrap_header`` is
+    False."""
+    head = header(key, columns)
+    head_w = max((len(w) for w in head.split()), default=1) if wrap_header else len(head)
+    return max([head_w, *(len(cell(key, r.get(key))) for r in rows)])
+
+
+def table_width(rows: list[dict[str, Any]], columns: list[str], wrap_header: bool = True) -> int:
+    return sum(column_width(c, rows, columns, wrap_header) for c in columns) + 3 * (len(columns) - 1)
 
 
 def fit(rows: list[dict[str, Any]], columns: list[str], droppable: list[str], width: int) -> tuple[list[str], list[str]]:
@@ -153,7 +159,7 @@ def fit(rows: list[dict[str, Any]], columns: list[str], droppable: list[str], wi
     """
     cols, dropped = list(columns), []
     for key in reversed(droppable):
-        if sum(column_width(c, rows, cols) for c in cols) + 3 * (len(cols) - 1) <= width:
+        if table_width(rows, cols) <= width:
             break
         if key in cols:
             cols.remove(key)

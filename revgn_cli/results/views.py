@@ -8,7 +8,7 @@ from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 
-from revgn_cli.results.table import METRICS, cell, column_width, header
+from revgn_cli.results.table import METRICS, cell, column_width, header, table_width
 
 STATUS_STYLE = {"done": "green", "diverged": "yellow", "failed": "red", "running": "cyan", "interrupted": "magenta",
                 "corrupt": "bold red"}
@@ -31,12 +31,15 @@ def _table(title: str | None = None, caption: str | None = None, show_header: bo
                  title_justify="left", caption_justify="left", show_header=show_header)
 
 
-def runs_table(rows: list[dict[str, Any]], columns: list[str], title: str, caption: str | None = None) -> Table:
+def runs_table(rows: list[dict[str, Any]], columns: list[str], title: str, caption: str | None = None,
+               width: int = 80) -> Table:
+    """Every value whole; headers wrap between words only when the table would not fit ``width`` otherwise."""
     t = _table(title, caption)
+    wrap = table_width(rows, columns, wrap_header=False) > width
     for c in columns:
         left = c in ("run_id", "status", "experiment") or not any(isinstance(r.get(c), (int, float)) for r in rows)
         t.add_column(header(c, columns), justify="left" if left else "right", overflow="fold",
-                     width=column_width(c, rows, columns))
+                     width=column_width(c, rows, columns, wrap))
     for r in rows:
         t.add_row(*[status_text(r.get(c)) if c == "status" else cell(c, r.get(c)) for c in columns])
     return t
