@@ -231,15 +231,19 @@ def preset_optimizer(name: str) -> OptimizerConfig:
     return OmegaConf.to_object(node)
 
 
-def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Compose ``conf/config.yaml`` with Hydra's Compose API and the given overrides."""
+def compose_node(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """``conf/config.yaml`` composed by Hydra's Compose API with ``overrides`` (struct mode, not yet validated)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
-        node = compose(config_name="config", overrides=list(overrides))
-    return to_config(node)
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Compose ``conf/config.yaml`` with Hydra's Compose API and the given overrides."""
+    return to_config(compose_node(overrides))
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:

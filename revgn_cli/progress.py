@@ -108,7 +108,7 @@ class JobLines:
         job = parse_job_line(line)
         if job is not None:
             rid, step, total, epoch, loss = job
-            info = f"epoch {epoch:.2f}  loss {loss:.4g}"
+            info = f"epoch {epoch:.2f}  loss {loss:.4g}" if loss == loss else f"epoch {epoch:.2f}  loss —"
             if rid not in self.tasks:
                 self.tasks[rid] = self.progress.add_task(f"  job {rid[:8]}", total=total or None, completed=step,
                                                          info=info)

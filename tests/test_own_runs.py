@@ -312,3 +312,16 @@ def test_expand_reports_each_composed_job():
     seen = []
     jobs = expand(["dataset=digits", "optimizer.lr=0.1,0.2,0.3"], on_job=lambda d, n: seen.append((d, n)))
     assert len(jobs) == 3 and seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_grid_composition_matches_hydra_job_by_job():
+    """The fast grid path (compose per group choice, then Hydra's own value-override step) gives exactly the
+    configs — hence run ids — that composing every job through Hydra gives."""
+    from revgn_cli.sweep import expand
+
+    grid = ["dataset=digits", "optimizer=sgd,adam", "optimizer.lr=0.1,0.01", "seed=1,2"]
+    jobs = expand(grid)
+    assert len(jobs) == 8
+    assert [j.cfg for j in jobs] == [compose_config(j.overrides) for j in jobs]
+    with pytest.raises(Exception, match="optimizer.lr"):
+        expand(["optimizer.lr=0.1,abc"])
