@@ -266,11 +266,11 @@ def _runs_listing(results: str, flt: dict[str, Any], columns: Optional[str], sor
         cols = tb.parse_columns(columns, rows)
         cols = cols if "run_id" in cols or fmt != "table" else ["run_id", *cols]
     elif fmt == "table":
-        cols, hidden = tb.default_columns(rows)
+        cols, hidden = tb.default_columns(rows, filtered=flt)
         cols, dropped = tb.fit(rows, cols, tb.varying_keys(rows), out.width)  # readable at 80 columns
         hidden = dropped + hidden
     else:
-        cols, _ = tb.default_columns(rows, cap=None)
+        cols, _ = tb.default_columns(rows, cap=None, filtered=flt)
         cols = list(dict.fromkeys(["run_id", "experiment", *cols, *tb.METRICS, "wall_s", "path"]))
     if fmt == "csv":
         out.file.write(tb.to_csv(rows, cols))

@@ -73,12 +73,13 @@ def check_overrides(args: list[str], command: str, *, allow_sweep: bool = False)
             raise _config_error(f"override {a!r} ends in a comma: drop it ({key}={value.rstrip().rstrip(',')})")
         try:
             ov = parser.parse_override(a)
-        except HydraException:
+        except HydraException as e:
             if not value.isascii() and value[:1] not in "'\"":
                 raise _config_error(f"override {a!r}: quote a value with non-ASCII characters, e.g. "
                                     f"{key}='{value}' (in a shell: \"{key}='{value}'\")") from None
-            raise _config_error(f"cannot parse override {a!r}: quote values with spaces or special characters, "
-                                f"e.g. {key}='{value}'") from None
+            why = (str(e).strip().splitlines() or [""])[0]
+            raise _config_error(f"cannot parse override {a!r}: {why} (quote values with spaces or special "
+                                f"characters, e.g. {key}='{value}')") from None
         if ov.is_sweep_override() and not allow_sweep:
             raise _config_error(f"{a} is a sweep (several values): `revgn {command}` runs one config — use "
                                 f"`revgn sweep {a} …` (or give one value)")

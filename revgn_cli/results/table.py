@@ -65,10 +65,13 @@ def parse_columns(spec: str, rows: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
-def default_columns(rows: list[dict[str, Any]], *, cap: int | None = MAX_AUTO) -> tuple[list[str], list[str]]:
-    """(columns, varying keys left out by ``cap``): run id, status, epochs, varying keys, headline metrics."""
+def default_columns(rows: list[dict[str, Any]], *, cap: int | None = MAX_AUTO,
+                    filtered: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """(columns, varying keys left out by ``cap``): run id, status, epochs, the varying keys, the keys the listing
+    was filtered on (``optimizer.name=adam`` shows the optimizer even if every listed run has it), metrics."""
     vary = varying_keys(rows)
     shown, hidden = (vary, []) if cap is None else (vary[:cap], vary[cap:])
+    shown += [k for k in filtered if k not in shown and k not in NOT_VARYING]
     return ["run_id", "status", "epochs", *shown, *DEFAULT_METRICS], hidden
 
 
