@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from revgn_cli.confinfo import groups_help
-from revgn_cli.errors import expected_errors, one_line
+from revgn_cli.errors import EXIT_EXPECTED, EXIT_INTERRUPTED, EXIT_UNEXPECTED, expected_errors, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Exact Gauss-Newton on reversible MLPs: train, sweep, inspect runs, plot the paper's figures.")
@@ -33,7 +33,7 @@ def guarded(fn: Callable) -> Callable:
             raise
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/] (checkpoint saved; rerun the same command to resume)")
-            raise typer.Exit(130)
+            raise typer.Exit(EXIT_INTERRUPTED)
         except Exception as e:  # noqa: BLE001 — the CLI's one place that turns errors into lines
             if STATE["debug"]:
                 raise
@@ -41,9 +41,9 @@ def guarded(fn: Callable) -> Callable:
 
             if isinstance(e, Interrupted):
                 err.print(f"[yellow]interrupted[/]: {e} (checkpoint saved; rerun the same command to resume)")
-                raise typer.Exit(130)
-            code = 2 if isinstance(e, expected_errors()) else 1
-            msg = one_line(e) if code == 2 else f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)"
+                raise typer.Exit(EXIT_INTERRUPTED)
+            code = EXIT_EXPECTED if isinstance(e, expected_errors()) else EXIT_UNEXPECTED
+            msg = one_line(e) if code == EXIT_EXPECTED else f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)"
             err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(code)
 
@@ -123,12 +123,15 @@ def train(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_H
     from revgn_cli.train.runner import execute
 
     res = execute(cfg, force=force, reporter=_reporter())
-    verb = {"skipped": "already finished, skipped (use --force to retrain)"}.get(res.status, res.status)
+    verb = (f"already {res.prior}, skipped (use --force to retrain)" if res.status == "skipped" else res.status)
     out.print(f"run {res.run_id}: {verb}{' (resumed)' if res.resumed else ''} → {res.path}")
     if res.final:
         out.print("  " + "  ".join(f"{k}={v:.4g}" for k, v in res.final.items()))
-    if res.status == "diverged":
-        raise typer.Exit(3)
+    if "diverged" in (res.status, res.prior):
+        from revgn_cli.errors import EXIT_DIVERGED
+
+        err.print(f"[yellow]diverged[/]: {res.error or 'no reason recorded'}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_DIVERGED)
 
 
 @app.command(context_settings=EXTRA, epilog=groups_help())
@@ -180,7 +183,7 @@ def _print_jobs(jobs: list) -> None:
         t.add_column(col)
     for i, j in enumerate(jobs):
         rd = run_dir_for(j.cfg)
-        status = rd.read_meta().get("status", "—") if rd.exists() else "—"
+        status = (rd.status() or "—") if rd.exists() else "—"
         t.add_row(str(i), rd.run_id, j.cfg.exp_name, " ".join(j.overrides), status)
     out.print(t)
 
@@ -225,7 +228,8 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
         problems = check_runs(res)
         _print_problems(problems)
         if clean and problems:
-            if not yes and not typer.confirm(f"delete {len(problems)} flagged path(s)?", default=False):
+            n_del = sum(not p.keep for p in problems)
+            if not yes and not typer.confirm(f"delete {n_del} flagged path(s)?", default=False):
                 raise typer.Exit(1)
             out.print(f"removed {clean_runs(problems)} path(s)")
         if check and problems and not clean:
@@ -241,12 +245,19 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
     _runs_listing(res, parse_filters(args), columns, sort, fmt)
 
 
+def _print_corrupt(rows: list[dict], results: str | Path) -> None:
+    for r in rows:
+        if r["status"] == "corrupt":
+            err.print(f"[red]corrupt[/] {r['experiment']}/{r['run_id']}: {r['error']} — "
+                      f"`revgn runs --check --results {results}`", highlight=False, soft_wrap=True)
+
+
 def _summaries(results: str, flt: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Matching runs (a bad path or filter is one error line) with their metrics (last logged if unfinished)."""
     from revgn_cli.results.loader import last_logged, query_runs
     from revgn_cli.results.table import add_metrics
 
-    rows = query_runs(results, flt)
+    rows = query_runs(results, flt, include_broken=True)  # unreadable runs are `corrupt` rows, never hidden
     add_metrics(rows, last_logged)
     return rows
 
@@ -282,6 +293,7 @@ def _runs_listing(results: str, flt: dict[str, Any], columns: Optional[str], sor
 
     caption = f"also differing: {', '.join(hidden)} (--columns to show)" if hidden else None
     out.print(runs_table(rows, cols, f"{len(rows)} run(s) in {results}", caption, width=out.width))
+    _print_corrupt(rows, results)
 
 
 def _show_run(results: str, ident: str) -> None:

@@ -116,7 +116,7 @@ def _check_key(key: str | None, known: set[str], what: str) -> None:
 
 
 def plot_user_runs(args: list[str], results: Any, out: Any, *, x: str, y: str, hue: str | None, col_key: str | None,
-                   style_key: str | None) -> list[Any]:
+                   style_key: str | None, allow_partial: bool = False) -> list[Any]:
     """The ``revgn plot runs`` command: filters → ``load_runs`` → ``plot_runs`` → PNG + PDF; returns the paths.
 
     Figures go to ``<results>/plots/`` unless ``--out`` says otherwise: a user's figures never land in the
@@ -139,7 +139,7 @@ def plot_user_runs(args: list[str], results: Any, out: Any, *, x: str, y: str, h
     known = {k for s in summaries for k in s}
     for key, what in ((hue, "--hue key"), (col_key, "--col key"), (style_key, "--style key")):
         _check_key(key, known, what)
-    df = load_runs(res, flt, statuses=PLOT_STATUSES)
+    df = load_runs(res, flt, statuses=PLOT_STATUSES, allow_partial=allow_partial)
     if df.empty:
         states = sorted({str(s["status"]) for s in summaries})
         raise QueryError(f"no finished (done/diverged) run matches {' '.join(filters) or 'in ' + res}: "
