@@ -325,3 +325,28 @@ def test_grid_composition_matches_hydra_job_by_job():
     assert [j.cfg for j in jobs] == [compose_config(j.overrides) for j in jobs]
     with pytest.raises(Exception, match="optimizer.lr"):
         expand(["optimizer.lr=0.1,abc"])
+
+
+@pytest.mark.parametrize("path,value", [
+    (("model", "n_blocks"), "x"), (("model", "nope"), 1), (("seed",), None), (("seed",), 1.5), (("device",), 3),
+    (("model", "init_std"), 1), (("model", "hidden"), None), (("train", "keep_checkpoints"), [1, "a"]),
+    (("extra",), {"lr": 0.1}), (("optimizer",), 3), (("model", "first_block_linear"), 1),
+])
+def test_schema_precheck_is_never_looser_than_omegaconf(path, value):
+    """`revgn runs` checks stored configs with a quick pre-check; whatever it accepts must merge into the schema."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from revgn_cli.config import Config, config_dict
+    from revgn_cli.results.fastcheck import fits_schema
+
+    cfg = config_dict(compose_config([]))
+    assert fits_schema(cfg)
+    bad = copy.deepcopy(cfg)
+    node = bad
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    if fits_schema(bad):
+        OmegaConf.merge(OmegaConf.structured(Config), bad)  # raises if the pre-check was too loose

@@ -32,6 +32,10 @@ def read_config(run: RunDir) -> dict[str, Any]:
 
 def config_problem(cfg: dict[str, Any]) -> str | None:
     """Why a stored config does not fit the schema (unknown key, wrong type), or None."""
+    from revgn_cli.results.fastcheck import fits_schema
+
+    if fits_schema(cfg):  # the common case, without building an OmegaConf node per run
+        return None
     from omegaconf import OmegaConf
 
     from revgn_cli.config import Config
