@@ -78,17 +78,18 @@ def find_python(args: argparse.Namespace) -> tuple[str, dict]:
 
 
 def make_env(python: str, env: Path) -> str:
-    """A venv without pip whose interpreter also sees ``python``'s site directories (a .pth), so its torch and
-    packages are used as they are and installs land in the venv only."""
+    """A venv without pip whose interpreter also sees everything ``python`` sees (a .pth that adds its sys.path
+    directories as site dirs, so their own .pth files — editable installs — count too), after the venv's own
+    site-packages: its torch and packages are used as they are, and installs land in the venv only."""
     py = env / "bin" / "python"
     if not py.exists():
         subprocess.run([python, "-m", "venv", "--without-pip", str(env)], check=True)
-    sites = subprocess.run([python, "-c", "import site, sys, json; print(json.dumps([p for p in sys.path "
-                            "if p.endswith(('site-packages', 'dist-packages'))]))"],
-                           capture_output=True, text=True, check=True).stdout
+    dirs = subprocess.run([python, "-c", "import json, os, sys; print(json.dumps([p for p in sys.path "
+                           "if p and os.path.isdir(p)]))"], capture_output=True, text=True, check=True).stdout
     site_dir = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                               capture_output=True, text=True, check=True).stdout.strip()
-    (Path(site_dir) / "zz_gpu_check_base.pth").write_text("\n".join(json.loads(sites)) + "\n")
+    (Path(site_dir) / "zz_gpu_check_base.pth").write_text(
+        f"import site; list(map(site.addsitedir, {json.loads(dirs)!r}))\n")
     return str(py)
 
 
@@ -145,7 +146,7 @@ def download(args: argparse.Namespace) -> int:
     dest = Path(args.download).resolve()
     dest.mkdir(parents=True, exist_ok=True)
     pkgs = args.packages.split() if args.packages else requirements()
-    base = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q", "-d", str(dest),
+    base = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-d", str(dest),
             "--find-links", str(dest), "--only-binary=:all:", "--python-version", args.python_version]
     base += [x for p in args.platform.split(",") for x in ("--platform", p)]
     for _ in range(6):
@@ -155,7 +156,9 @@ def download(args: argparse.Namespace) -> int:
                 f"on the GPU machine: make gpu-check WHEELS={dest}")
             return 0
         # A requirement PyPI has as an sdist only (antlr4-python3-runtime): build its wheel here (pure Python).
-        m = re.search(r"No matching distribution found for (\S+)", r.stderr)
+        out = r.stdout + r.stderr
+        m = (re.search(r"No matching distribution found for (\S+)", out)
+             or re.search(r"The conflict is caused by:\s+\S+ \S+ depends on (\S+)", out))
         if not m:
             break
         say(f"building a wheel for {m.group(1)} (no wheel on the index)")
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheels", help="install missing requirements from this folder only (see --download)")
     ap.add_argument("--budget-s", type=float, default=290.0, help="stop the suite/bench beyond this (default 290)")
     ap.add_argument("--allow-cpu", action="store_true", help="dry run of this script on a CPU torch (tests it)")
+    ap.add_argument("--setup-only", action="store_true", help="stop after preparing .gpu-env")
     ap.add_argument("--download", metavar="DIR", help="make gpu-wheels: fetch the requirements into DIR and stop")
     ap.add_argument("--python-version", default="3.11", help="--download: target Python (default 3.11)")
     ap.add_argument("--platform", default="manylinux2014_x86_64,manylinux_2_17_x86_64,manylinux_2_28_x86_64",
@@ -198,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     how = install_project(py)
     say(f"project: {how}")
+    if args.setup_only:
+        return 0
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if device == "cpu":
         env["REVGN_CUDA_SUITE_DEVICE"] = "cpu"
