@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean-venv gpu-check gpu-wheels
+.PHONY: venv test demo bench bench-smoke clean-venv gpu-check gpu-wheels
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/gn_step.py --quick
 	$(PY) bench/metrics_overhead.py
+
+bench-smoke: $(STAMP)
+	$(PY) bench/gn_step.py --smoke
+	$(PY) bench/metrics_overhead.py --smoke
 
 clean-venv:
 	rm -rf $(VENV)
