@@ -84,7 +84,7 @@ def test_every_optimiser_with_every_diagnostic(tmp_path, opt, cka):
 
 def test_step_unit_diagnostics_and_noise(tmp_path):
     res = tmp_path / "results"
-    _train("optimizer=gn", "regularizer=noise", "metrics.unit=step", "metrics.every=3", *SMALL,
+    _train(*SMALL, "optimizer=gn", "regularizer=noise", "metrics.unit=step", "metrics.every=3",
            f"device={DEVICE}", f"results_dir={res}")
     rows = pd.read_parquet(_only_run(res).metrics_path)
     assert rows[rows.split == "step"].ntk_sim_init.notna().sum() == 4  # steps 3, 6, 9, 12
@@ -117,8 +117,9 @@ def test_a_first_order_update_reads_the_loss_only(name):
 # ---------------------------------------------------------------------------------------------------------------
 # Interrupt and resume.
 
-LONG = ["dataset=digits", "model=tiny", "regime=mini_batch", "regime.batch_size=128", "train.epochs=8",
-        "train.checkpoint_every=1", "metrics.every=2", "metrics.probe_size=6", "metrics.cka_probe_size=64",
+# Long enough that the signal after the first checkpoint lands well before the end, even on a fast GPU.
+LONG = ["dataset=digits", "model=tiny", "regime=mini_batch", "regime.batch_size=256", "train.epochs=20",
+        "train.checkpoint_every=1", "metrics.every=5", "metrics.probe_size=6", "metrics.cka_probe_size=64",
         "optimizer=gn", "optimizer.lr=0.1", "regularizer=truncation"]
 
 
@@ -137,9 +138,9 @@ def test_sigint_then_resume_equals_uninterrupted(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "revgn_cli.cli", "--quiet", "train", *LONG, f"device={DEVICE}",
                              f"results_dir={res}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     t0 = time.time()
-    while not ((res / "default").exists() and _ckpt_epoch(res) >= 2):
+    while not ((res / "default").exists() and _ckpt_epoch(res) >= 1):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() - t0 < 180, "no checkpoint within 180 s"
+        assert time.time() - t0 < 300, "no checkpoint within 300 s"
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130

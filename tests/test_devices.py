@@ -151,3 +151,16 @@ def test_gn_passes_at_the_paper_mnist_shape_on_meta():
     from revgn_cli.metrics.ntk import empirical_ntk
 
     assert empirical_ntk(model, x[:100]).shape == (1000, 1000)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: make gpu-check would run")
+def test_gpu_check_without_cuda_is_one_line():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "tools" / "gpu_check.py"), "--python", sys.executable],
+                       capture_output=True, text=True, timeout=300)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 3 and len(lines) == 1, (r.returncode, lines)
+    assert lines[0].startswith("gpu-check: no CUDA device here") and "nothing was run" in lines[0]

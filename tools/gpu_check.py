@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     suite_rc, suite_out, suite_s = run([py, "-m", "pytest", "-m", "cuda", "-q", "-rfE", "-p", "no:cacheprovider",
                                         "tests/test_cuda.py"], 0.7 * left, env)
     left = args.budget_s - (time.time() - t0)
-    bench_cmd = [py, "bench/gn_step.py", "--device", device] + (["--paper"] if device == "cuda" else ["--quick"])
+    bench_cmd = [py, "bench/gn_step.py", "--device", device] + (["--paper"] if device == "cuda" else ["--smoke"])
     bench_rc, bench_out, bench_s = run(bench_cmd, max(left, 10.0), env)
     tally = (re.findall(r"^=*\s*(\d+ (?:passed|failed|skipped|error).*?)\s*=*$", suite_out, flags=re.M) or ["?"])[-1]
     print()

@@ -249,7 +249,7 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
     data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.seed
 
     # Step rows whose after-update loss is still a device tensor: read back together (one host sync) before the
-    # rows are summarised or written, so an update reads the loss once (DESIGN: no per-step syncs beyond it).
+    # rows are summarised or written, so an update reads one number from the device, its loss (issue 17).
     pending: list[tuple[dict[str, Any], Tensor]] = []
 
     def read_back() -> None:
