@@ -77,12 +77,15 @@ def train(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_H
 
     cfg = compose_config(overrides or [])
     res = execute(cfg, force=force, reporter=_reporter())
-    verb = {"skipped": "already finished, skipped (use --force to retrain)"}.get(res.status, res.status)
+    verb = (f"already {res.prior}, skipped (use --force to retrain)" if res.status == "skipped" else res.status)
     out.print(f"run {res.run_id}: {verb}{' (resumed)' if res.resumed else ''} → {res.path}")
     if res.final:
         out.print("  " + "  ".join(f"{k}={v:.4g}" for k, v in res.final.items()))
-    if res.status == "diverged":
-        raise typer.Exit(3)
+    if "diverged" in (res.status, res.prior):
+        from revgn_cli.errors import EXIT_DIVERGED
+
+        err.print(f"[yellow]diverged[/]: {res.error or 'no reason recorded'}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_DIVERGED)
 
 
 @app.command(context_settings=EXTRA)
@@ -113,7 +116,7 @@ def _print_jobs(jobs: list) -> None:
         t.add_column(col)
     for i, j in enumerate(jobs):
         rd = run_dir_for(j.cfg)
-        status = rd.read_meta().get("status", "—") if rd.exists() else "—"
+        status = (rd.status() or "—") if rd.exists() else "—"
         t.add_row(str(i), rd.run_id, j.cfg.exp_name, " ".join(j.overrides), status)
     out.print(t)
 
@@ -145,19 +148,23 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
         problems = check_runs(results)
         _print_problems(problems)
         if clean and problems:
-            if not yes and not typer.confirm(f"delete {len(problems)} flagged path(s)?", default=False):
+            n_del = sum(not p.keep for p in problems)
+            if not yes and not typer.confirm(f"delete {n_del} flagged path(s)?", default=False):
                 raise typer.Exit(1)
             out.print(f"removed {clean_runs(problems)} path(s)")
         if check and problems and not clean:
             raise typer.Exit(1)
         return
     flt = _parse_filters(filters or [])
-    rows = run_summaries(results, flt)
+    rows = run_summaries(results, flt, include_broken=True)
     t = Table(title=f"{len(rows)} run(s) in {results}")
     for col in ("run id", "experiment", "dataset", "optimizer", "regime", "status", "epochs", "train loss",
                 "train acc", "test loss", "test acc", "wall s"):
         t.add_column(col, justify="right" if col not in ("run id", "experiment", "status") else "left", no_wrap=True)
     for r in rows:
+        if r["status"] == "corrupt":  # unreadable: a row all the same, never hidden (its reason is printed below)
+            t.add_row(r["run_id"], r["experiment"], "—", "—", "—", "[red]corrupt[/]", *["—"] * 6)
+            continue
         fin = r.get("meta.final") or {}
         fmt = lambda k: f"{fin[k]:.4g}" if k in fin else "—"  # noqa: E731
         epochs = f"{r.get('meta.epochs_done', '—')}/{r.get('train.epochs')}"
@@ -168,6 +175,14 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
                   status, epochs, fmt("train_loss"), fmt("train_acc"), fmt("test_loss"), fmt("test_acc"),
                   f"{wall:.1f}" if isinstance(wall, (int, float)) else "—")
     out.print(t)
+    _print_corrupt(rows, results)
+
+
+def _print_corrupt(rows: list[dict], results: Path) -> None:
+    for r in rows:
+        if r["status"] == "corrupt":
+            err.print(f"[red]corrupt[/] {r['experiment']}/{r['run_id']}: {r['error']} — "
+                      f"`revgn runs --check --results {results}`", highlight=False, soft_wrap=True)
 
 
 def _opt_label(r: dict) -> str:

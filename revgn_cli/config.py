@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -161,6 +162,9 @@ def _get(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+EXP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
+
+
 def validate(cfg: Config) -> Config:
     """Reject values that compose but cannot run; each failure is one line naming the key."""
     for key, allowed in CHOICES.items():
@@ -177,6 +181,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
     if cfg.model.hidden is not None and cfg.model.hidden < 1:
         raise ConfigError(f"model.hidden must be >= 1 or null, got {cfg.model.hidden}")
+    if cfg.metrics.ntk and cfg.metrics.every > 0 and cfg.metrics.probe_size == 0:  # it used to drop the NTK silently
+        raise ConfigError("metrics.probe_size=0 leaves the NTK no probe samples: use metrics.ntk=false to turn it off")
     positive_floats = ["optimizer.lr", "train.diverge_factor"]
     for key in positive_floats:
         v = _get(cfg, key)
@@ -215,8 +221,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.spawn_epoch needs a full optimiser (gn, adam, sgd) before the spawn, not linearised")
     if cfg.dataset.augment not in (None, "none", "crop", "crop_flip"):
         raise ConfigError(f"dataset.augment={cfg.dataset.augment!r} is not one of null, none, crop, crop_flip")
-    if not cfg.exp_name or any(c in cfg.exp_name for c in "\\:*?\"<>|") or ".." in cfg.exp_name:
-        raise ConfigError(f"exp_name={cfg.exp_name!r} is not a usable directory name")
+    if not EXP_NAME.fullmatch(cfg.exp_name or ""):
+        # results/<exp_name>/ must be a directory of its own: `.` would put runs into the results root, `.hydra`
+        # into Hydra's bookkeeping, `a/b` one level too deep — where `revgn runs` cannot see them.
+        raise ConfigError(f"exp_name={cfg.exp_name!r} must be a plain name (letters, digits, _ - + = , . ; "
+                          "not starting with a dot, no path separator)")
     return cfg
 
 

@@ -13,6 +13,8 @@ from revgn_cli.console import err, out  # noqa: E402
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEFAULT_RESULTS = "results"
 DEFAULT_OUT = Path("figures")
+PARTIAL_HELP = ("Go on without runs that are present but unreadable (corrupt config, lost rows); the figure title and "
+                "the claims table name what is missing. Without it such a run stops the command.")
 STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "MISSING": "yellow"}
 
 
@@ -48,15 +50,15 @@ def split_args(args: list[str] | None, scale: str | None, results: Path | None) 
 
 
 def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
-                 skip_missing: bool) -> tuple[list[str], list[str]]:
+                 skip_missing: bool, allow_partial: bool = False) -> tuple[list[str], list[str]]:
     """Render each figure; returns (rendered, missing). A missing figure raises unless ``skip_missing``."""
-    from revgn_cli.figures.data import MissingRunsError
+    from revgn_cli.figures.data import MissingRunsError, reproduce_command
     from revgn_cli.figures.registry import render
 
     done, missing = [], []
     for name in names:
         try:
-            r = render(name, results, out_dir, scale, overrides)
+            r = render(name, results, out_dir, scale, overrides, allow_partial=allow_partial)
         except MissingRunsError as e:
             if not skip_missing:
                 raise
@@ -64,7 +66,8 @@ def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, over
             err.print(f"[yellow]skipped[/] {e}", highlight=False, soft_wrap=True)
             continue
         av = r.availability
-        note = "" if av.complete else f" [yellow]({av.describe()}: `revgn reproduce {name} scale={scale}` for the rest)[/]"
+        fix = escape(reproduce_command(name, scale, results, overrides))
+        note = "" if av.complete else f" [yellow]({av.describe()}: `{fix}` for the rest)[/]"
         out.print(f"{name}: {' '.join(str(p) for p in r.paths)}{note}", highlight=False, soft_wrap=True)
         done.append(name)
         _close(r.figure)
@@ -115,10 +118,26 @@ def verify_table(outcomes: list) -> Table:
     return t
 
 
-def run_verify(figs: list[str], results: str, out_dir: Path, scale: str, overrides: list[str]) -> list:
+def check_data(presets: list[str], overrides: list[str], results: str) -> None:
+    """Load every dataset the presets train on, once, before any job starts: a missing dataset is one line with
+    its `revgn data fetch` command, not the same error from every job."""
+    from revgn_cli.config import compose_config
+    from revgn_cli.data import load_dataset
+
+    seen = set()
+    for p in presets:
+        cfg = compose_config([f"experiment={p}", *overrides, f"results_dir={results}"])
+        key = (cfg.dataset.name, cfg.dataset.root)
+        if key not in seen:
+            seen.add(key)
+            load_dataset(*key)  # DataError names the fix (revgn data fetch NAME --root …)
+
+
+def run_verify(figs: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
+               allow_partial: bool = False) -> list:
     from revgn_cli.figures.claims import claims_for, evaluate, to_markdown
 
-    outcomes = evaluate(claims_for(figs), results, scale, overrides)
+    outcomes = evaluate(claims_for(figs), results, scale, overrides, allow_partial=allow_partial)
     out.print(verify_table(outcomes))
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "claims.md"
@@ -139,7 +158,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
              list_: bool = typer.Option(False, "--list", help="Table of every figure: caption, presets, whether its runs exist."),
              results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
              out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where figN.png / figN.pdf go."),
-             scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)")) -> None:
+             scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
+             allow_partial: bool = typer.Option(False, "--allow-partial", help=PARTIAL_HELP)) -> None:
         """Draw paper figures from finished runs (never trains).
 
         Example: [bold]revgn plot fig4[/] · [bold]revgn plot all --out figures[/] · [bold]revgn plot --list[/]
@@ -156,7 +176,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
         names = [s.name for s in select(target)]
         many = target.strip().lower() in ("all", "main")
-        done, missing = plot_figures(names, res, out_dir, sc, ov, skip_missing=many)
+        done, missing = plot_figures(names, res, out_dir, sc, ov, skip_missing=many, allow_partial=allow_partial)
         if many:
             out.print(f"plotted {len(done)} figure(s) into {out_dir}" +
                       (f"; no runs yet for {', '.join(missing)}" if missing else ""), highlight=False, soft_wrap=True)
@@ -196,6 +216,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         out.print(t)
         if dry_run:
             return
+        check_data([p for p, _, m in plan if m], ov, res)
         failures: list[dict] = []
         trained = 0
         for p, n, m in plan:
@@ -226,7 +247,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
                out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where claims.md goes."),
                scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
-               strict: bool = typer.Option(False, "--strict", help="Exit 1 when a claim fails or is missing.")) -> None:
+               strict: bool = typer.Option(False, "--strict", help="Exit 1 when a claim fails or is missing."),
+               allow_partial: bool = typer.Option(False, "--allow-partial", help=PARTIAL_HELP)) -> None:
         """Check the paper's claims on the results: claim, measured value, threshold, PASS/FAIL/MISSING.
 
         Writes the table to <out>/claims.md too. Example: [bold]revgn verify main --results results[/]
@@ -235,6 +257,6 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
         sc, ov, res = split_args(overrides, scale, results)
         names = [s.name for s in select(target or "all")]
-        outcomes = run_verify(names, res, out_dir, sc, ov)
+        outcomes = run_verify(names, res, out_dir, sc, ov, allow_partial=allow_partial)
         if strict and any(o.status != "PASS" for o in outcomes):
             raise typer.Exit(1)

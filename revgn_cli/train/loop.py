@@ -62,6 +62,7 @@ class TrainState:
     running_n: int = 0
     initial_loss: float = float("nan")
     rows: list[dict[str, Any]] = field(default_factory=list)
+    diverged: str | None = None  # why the run stopped as diverged (recorded in meta.json's "error")
 
 
 @dataclass
@@ -133,11 +134,16 @@ def _onehot(y: Tensor, c: int, dtype: torch.dtype) -> Tensor:
     return torch.nn.functional.one_hot(y, c).to(dtype)
 
 
+# Signals a sweep job caught before its loop started (revgn_cli.sweep_app's handler appends here): the loop then
+# stops at its first update boundary instead of training the whole run.
+PENDING_SIGNALS: list[int] = []
+
+
 class _SignalFlag:
     """SIGINT/SIGTERM set a flag the loop checks at each update boundary (a second SIGINT interrupts at once)."""
 
     def __init__(self) -> None:
-        self.hit: int | None = None
+        self.hit: int | None = PENDING_SIGNALS[0] if PENDING_SIGNALS else None
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -222,7 +228,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
     ck = load_checkpoint(run) if resume and run.ckpt_path.exists() else None
     if ck is None and cfg.train.init_from:
         # Start from another run's weights (parent/child spawning); diagnostics then compare with this start.
-        model.load_state_dict(load_checkpoint_file(cfg.train.init_from)["model"])
+        load_weights(model, load_checkpoint_file(cfg.train.init_from)["model"],
+                     f"train.init_from={cfg.train.init_from}")
     tracker = build_tracker(cfg, model, x_tr)
 
     def make_opt(phase: int):
@@ -330,7 +337,9 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                     st.running_n += 1
                     reporter.advance(st.step, row["epoch"], loss_before)
                     if not math.isfinite(loss_before) or loss_before > cfg.train.diverge_factor * st.initial_loss:
-                        raise Diverged(f"loss {loss_before:.4g} at step {st.step}")
+                        raise Diverged(f"batch loss {loss_before:.4g} at step {st.step}: not finite or above "
+                                       f"train.diverge_factor={cfg.train.diverge_factor:g} × the initial loss "
+                                       f"{st.initial_loss:.4g}")
                     if sig.hit is not None:
                         save()
                         raise Interrupted(f"signal {sig.hit} at step {st.step}")
@@ -342,8 +351,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                     save()
                 else:
                     run.write_rows(st.rows)
-        except Diverged:
-            status = "diverged"
+        except Diverged as e:
+            status, st.diverged = "diverged", str(e)
             read_back()
             run.write_rows(st.rows)
         finally:
@@ -359,6 +368,23 @@ def save_checkpoint(run: RunDir, model: torch.nn.Module, opt: Any, tracker: Any,
     atomic_write_bytes(run.ckpt_path, buf.getvalue())
 
 
+def load_weights(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """``model.load_state_dict(state)``, but a missing, extra or differently shaped tensor is one ``ConfigError``
+    naming it and both shapes (torch's own message lists every mismatch over many lines)."""
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in state:
+            raise ConfigError(f"{source}: the checkpoint has no tensor {k} — it is from another architecture")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise ConfigError(f"{source}: tensor {k} has shape {tuple(state[k].shape)} in the checkpoint but "
+                              f"{tuple(v.shape)} in this model — it is from another architecture (model.*, dataset)")
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise ConfigError(f"{source}: the checkpoint's tensor {extra[0]} is not in this model — it is from another "
+                          "architecture")
+    model.load_state_dict(state)
+
+
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     from revgn_cli.results.store import StoreError
 
@@ -367,8 +393,9 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
         raise StoreError(f"checkpoint {path} does not exist")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise StoreError(f"unreadable checkpoint {path}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # truncated or foreign file (the cause is in the line, not chained: said once)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StoreError(f"unreadable checkpoint {path} (not a revgn checkpoint, or truncated): {first}") from None
     if not isinstance(ck, dict) or "model" not in ck:
         raise StoreError(f"{path} is not a revgn checkpoint")
     return ck
@@ -380,4 +407,4 @@ def load_checkpoint(run: RunDir) -> dict[str, Any]:
     try:
         return load_checkpoint_file(run.ckpt_path)
     except StoreError as e:
-        raise StoreError(f"{e} (rerun with --force to start the run afresh)") from e
+        raise StoreError(f"{e} (rerun with --force to start the run afresh)") from None
