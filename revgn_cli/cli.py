@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import typer
 from rich.table import Table
 
-from revgn_cli.errors import expected_errors, one_line
+from revgn_cli.errors import EXIT_EXPECTED, EXIT_INTERRUPTED, EXIT_UNEXPECTED, expected_errors, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Exact Gauss-Newton on reversible MLPs: train, sweep, inspect runs, plot the paper's figures.")
@@ -32,7 +32,7 @@ def guarded(fn: Callable) -> Callable:
             raise
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/] (checkpoint saved; rerun the same command to resume)")
-            raise typer.Exit(130)
+            raise typer.Exit(EXIT_INTERRUPTED)
         except Exception as e:  # noqa: BLE001 — the CLI's one place that turns errors into lines
             if STATE["debug"]:
                 raise
@@ -40,9 +40,9 @@ def guarded(fn: Callable) -> Callable:
 
             if isinstance(e, Interrupted):
                 err.print(f"[yellow]interrupted[/]: {e} (checkpoint saved; rerun the same command to resume)")
-                raise typer.Exit(130)
-            code = 2 if isinstance(e, expected_errors()) else 1
-            msg = one_line(e) if code == 2 else f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)"
+                raise typer.Exit(EXIT_INTERRUPTED)
+            code = EXIT_EXPECTED if isinstance(e, expected_errors()) else EXIT_UNEXPECTED
+            msg = one_line(e) if code == EXIT_EXPECTED else f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)"
             err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(code)
 
