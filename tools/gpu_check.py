@@ -122,23 +122,21 @@ def install_project(py: str) -> str:
 
 
 def run(cmd: list[str], timeout: float, env: dict) -> tuple[int, str, float]:
-    """Run ``cmd`` streaming its output; (exit code, output, seconds); 124 on timeout."""
+    """Run ``cmd`` streaming its output; (exit code, output, seconds); 124 when killed at ``timeout``."""
+    import threading
+
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    timer = threading.Timer(timeout, proc.kill)  # also when the command hangs without printing
+    timer.start()
     lines = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            print("  " + line, end="", flush=True)
-            lines.append(line)
-            if time.time() - t0 > timeout:
-                raise subprocess.TimeoutExpired(cmd, timeout)
-        rc = proc.wait(timeout=max(1.0, timeout - (time.time() - t0)))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        rc = 124
-    return rc, "".join(lines), time.time() - t0
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        print("  " + line, end="", flush=True)
+        lines.append(line)
+    rc = proc.wait()
+    timer.cancel()
+    return (124 if rc < 0 and time.time() - t0 >= timeout else rc), "".join(lines), time.time() - t0
 
 
 def download(args: argparse.Namespace) -> int:
