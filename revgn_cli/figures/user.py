@@ -136,14 +136,17 @@ def plot_user_runs(args: list[str], results: Any, out: Any, *, x: str, y: str, h
     flt = parse_filters(filters)
     summaries = query_runs(res, flt)  # a bad path or filter: one error line naming the fix
     ys = [m.strip() for m in y.split(",") if m.strip()]
-    known = {k for s in summaries for k in s}
+    from revgn_cli.config import Config, config_dict, flatten
+
+    known = {k for s in summaries for k in s} | set(flatten(config_dict(Config())))
     for key, what in ((hue, "--hue key"), (col_key, "--col key"), (style_key, "--style key")):
         _check_key(key, known, what)
     df = load_runs(res, flt, statuses=PLOT_STATUSES, allow_partial=allow_partial)
     if df.empty:
         states = sorted({str(s["status"]) for s in summaries})
-        raise QueryError(f"no finished (done/diverged) run matches {' '.join(filters) or 'in ' + res}: "
-                         f"{len(summaries)} run(s) match, status {', '.join(states) or '—'}")
+        raise QueryError(f"no finished (done/diverged) run matches {' '.join(filters) or 'in ' + res} "
+                         f"({len(summaries)} run(s) match{', status ' + ', '.join(states) if states else ''}): "
+                         f"`revgn runs --results {res}` lists them, `revgn train` / `revgn sweep` make more")
     metrics = {c for c in df.columns if df[c].dtype.kind == "f" and not c.startswith(("meta.",))}
     for m in ys:
         _check_key(m, metrics, "metric (--y)")

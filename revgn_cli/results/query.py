@@ -104,7 +104,7 @@ def resolve_run(summaries: list[dict[str, Any]], ident: str) -> dict[str, Any]:
     exact = [s for s in hits if s["run_id"] == rid]
     hits = exact or hits
     if not hits:
-        raise QueryError(f"no run {ident!r} in the results dir (see `revgn runs` for the ids)")
+        raise QueryError(f"no run {ident!r} in the results dir: `revgn runs` lists the ids")
     if len(hits) > 1:
         names = ", ".join(f"{s.get('experiment')}/{s['run_id']}" for s in hits[:4])
         raise QueryError(f"run id {ident!r} is ambiguous: {names}{' …' if len(hits) > 4 else ''} "
