@@ -117,8 +117,9 @@ def test_a_first_order_update_reads_the_loss_only(name):
 # ---------------------------------------------------------------------------------------------------------------
 # Interrupt and resume.
 
-# Long enough that the signal after the first checkpoint lands well before the end, even on a fast GPU.
-LONG = ["dataset=digits", "model=tiny", "regime=mini_batch", "regime.batch_size=256", "train.epochs=20",
+# Long enough that the signal after the first checkpoint lands well before the end, even on a fast GPU (the CPU
+# dry run, far slower per epoch, needs fewer).
+LONG = ["dataset=digits", "model=tiny", "regime=mini_batch", "regime.batch_size=256", f"train.epochs={4 if DRY else 20}",
         "train.checkpoint_every=1", "metrics.every=5", "metrics.probe_size=6", "metrics.cka_probe_size=64",
         "optimizer=gn", "optimizer.lr=0.1", "regularizer=truncation"]
 
