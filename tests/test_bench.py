@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(("argv", "expect"), [
     (["gn_step.py", "--smoke", "--threads", "1"], "parts of every exact GN step there"),  # the path that crashed
     (["metrics_overhead.py", "--smoke"], "# parts, timed alone"),
+    (["startup.py", "--smoke"], "runs (5 runs)"),
 ])
 def test_bench_smoke_runs(argv, expect, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
