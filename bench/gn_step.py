@@ -15,7 +15,7 @@ above the pre-step allocation on CUDA. Approximate on CPU (page granularity, all
 
     python bench/gn_step.py --quick            # < 2 min on 2 CPU cores
     python bench/gn_step.py                    # the full grid n∈{256,1024} × d∈{64,784} × h∈{1024,2048} × L∈{2,6}
-    python bench/gn_step.py --device cuda
+    python bench/gn_step.py --device cuda --paper   # + the paper's sizes (make gpu-check runs this)
     python bench/gn_step.py --quick --data mnist5k   # real images for the d=784 rows (n ≤ 4000)
     python bench/gn_step.py --smoke            # tiny sizes, seconds: every code path runs (make test runs it)
 
@@ -64,6 +64,7 @@ PATH_ROWS = [
 ]
 SMOKE_PATH_SHAPES = {TARGET: SMOKE[0], (1024, 64, 1024, 6): (32, 16, 64, 6)}
 SGD_OPT = ({"name": "sgd", "lr": 0.1}, None)
+PAPER = [(1024, 784, 8000, 2), (1024, 3072, 8000, 6)]  # --paper: h = 8000, n = 1024 at the MNIST and CIFAR shapes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)  # internal: the child process
     ap.add_argument("--naive-mem-gb", type=float, default=3.0, help="skip gn_naive above this estimated peak")
     ap.add_argument("--paths-only", action="store_true", help="only the solver-path rows (issue 16), not the grid")
+    ap.add_argument("--paper", action="store_true", help="add the paper's sizes (h=8000, n=1024; for a GPU)")
     args = ap.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.smoke else 3 if args.quick else 5
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     # Two passes: times under the normal allocator here; peak memory in a fresh child process, which needs an
     # allocator setting from its start (one mmap per large tensor, see PeakMemory) that slows allocation-heavy
     # steps and cannot be undone.
-    cfgs = [*extra, *configs]
+    cfgs = [*extra, *configs, *(PAPER if args.paper else [])]
     if args.paths_only:
         print()
         print_paths(run_paths(args, dev, dtype))

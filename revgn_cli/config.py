@@ -10,22 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from revgn_cli.confinfo import conf_dir  # noqa: F401 — re-exported: callers import it from here
+
 VERSION_BASE = "1.3"
-
-
-def conf_dir() -> Path:
-    """Where the Hydra configs live: ``$REVGN_CONF`` or the repository's ``conf/`` beside the package."""
-    env = os.environ.get("REVGN_CONF")
-    return Path(env).resolve() if env else Path(__file__).resolve().parent.parent / "conf"
 
 
 class ConfigError(ValueError):
@@ -248,15 +242,19 @@ def preset_optimizer(name: str) -> OptimizerConfig:
     return OmegaConf.to_object(node)
 
 
-def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Compose ``conf/config.yaml`` with Hydra's Compose API and the given overrides."""
+def compose_node(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """``conf/config.yaml`` composed by Hydra's Compose API with ``overrides`` (struct mode, not yet validated)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
-        node = compose(config_name="config", overrides=list(overrides))
-    return to_config(node)
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Compose ``conf/config.yaml`` with Hydra's Compose API and the given overrides."""
+    return to_config(compose_node(overrides))
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:
@@ -268,6 +266,9 @@ def run_id(cfg: Config) -> str:
     d = config_dict(cfg)
     for k in NON_IDENTITY_KEYS:
         d.pop(k, None)
+    # Where the data lives never changes the numbers either; hashed as the default (None) so ids made before
+    # this rule stay valid and an explicit dataset.root finds the same run.
+    d["dataset"] = {**d["dataset"], "root": None}
     # optimizer.solver=auto (the default) is hashed as if the key were absent, so ids made before it existed stay
     # valid; solver=eigh gets ids of its own (for damping on a float32 model it changes the step, docs/gn.md).
     if d["optimizer"].get("solver") == "auto":

@@ -51,6 +51,15 @@ def _share_cores() -> None:
         torch.set_num_threads(max(1, cores // n_jobs))
 
 
+def _job_reporter(rid: str):
+    """Under `revgn sweep` (which sets the report env var), print progress lines for the parent's per-job line."""
+    if not os.environ.get("REVGN_SWEEP_REPORT"):
+        return None
+    from revgn_cli.progress import LineReporter
+
+    return LineReporter(rid)
+
+
 def _stop_on_signals() -> None:
     """SIGINT/SIGTERM (the front end forwards them to this process group) stop the sweep: the running job
     checkpoints at its next update boundary (the training loop's own handler), and jobs not yet started return
@@ -88,7 +97,7 @@ def app(node: DictConfig) -> str:
         return "invalid"
     rid = run_id(cfg)
     try:
-        out = execute(cfg, force=os.environ.get("REVGN_FORCE") == "1")
+        out = execute(cfg, force=os.environ.get("REVGN_FORCE") == "1", reporter=_job_reporter(rid))
         _report({"status": out.status, "run_id": rid, "experiment": cfg.exp_name, "overrides": overrides,
                  "final": out.final})
         return out.status

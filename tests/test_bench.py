@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["gn_step.py", "--smoke", "--threads", "1"], "parts of every exact GN step there"),  # the path that crashed
     (["metrics_overhead.py", "--smoke"], "# parts, timed alone"),
     (["gn_truncation.py", "--smoke", "--threads", "1"], "damping: cholesky"),  # every method on real-image Grams
+    (["startup.py", "--smoke"], "runs (5 runs)"),
 ])
 def test_bench_smoke_runs(argv, expect, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

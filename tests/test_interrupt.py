@@ -32,7 +32,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "REVGN_THREADS": "1", "COLUMNS": "200"}
 
 
-def _wait_first_checkpoint(results: Path, alive, timeout: float = 120) -> None:
+def _wait_first_checkpoint(results: Path, alive, timeout: float = 300) -> None:
     """Until the first job has trained past its epoch-0 checkpoint (its meta says running)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -74,7 +74,7 @@ def test_signal_without_terminal_stops_every_job(tmp_path, signum):
     try:
         _wait_first_checkpoint(results, lambda: proc.poll() is None)
         proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -112,7 +112,7 @@ def test_ctrl_c_in_a_terminal_stops_every_job(tmp_path):
         _wait_first_checkpoint(results, alive)
         os.write(fd, b"\x03")  # Ctrl-C, through the terminal's line discipline
         t0 = time.monotonic()
-        while alive() and time.monotonic() - t0 < 120:
+        while alive() and time.monotonic() - t0 < 300:
             drain(0.2)
     finally:
         if not exit_status:

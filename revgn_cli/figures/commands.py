@@ -26,27 +26,25 @@ def split_args(args: list[str] | None, scale: str | None, results: Path | None) 
     """
     from revgn_cli.config import ConfigError
     from revgn_cli.figures.data import SCALES
+    from revgn_cli.overrides import pop_results
 
+    args, res = pop_results(args, results, default=DEFAULT_RESULTS)
     rest: list[str] = []
-    s_arg = r_arg = None
-    for a in args or []:
+    s_arg = None
+    for a in args:
         if a.startswith("scale="):
             s_arg = a.split("=", 1)[1]
-        elif a.startswith("results_dir="):
-            r_arg = a.split("=", 1)[1]
         else:
             rest.append(a)
     if s_arg and scale and s_arg != scale:
         raise ConfigError(f"scale given twice: --scale {scale} and scale={s_arg}")
-    if r_arg and results and Path(r_arg) != results:
-        raise ConfigError(f"results dir given twice: --results {results} and results_dir={r_arg}")
     sc = s_arg or scale or "quick"
     if sc not in SCALES:
         raise ConfigError(f"scale={sc!r} is not one of {', '.join(SCALES)}")
     for a in rest:
         if ("=" not in a and not a.startswith("~")) or a.startswith("-"):
             raise ConfigError(f"unexpected argument {a!r}: extra arguments are Hydra overrides key=value")
-    return sc, rest, str(r_arg or results or DEFAULT_RESULTS)
+    return sc, rest, str(res)
 
 
 def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
@@ -153,17 +151,34 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
     @app.command(context_settings=EXTRA)
     @guarded
-    def plot(target: Optional[str] = typer.Argument(None, help="figN (fig1 … fig15, comma lists ok), main, or all"),
-             overrides: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper and Hydra overrides the runs were trained with"),
+    def plot(target: Optional[str] = typer.Argument(None, help="figN (fig1 … fig15, comma lists ok), main, all — "
+                                                   "or runs (your own runs, chosen by filters)"),
+             overrides: Optional[list[str]] = typer.Argument(None, help="figN: scale=quick|paper and Hydra overrides "
+                                                             "the runs were trained with; runs: key=value filters"),
              list_: bool = typer.Option(False, "--list", help="Table of every figure: caption, presets, whether its runs exist."),
              results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
-             out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where figN.png / figN.pdf go."),
+             out_dir: Optional[Path] = typer.Option(None, "--out", help="figN: the folder for figN.png / .pdf (default: "
+                                                    "figures); runs: a FILE.png (PDF beside it) or a folder (default: "
+                                                    "<results>/plots)."),
              scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
+             x: str = typer.Option("epoch", "--x", help="runs: x axis column (epoch, step)."),
+             y: str = typer.Option("train_loss,test_loss", "--y", help="runs: metrics, comma list (one panel row each)."),
+             hue: Optional[str] = typer.Option("optimizer.name", "--hue", help="runs: config key → one colour per value."),
+             col_key: Optional[str] = typer.Option(None, "--col", help="runs: config key → one panel column per value."),
+             style_key: Optional[str] = typer.Option(None, "--style", help="runs: config key → one line style per value."),
              allow_partial: bool = typer.Option(False, "--allow-partial", help=PARTIAL_HELP)) -> None:
-        """Draw paper figures from finished runs (never trains).
+        """Draw paper figures from finished runs — or any runs of yours (never trains).
 
-        Example: [bold]revgn plot fig4[/] · [bold]revgn plot all --out figures[/] · [bold]revgn plot --list[/]
+        Example: [bold]revgn plot fig4[/] · [bold]revgn plot all --out figures[/] · [bold]revgn plot --list[/] ·
+        [bold]revgn plot runs exp_name=lr_sweep --y train_loss,test_loss --hue optimizer.lr[/]
         """
+        if target == "runs":
+            from revgn_cli.figures.user import plot_user_runs
+
+            plot_user_runs(overrides or [], results, out_dir, x=x, y=y, hue=hue, col_key=col_key, style_key=style_key,
+                           allow_partial=allow_partial)
+            return
+        out_dir = out_dir or DEFAULT_OUT
         sc, ov, res = split_args(overrides, scale, results)
         if list_:
             out.print(list_table(res, sc, ov))

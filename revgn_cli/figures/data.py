@@ -135,7 +135,7 @@ def load_figure_runs(fig: str, scale: str, presets: Sequence[str], results_dir: 
     ids = sorted({j.run_id for j in jobs})
     exps = sorted({j.exp_name for j in jobs})
     df = (load_runs(results_dir, {"run_id": ids, "experiment": exps}, statuses=PLOT_STATUSES,
-                    allow_partial=allow_partial) if ids else None)
+                    allow_partial=allow_partial, strict=False) if ids else None)
     if df is not None:  # runs skipped as unreadable (allow_partial) that meta.json calls finished
         bad = {entry.split(":", 1)[0].rsplit("/", 1)[-1] for entry in df.attrs.get("partial", [])}
         for j in jobs:

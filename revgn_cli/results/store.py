@@ -14,9 +14,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where rows are read or written: listing runs must not pay for it
+    import pandas as pd
 
 STATUSES = ("running", "done", "failed", "diverged", "interrupted")
 # Not stored: what readers report for a run whose files cannot be read (RunDir.status, results.loader).
@@ -58,6 +59,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame(columns=list(ROW_KEYS))
@@ -115,6 +118,8 @@ class RunDir:
         atomic_write_bytes(self.metrics_path, buf.getvalue())
 
     def read_rows(self) -> pd.DataFrame:
+        import pandas as pd
+
         try:
             return pd.read_parquet(self.metrics_path)
         except FileNotFoundError:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from revgn_cli.config import Config, ConfigError, OptimizerConfig, preset_optimizer
 from revgn_cli.data import Dataset, load_dataset, make_augment
+from revgn_cli.devices import to_device
 from revgn_cli.metrics import DiagnosticsTracker, loss_change_pct, loss_change_summary
 from revgn_cli.models import RevMLP
 from revgn_cli.optim import batch_loss, make_optimizer
@@ -111,9 +112,10 @@ def select_train(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor]:
         if r.n_samples > n_all:
             raise ConfigError(f"regime.n_samples={r.n_samples} exceeds the {n_all} training samples of {data.name}")
         if r.subset == "first":
-            idx = torch.arange(r.n_samples)
+            idx = torch.arange(r.n_samples, device="cpu")  # the dataset is on the host here
         else:
-            idx = torch.randperm(n_all, generator=torch.Generator().manual_seed(cfg.seed))[: r.n_samples]
+            gen = torch.Generator().manual_seed(cfg.seed)
+            idx = torch.randperm(n_all, generator=gen, device="cpu")[: r.n_samples]
         return data.x_train[idx], data.y_train[idx]
     if r.batch_size > n_all:
         raise ConfigError(f"regime.batch_size={r.batch_size} exceeds the {n_all} training samples of {data.name}")
@@ -122,8 +124,9 @@ def select_train(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor]:
 
 def batches_of_epoch(cfg: Config, n: int, epoch: int, data_seed: int) -> list[Tensor]:
     if cfg.regime.name == "full_batch":
-        return [torch.arange(n)]
-    perm = torch.randperm(n, generator=epoch_generator(data_seed, epoch))
+        return [torch.arange(n, device="cpu")]
+    # Drawn on the host from a host generator: the same batch order on every device (the loop queues it over).
+    perm = torch.randperm(n, generator=epoch_generator(data_seed, epoch), device="cpu")
     return list(torch.split(perm, cfg.regime.batch_size))
 
 
@@ -252,13 +255,26 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
 
     data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.seed
 
+    # Step rows whose after-update loss is still a device tensor: read back together (one host sync) before the
+    # rows are summarised or written, so an update reads one number from the device, its loss (issue 17).
+    pending: list[tuple[dict[str, Any], Tensor]] = []
+
+    def read_back() -> None:
+        if pending:
+            for (row, _), after in zip(pending, torch.stack([a for _, a in pending]).tolist()):
+                row["batch_loss_after"] = after
+                row["loss_change_pct"] = loss_change_pct(row["batch_loss"], after)
+            pending.clear()
+
     def save() -> None:
+        read_back()
         run.write_rows(st.rows)
         save_checkpoint(run, model, opt, tracker, st)
         if st.batch == 0 and st.epoch in cfg.train.keep_checkpoints:
             shutil.copyfile(run.ckpt_path, run.ckpt_dir / f"epoch_{st.epoch}.pt")
 
     def eval_row(epoch: int) -> dict[str, Any]:
+        read_back()
         row: dict[str, Any] = {"run_id": run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
         # Epoch 0 always: the init row is the reference a step-unit run's first velocity is measured from.
         diagnose = tracker is not None and (
@@ -298,9 +314,10 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                 if ph != st.phase:
                     st.phase = ph
                     opt = make_opt(ph)
-                order = batches_of_epoch(cfg, n_tr, st.epoch, data_seed)
+                # On the device once per epoch, queued (a per-update .to(device) would be a host sync each).
+                order = [to_device(b, device) for b in batches_of_epoch(cfg, n_tr, st.epoch, data_seed)]
                 for bi in range(st.batch, len(order)):
-                    idx = order[bi].to(device)
+                    idx = order[bi]
                     xb, tb = x_tr[idx], _onehot(y_tr[idx], C, dtype)
                     if augment is not None:
                         xb = augment(xb, epoch_generator(data_seed + 1, st.step))
@@ -311,9 +328,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                                            "step": st.step, "split": "step", "batch_loss": loss_before}
                     if m.loss_change and st.step % m.loss_change_every == 0:
                         with torch.no_grad():
-                            after = float(batch_loss(eval_network(opt, model)(xb), tb, cfg.train.loss))
-                        row["batch_loss_after"] = after
-                        row["loss_change_pct"] = loss_change_pct(loss_before, after)
+                            pending.append((row, batch_loss(eval_network(opt, model)(xb), tb, cfg.train.loss)))
+                        row["batch_loss_after"] = row["loss_change_pct"] = math.nan  # read_back fills them
                     if tracker is not None and m.unit == "step" and (st.step % m.every == 0 or st.step == total):
                         row.update(tracker.compute(model, row["epoch"]))
                     st.rows.append(row)
@@ -337,6 +353,7 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                     run.write_rows(st.rows)
         except Diverged as e:
             status, st.diverged = "diverged", str(e)
+            read_back()
             run.write_rows(st.rows)
         finally:
             reporter.finish()
