@@ -247,7 +247,7 @@ def run_paths(args, device, dtype) -> list[dict]:
     groups: dict[tuple, list] = {}
     for shape, kw, label, reg, bound in PATH_ROWS:
         shape = SMOKE_PATH_SHAPES[shape] if args.smoke else shape
-        groups.setdefault((shape, tuple(sorted(kw.items())), label), []).append((reg, bound))
+        groups.setdefault((shape, tuple(sorted(kw.items())), label), []).append((reg, None if args.smoke else bound))
     rows = []
     for (shape, kw, label), regs in groups.items():
         n, d, h, L = shape
