@@ -355,13 +355,13 @@ def test_tracker_first_row_at_init_reuses_the_reference(monkeypatch):
     assert calls == {"ntk": 0, "prep": 0}
     for k in ("ntk_sim_init", "ntk_probe_sim", "cka_block1", "cka_block2"):
         assert reused[k] == pytest.approx(1.0, abs=1e-15), k
-    m2, _, _, tr2 = _tracker_setup()  # its construction computes Θ_0 and prepares two init reps
-    assert calls == {"ntk": 1, "prep": 2}
+    m2, _, _, tr2 = _tracker_setup()  # its construction computes Θ_0 and prepares 2L = 4 half-coupling states
+    assert calls == {"ntk": 1, "prep": 4}
     with torch.no_grad():
         for p in m2.trainable():
             p.add_(0.0)  # same values, new version: the tracker must recompute
     recomputed = tr2.compute(m2, 0.0)
-    assert calls == {"ntk": 2, "prep": 4}
+    assert calls == {"ntk": 2, "prep": 8}
     for k, v in reused.items():
         assert v == pytest.approx(recomputed[k], abs=1e-12) or (math.isnan(v) and math.isnan(recomputed[k])), k
     m3, _, _, tr3 = _tracker_setup()
@@ -375,7 +375,7 @@ def test_tracker_takes_the_callers_cka_forward():
     m, probe, cka_x, tr = _tracker_setup()
     _perturb(m, 12)
     reps = tr.cka_outputs(m)
-    assert [tuple(r.shape) for r in reps] == [(16, 8), (16, 8)]
+    assert [tuple(r.shape) for r in reps] == [(16, 8)] * 4  # F1, G1, F2, G2 states
     torch.testing.assert_close(reps[-1], m.features(cka_x), rtol=0, atol=0)
     tr2 = DiagnosticsTracker(tiny_model(seed=3), probe, cka_x)
     assert tr.compute(m, 1.0, reps=reps) == tr2.compute(m, 1.0)
