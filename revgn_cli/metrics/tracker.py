@@ -102,7 +102,7 @@ class DiagnosticsTracker:
         self.feat_epoch_prev: float | None = None
         self.theta_prev: Tensor | None = None
         self.epoch_prev: float | None = None
-        # Fixed probe u for the paper's sketch; its own generator so the global RNG stream is untouched.
+        # Fixed probe u of the logit-kernel sketch ntk_probe_sim, from its own generator (global RNG untouched).
         self.u = (
             torch.randn(self.theta0.shape[0], generator=torch.Generator().manual_seed(probe_seed), dtype=torch.float64)
             if self.ntk
