@@ -18,7 +18,7 @@ from revgn_cli.figures.plots import PlotContext
 from revgn_cli.figures.style import save
 
 QUICK_NOTE = ("quick scale: mnist5k (4,000 real MNIST training images, 1,000 test) stands in for MNIST and CIFAR-10; "
-              "RevMLP with 2 blocks, h = 1024; mini-batch 256; seeds 42 and 43 (figs 6 and 7: 42 only); "
+              "RevMLP with 2 blocks, h = 1024; mini-batch 256; seeds 42, 43 and 44; "
               "20 full-batch / 12 mini-batch epochs — the trends, not the paper's numbers")
 
 
