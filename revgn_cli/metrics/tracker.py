@@ -102,9 +102,11 @@ class DiagnosticsTracker:
         self.feat_epoch_prev: float | None = None
         self.theta_prev: Tensor | None = None
         self.epoch_prev: float | None = None
-        # Fixed probe u of the logit-kernel sketch ntk_probe_sim, from its own generator (global RNG untouched).
+        # Fixed probe u of the logit-kernel sketch ntk_probe_sim; its own generator so the global RNG stream is
+        # untouched. Drawn on the host (the same u on every device) and moved to Θ's device.
         self.u = (
-            torch.randn(self.theta0.shape[0], generator=torch.Generator().manual_seed(probe_seed), dtype=torch.float64)
+            torch.randn(self.theta0.shape[0], generator=torch.Generator().manual_seed(probe_seed), dtype=torch.float64,
+                        device="cpu").to(self.theta0.device)
             if self.ntk
             else None
         )
@@ -226,7 +228,9 @@ class DiagnosticsTracker:
                 return None
             if old is not None and old.shape != new.shape:
                 raise ValueError(f"{what}: saved shape {tuple(new.shape)} != expected {tuple(old.shape)}")
-            return new.detach().clone().to(old.device if old is not None else new.device)
+            # A checkpoint is read onto the CPU: its tensors go to this tracker's device (a CUDA run resumed on the
+            # CPU or the reverse); ``copy=True`` so the tracker never aliases the loaded dict.
+            return new.detach().to(old.device if old is not None else new.device, copy=True)
 
         if len(state["reps0"]) != len(self.reps0) or len(state["w0"]) != len(self.w0):
             raise ValueError("saved tracker state is for a different number of blocks")
