@@ -213,7 +213,7 @@ def test_each_figure_draws_its_series(synth, tmp_path, name):
 def test_fig4_plots_the_papers_ntk_sketch_and_labels_the_logit_kernel(synth):
     axes = render("fig4", synth, None, "quick").figure.axes
     titles = [ax.get_title() for ax in axes]
-    assert "(b) NTK similarity to init (paper's sketch)" in titles[1] and "not the paper's" in titles[2]
+    assert "(b) NTK sim., paper's sketch" in titles[1] and "(c) logit NTK, not the paper's" in titles[2]
     assert [ax.get_ylabel() for ax in axes[:3]] == [
         "NTK velocity (1 − cos / epoch)", "NTK similarity to init, cos(K₀ū, K_tū)",
         "logit-NTK similarity to init (full kernel)"]

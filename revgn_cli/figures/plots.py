@@ -206,8 +206,7 @@ def ntk_panels(df: pd.DataFrame) -> tuple[list[str], list[str]]:
     a separate, labelled panel; runs logged before the sketch existed show the logit kernel only."""
     if "ntk_feat_sim_init" in df.columns and df["ntk_feat_sim_init"].notna().any():
         return (["ntk_feat_velocity", "ntk_feat_sim_init", "ntk_sim_init"],
-                ["NTK velocity (paper's sketch)", "NTK similarity to init (paper's sketch)",
-                 "revgn's full logit NTK (not the paper's)"])
+                ["NTK velocity, paper's sketch", "NTK sim., paper's sketch", "logit NTK, not the paper's"])
     return ["ntk_velocity", "ntk_sim_init"], ["logit-NTK velocity", "logit-NTK similarity to init"]
 
 

@@ -214,7 +214,7 @@ def ladder_of_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, 
 
 def plot_scaling(df: pd.DataFrame, ctx) -> Any:
     """Rows: claims; columns: axes. Mean margin ± 95 % t-interval over seeds vs the axis (log₂), zero line, the
-    quick value (first rung) and the paper's value marked; rungs without finished runs are marked 'not run'."""
+    paper's value dotted; a rung with no seed measured yet is marked 'not run' or with its finished runs ('2/6')."""
     import numpy as np
 
     from revgn_cli.figures.style import finish, new_figure, style
@@ -232,9 +232,10 @@ def plot_scaling(df: pd.DataFrame, ctx) -> Any:
                 t = tab[(tab["claim"] == cid) & (tab["axis"] == axis)].sort_values("value")
                 x = t["value"].to_numpy(float)
                 for _, row in t.iterrows():
-                    if row["n"] == 0:
-                        ax.annotate("not run", (row["value"], 0), fontsize=6, color="grey", rotation=90,
-                                    ha="center", va="bottom")
+                    if row["n"] == 0:  # nothing to pair yet: say how far the rung got
+                        done = row["runs"].split("/")[0]
+                        ax.annotate("not run" if done == "0" else f"{row['runs']} runs", (row["value"], 0), fontsize=6,
+                                    color="grey", rotation=90, ha="center", va="bottom")
                         continue
                     half = row["half"] if np.isfinite(row["half"]) else 0.0
                     ax.errorbar([row["value"]], [row["margin"]], yerr=[[half], [half]], fmt="o", ms=3.5, capsize=2.5,
