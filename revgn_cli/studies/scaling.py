@@ -123,6 +123,8 @@ def _rung_runs(ladder: Ladder, rung: Rung, extra: list[str], results_dir: str) -
     ids = sorted({run_id(j.cfg) for j in jobs})
     wall = sum(float(run_dir_for(j.cfg).read_meta().get("wall_s") or 0.0) for j in jobs)
     df = load_runs(results_dir, {"run_id": ids}, statuses=("done", "diverged"))
+    if not df.empty and "status" in df.columns:  # only finished runs count, whatever the loader lets through
+        df = df[df["status"].isin(["done", "diverged"])]
     return df, len(ids), wall
 
 
