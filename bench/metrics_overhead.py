@@ -81,7 +81,34 @@ def parts(overrides: list[str]) -> str:
     row = median_seconds(lambda: tracker.compute(model, 1.0), repeats=3)
     return (f"step {1e3 * step:.1f} ms; the loss change's no-grad forward of the batch after it {1e3 * fwd:.1f} ms = "
             f"{100 * fwd / step:.0f}% of a step; one diagnostics row {1e3 * row:.0f} ms (with its own CKA forward, "
-            f"which training shares with the evaluation)")
+            f"which training shares with the evaluation)\n" + new_metrics(tracker, model, step, td.x_tr.shape[0] / b))
+
+
+def new_metrics(tracker, model, step: float, steps_per_epoch: float) -> str:
+    """Issue 12's metrics inside that row, per epoch (one row per epoch at metrics.every=1): the paper's
+    feature-space NTK sketch (one VJP + one JVP on its probe set) and the F half-couplings' CKA (the G ones are the
+    per-block values, computed anyway)."""
+    from revgn_cli.metrics.cka import cka_prepared, prepare_cka
+    from revgn_cli.metrics.ntk_feature import feature_ntk_apply
+
+    epoch = step * steps_per_epoch
+    out = []
+    if tracker.feat_x is not None:
+        t = median_seconds(lambda: feature_ntk_apply(model, tracker.feat_x, tracker.feat_u), repeats=3)
+        out.append(f"feature-space NTK sketch (probe {tracker.feat_x.shape[0]}) {1e3 * t:.0f} ms/epoch = "
+                   f"{100 * t / epoch:.0f}% of an epoch's steps")
+    if tracker.cka_x is not None:
+        reps = tracker.cka_outputs(model)
+        refs = tracker._cka_ref
+
+        def f_cka() -> None:
+            for i in range(0, len(reps), 2):  # the F states only
+                cka_prepared(refs[i], prepare_cka(reps[i]))
+
+        t = median_seconds(f_cka, repeats=3)
+        out.append(f"per-half-coupling CKA, the {len(reps) // 2} F states {1e3 * t:.0f} ms/epoch = "
+                   f"{100 * t / epoch:.0f}% of an epoch's steps")
+    return "#     new metrics (issue 12): " + "; ".join(out)
 
 
 def main() -> None:

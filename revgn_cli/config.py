@@ -98,6 +98,11 @@ class MetricsConfig:
     unit: str = "epoch"  # epoch: in the epoch rows | step: every `every` updates, in the step rows (+ init row)
     probe_size: int = 100  # NTK probe set P (first training samples)
     cka_probe_size: int = 1024  # CKA probe set (first training samples; capped at the train size)
+    # The paper's feature-space NTK sketch (ntk_feat_* columns): probe = first n training samples (capped at the
+    # train size; 0 = off), ū = mean of `ntk_feature_draws` Gaussian n×d draws seeded with `ntk_feature_seed`.
+    ntk_feature_probe_size: int = 1024
+    ntk_feature_seed: int = 0
+    ntk_feature_draws: int = 100
     ntk: bool = True
     cka: str = "linear"  # linear | debiased | off
     weights: bool = True
@@ -168,11 +173,13 @@ def validate(cfg: Config) -> Config:
         if val not in allowed:
             raise ConfigError(f"{key}={val!r} is not one of {', '.join(allowed)}")
     positive_ints = ["model.n_blocks", "regime.n_samples", "regime.batch_size", "train.eval_every",
-                     "train.eval_chunk", "train.checkpoint_every", "metrics.loss_change_every"]
+                     "train.eval_chunk", "train.checkpoint_every", "metrics.loss_change_every",
+                     "metrics.ntk_feature_draws"]
     for key in positive_ints:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
-    for key in ["train.epochs", "metrics.every", "metrics.probe_size", "metrics.cka_probe_size"]:
+    for key in ["train.epochs", "metrics.every", "metrics.probe_size", "metrics.cka_probe_size",
+                "metrics.ntk_feature_probe_size"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
     if cfg.model.hidden is not None and cfg.model.hidden < 1:

@@ -39,9 +39,10 @@ def test_train_writes_a_valid_run_dir(tiny, results, opt):
     assert list(rows.columns[:4]) == ["run_id", "epoch", "step", "split"]
     ep = rows[rows.split == "epoch"]
     assert list(ep.epoch) == [0.0, 1.0, 2.0]
-    for col in ("train_loss", "train_acc", "test_loss", "test_acc", "ntk_sim_init", "cka_block1", "cka_block2",
-                "wcos_F1", "wcos_G2"):
+    for col in ("train_loss", "train_acc", "test_loss", "test_acc", "ntk_sim_init", "ntk_feat_sim_init", "cka_block1",
+                "cka_block2", "cka_F1", "cka_G1", "cka_F2", "cka_G2", "wcos_F1", "wcos_G2"):
         assert ep[col].notna().all(), col
+    assert ep.ntk_feat_velocity.iloc[1:].notna().all() and (ep.cka_G2 == ep.cka_block2).all()
     steps = rows[rows.split == "step"]
     assert len(steps) == 2 * 6  # 1347 train samples / 256 → 6 batches (last one kept)
     assert steps["loss_change_pct"].notna().all()
@@ -75,7 +76,8 @@ def test_diagnostics_every_k_steps(tiny, results):
     steps, ep = rows[rows.split == "step"], rows[rows.split == "epoch"]
     logged = steps[steps.ntk_sim_init.notna()]
     assert logged.step.tolist() == [4, 8, 12]  # 12 updates: every 4th, the last one among them
-    for col in ("ntk_dist_init", "ntk_probe_sim", "cka_block1", "cka_block2", "wcos_F1", "wcos_G2"):
+    for col in ("ntk_dist_init", "ntk_probe_sim", "ntk_feat_sim_init", "cka_block1", "cka_block2", "cka_F1", "wcos_F1",
+                "wcos_G2"):
         assert logged[col].notna().all() and steps[~steps.step.isin([4, 8, 12])][col].isna().all(), col
     assert ep[ep.epoch == 0].ntk_sim_init.item() == pytest.approx(1.0)
     assert ep[ep.epoch > 0].ntk_sim_init.isna().all() and ep.test_acc.notna().all()
@@ -102,9 +104,10 @@ def test_mnist5k_full_batch_run(results):
     ep = df[df.split == "epoch"]
     assert ep.train_loss.iloc[-1] < ep.train_loss.iloc[0]
     # Every diagnostic of the default metrics config, every epoch (metrics.every=1 is the default).
-    for col in ("ntk_sim_init", "ntk_dist_init", "ntk_probe_sim", "cka_block1", "cka_block2", "wcos_F1", "wcos_G2",
-                "wnorm_ratio_F2"):
+    for col in ("ntk_sim_init", "ntk_dist_init", "ntk_probe_sim", "ntk_feat_sim_init", "cka_block1", "cka_block2",
+                "cka_F1", "cka_G1", "cka_F2", "cka_G2", "wcos_F1", "wcos_G2", "wnorm_ratio_F2"):
         assert ep[col].notna().all(), col
+    assert ep.ntk_feat_velocity.iloc[1:].notna().all()
     assert ep.ntk_velocity.iloc[1:].notna().all()
     after = ep[ep.epoch > 0]
     assert after.loss_change_pct_mean.notna().all() and after.loss_change_pct_median.notna().all()

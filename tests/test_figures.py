@@ -79,8 +79,11 @@ def fake_rows(cfg, rid: str, *, flip: bool = False, diverge_at: int | None = Non
             row["ntk_sim_init"] = float(c["ntk_sim_init"][ep])
             row["ntk_dist_init"] = 1 - row["ntk_sim_init"]
             row["ntk_velocity"] = math.nan if ep == 0 else 0.5 * (1 - row["ntk_sim_init"]) / ep + 1e-4
+            row["ntk_feat_sim_init"] = 1 - 0.9 * (1 - row["ntk_sim_init"]) * jitter
+            row["ntk_feat_velocity"] = math.nan if ep == 0 else 0.4 * (1 - row["ntk_sim_init"]) / ep + 1e-4
             for k in range(1, L + 1):
-                row[f"cka_block{k}"] = float(c["cka"][ep])
+                row[f"cka_block{k}"] = row[f"cka_G{k}"] = float(c["cka"][ep])
+                row[f"cka_F{k}"] = 1 - 0.5 * (1 - float(c["cka"][ep]))
                 for h in "FG":
                     row[f"wcos_{h}{k}"] = float(c["wcos"][ep])
                     row[f"wnorm_ratio_{h}{k}"] = 1.0
@@ -90,16 +93,19 @@ def fake_rows(cfg, rid: str, *, flip: bool = False, diverge_at: int | None = Non
     return rows
 
 
-def write_preset(results: Path, preset: str, *, flip: bool = False, diverge: dict | None = None) -> list[str]:
-    """Write every job of the preset as a finished run; ``diverge`` = {optimizer: epoch} marks runs diverged."""
+def write_preset(results: Path, preset: str, *, flip: bool | set = False, diverge: dict | None = None,
+                 overrides: tuple[str, ...] = ()) -> list[str]:
+    """Write every job of the preset as a finished run; ``diverge`` = {optimizer: epoch} marks runs diverged;
+    ``flip`` = True swaps GN and Adam in every run, a set of seeds only in those seeds' runs."""
     ids = []
-    for job in expand([f"experiment={preset}", f"results_dir={results}"]):
+    for job in expand([f"experiment={preset}", *overrides, f"results_dir={results}"]):
         cfg, rid = job.cfg, run_id(job.cfg)
         d_at = (diverge or {}).get(cfg.optimizer.name)
         run = RunDir(results / cfg.exp_name / rid)
         run.path.mkdir(parents=True, exist_ok=True)
         run.config_path.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
-        run.write_rows(fake_rows(cfg, rid, flip=flip, diverge_at=d_at))
+        flipped = cfg.seed in flip if isinstance(flip, (set, frozenset)) else flip
+        run.write_rows(fake_rows(cfg, rid, flip=flipped, diverge_at=d_at))
         run.write_meta(status="diverged" if d_at is not None else "done", run_id=rid, experiment=cfg.exp_name,
                        seed=cfg.seed)
         ids.append(rid)
@@ -168,10 +174,10 @@ def labels(ax) -> list[str]:
 
 
 EXPECTED = {  # figure → (axes count, labelled series on every curve axes)
-    "fig1": (2, OPTS), "fig2": (3, OPTS), "fig3": (1, OPTS), "fig4": (4, OPTS), "fig5": (3, OPTS),
+    "fig1": (2, OPTS), "fig2": (3, OPTS), "fig3": (1, OPTS), "fig4": (5, OPTS), "fig5": (3, OPTS),
     "fig6": (3, OPTS), "fig7": (2, ["Adam → GN", "GN → Adam", "switch (epoch 12)"]),
     "fig8": (2, ["GN, init std 0.01", "GN, init std 0.001", "GN, init std 1e-06"]),
-    "fig10": (2, OPTS), "fig11": (2, OPTS),
+    "fig10": (4, OPTS), "fig11": (4, OPTS),  # one panel per half-coupling: F1, G1, F2, G2
     "fig12": (3, ["GN, lr 0.1", "GN, lr 0.001", "GN, lr 0.0001"]),
     "fig13": (3, ["GN (truncation)", "GN + weight decay (λ=0.0001)", "Adam"]),
     "fig14": (3, ["GN (truncation)", "GN + damping", "GN + noise", "Adam"]),
@@ -204,13 +210,28 @@ def test_each_figure_draws_its_series(synth, tmp_path, name):
     assert axes[0].get_legend() is not None
 
 
+def test_fig4_plots_the_papers_ntk_sketch_and_labels_the_logit_kernel(synth):
+    axes = render("fig4", synth, None, "quick").figure.axes
+    titles = [ax.get_title() for ax in axes]
+    assert "(b) NTK sim., paper's sketch" in titles[1] and "(c) logit NTK, not the paper's" in titles[2]
+    assert [ax.get_ylabel() for ax in axes[:3]] == [
+        "NTK velocity (1 − cos / epoch)", "NTK similarity to init, cos(K₀ū, K_tū)",
+        "logit-NTK similarity to init (full kernel)"]
+    gn = next(ln for ln in visible_lines(axes[1]) if ln.get_label() == "GN")
+    # the synthetic GN rows: ntk_feat_sim_init = 1 − 0.9·(1 − ntk_sim_init)·jitter, averaged over seeds 42–44
+    e = np.arange(13.0)
+    np.testing.assert_allclose(gn.get_ydata(), 1 - 0.9 * 0.01 * (e / 12) * 1.02, rtol=1e-9)
+    f10 = [ax.get_title() for ax in render("fig10", synth, None, "quick").figure.axes]
+    assert [t.split(" · ")[1] for t in f10] == ["after F1", "after G1 (= block 1)", "after F2", "after G2 (= block 2)"]
+
+
 def test_curves_are_the_seed_means(synth, tmp_path):
     fig = render("fig2", synth, None, "quick").figure
     ax = fig.axes[0]
     gn = next(ln for ln in visible_lines(ax) if ln.get_label() == "GN")
     e = np.arange(13.0)
     np.testing.assert_allclose(gn.get_xdata(), e)
-    np.testing.assert_allclose(gn.get_ydata(), 1.01 * (0.6 + 1.7 * np.exp(-e)), rtol=1e-9)  # mean of seeds 42, 43
+    np.testing.assert_allclose(gn.get_ydata(), 1.02 * (0.6 + 1.7 * np.exp(-e)), rtol=1e-9)  # mean of seeds 42, 43, 44
     assert ax.get_yscale() == "log" and fig.axes[2].get_yscale() == "linear"
     acc = next(ln for ln in visible_lines(fig.axes[2]) if ln.get_label() == "Adam")
     assert acc.get_ydata().max() > 1.0  # accuracy drawn in %
@@ -218,27 +239,27 @@ def test_curves_are_the_seed_means(synth, tmp_path):
 
 def test_seed_band_and_diverged_runs_are_marked(tmp_path):
     res = tmp_path / "results"
-    write_preset(res, "fig1_quick", diverge={"sgd": 5})  # seeds 42, 43; both SGD runs diverge at epoch 5
+    write_preset(res, "fig1_quick", diverge={"sgd": 5})  # seeds 42, 43, 44; every SGD run diverges at epoch 5
     ax = render("fig1", res, None, "quick").figure.axes[0]
-    assert labels(ax) == ["GN", "Adam", "SGD (2/2 diverged)"]
+    assert labels(ax) == ["GN", "Adam", "SGD (3/3 diverged)"]
     dotted = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
-    assert len(dotted) == 2 and all(len(ln.get_xdata()) == 6 for ln in dotted)
-    assert len(ax.collections) == 2  # mean ± std bands for GN and Adam (two seeds each), none for SGD
-    # a run outside the preset's grid (seed 44, written by hand) is not one of fig1's runs …
-    cfg = compose_config(["experiment=fig1_quick", "optimizer=gn", "seed=44"])
+    assert len(dotted) == 3 and all(len(ln.get_xdata()) == 6 for ln in dotted)
+    assert len(ax.collections) == 2  # mean ± std bands for GN and Adam (three seeds each), none for SGD
+    # a run outside the preset's grid (seed 45, written by hand) is not one of fig1's runs …
+    cfg = compose_config(["experiment=fig1_quick", "optimizer=gn", "seed=45"])
     rid = run_id(cfg)
     run = RunDir(res / cfg.exp_name / rid)
     run.path.mkdir(parents=True)
     run.config_path.write_text(yaml.safe_dump(config_dict(cfg)))
     run.write_rows(fake_rows(cfg, rid))
     run.write_meta(status="done")
-    assert render("fig1", res, None, "quick").availability.total == 6
-    # … unless the grid is overridden to include it (as `revgn plot fig1 seed=42,44` would)
-    r = render("fig1", res, None, "quick", overrides=["seed=42,44"])
+    assert render("fig1", res, None, "quick").availability.total == 9
+    # … unless the grid is overridden to include it (as `revgn plot fig1 seed=42,45` would)
+    r = render("fig1", res, None, "quick", overrides=["seed=42,45"])
     assert r.availability.total == 6 and r.availability.finished == 4
     gn = next(ln for ln in visible_lines(r.figure.axes[0]) if ln.get_label() == "GN")
     e = np.arange(1.0, 3.0)
-    np.testing.assert_allclose(gn.get_ydata()[1:3], np.mean([1.0, 1.04]) * (2.3 * np.exp(-e / 1.5) + 1e-4), rtol=1e-9)
+    np.testing.assert_allclose(gn.get_ydata()[1:3], np.mean([1.0, 1.06]) * (2.3 * np.exp(-e / 1.5) + 1e-4), rtol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,6 +329,41 @@ def test_verify_fails_when_the_data_disagrees(tmp_path):
     assert r.exit_code == 1 and "FAIL" in r.output
 
 
+def test_verify_three_way_verdicts(tmp_path):
+    """Per-seed margins → mean ± 95 % t-interval → PASS / FAIL / INCONCLUSIVE, from the data alone."""
+    from revgn_cli.figures.verdict import seed_interval
+    from scipy import stats
+
+    res = {k: tmp_path / k for k in ("agree", "disagree", "split")}
+    write_preset(res["agree"], "minibatch_quick")  # every seed on the paper's side
+    write_preset(res["disagree"], "minibatch_quick", flip=True)  # every seed on the other side
+    write_preset(res["split"], "minibatch_quick", flip={44})  # seeds 42, 43 agree, 44 disagrees
+    ids = ("fig2.test_loss", "fig2.train_saturates", "fig4.ntk_lazy", "fig4.cka_last")
+    got = {k: {o.claim.id: o for o in evaluate(claims_for(["fig2", "fig4"]), r, "quick")} for k, r in res.items()}
+    for cid in ids:
+        assert got["agree"][cid].status == "PASS", got["agree"][cid]
+        assert got["disagree"][cid].status == "FAIL", got["disagree"][cid]
+        o = got["split"][cid]
+        assert o.status == "INCONCLUSIVE" and o.interval.n == 3, o
+        assert o.interval.mean > 0 and o.interval.mean - o.interval.half < 0  # mean on the paper's side, CI not
+    # the interval is the t-interval of the per-seed margins (recomputed by hand for one claim)
+    o = got["split"]["fig2.test_loss"]
+    df = __import__("revgn_cli.figures.data", fromlist=["x"]).load_figure_runs(
+        "fig2", "quick", ("minibatch_quick",), res["split"])[0]
+    m = o.claim.check(df).margins
+    assert sorted(m) == [42, 43, 44] and m[42] > 0 and m[44] < 0
+    v = np.array([m[s] for s in (42, 43, 44)])
+    assert o.interval.mean == pytest.approx(v.mean())
+    assert o.interval.half == pytest.approx(stats.t.ppf(0.975, 2) * v.std(ddof=1) / math.sqrt(3))
+    assert seed_interval([0.3]).verdict == "INCONCLUSIVE"  # one seed: no spread to judge
+    assert seed_interval([math.inf, 0.1, 0.2]).verdict == "PASS"  # a diverged side, every seed agreeing
+    assert seed_interval([math.inf, -0.1]).verdict == "INCONCLUSIVE"
+    r = runner.invoke(app, ["verify", "fig2", "--results", str(res["split"]), "--out", str(tmp_path)])
+    assert r.exit_code == 0 and "INCONCLUSIVE" in r.output and "±" in r.output
+    md = (tmp_path / "claims.md").read_text()
+    assert "95 % Student-t interval" in md and "scale ladder" in md and "| 3 | **INCONCLUSIVE** |" in md
+
+
 def test_reproduce_trains_then_plots(tmp_path, monkeypatch):
     """reproduce: plan → launch only the presets with missing runs → plot; a rerun trains nothing. The launch is
     replaced by an in-process loop over the same jobs (the Hydra multirun itself is tested with `revgn sweep`)."""
@@ -326,7 +382,7 @@ def test_reproduce_trains_then_plots(tmp_path, monkeypatch):
     r = runner.invoke(app, ["--quiet", "reproduce", "fig1", "scale=quick", *tiny, "--results", str(res), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert launched == [["experiment=fig1_quick", *tiny, f"results_dir={res}"]]
-    assert "6 run(s) trained" in r.output and (out / "fig1.png").exists()  # 3 optimisers x seeds 42, 43
+    assert "9 run(s) trained" in r.output and (out / "fig1.png").exists()  # 3 optimisers x seeds 42, 43, 44
     ax = render("fig1", res, None, "quick", tiny).figure.axes[0]
     assert labels(ax) == OPTS and list(ax.get_lines()[0].get_xdata()) == [0, 1, 2]
     r = runner.invoke(app, ["--quiet", "reproduce", "fig1", *tiny, "--results", str(res), "--out", str(out)])

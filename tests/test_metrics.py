@@ -355,13 +355,13 @@ def test_tracker_first_row_at_init_reuses_the_reference(monkeypatch):
     assert calls == {"ntk": 0, "prep": 0}
     for k in ("ntk_sim_init", "ntk_probe_sim", "cka_block1", "cka_block2"):
         assert reused[k] == pytest.approx(1.0, abs=1e-15), k
-    m2, _, _, tr2 = _tracker_setup()  # its construction computes Θ_0 and prepares two init reps
-    assert calls == {"ntk": 1, "prep": 2}
+    m2, _, _, tr2 = _tracker_setup()  # its construction computes Θ_0 and prepares 2L = 4 half-coupling states
+    assert calls == {"ntk": 1, "prep": 4}
     with torch.no_grad():
         for p in m2.trainable():
             p.add_(0.0)  # same values, new version: the tracker must recompute
     recomputed = tr2.compute(m2, 0.0)
-    assert calls == {"ntk": 2, "prep": 4}
+    assert calls == {"ntk": 2, "prep": 8}
     for k, v in reused.items():
         assert v == pytest.approx(recomputed[k], abs=1e-12) or (math.isnan(v) and math.isnan(recomputed[k])), k
     m3, _, _, tr3 = _tracker_setup()
@@ -375,7 +375,7 @@ def test_tracker_takes_the_callers_cka_forward():
     m, probe, cka_x, tr = _tracker_setup()
     _perturb(m, 12)
     reps = tr.cka_outputs(m)
-    assert [tuple(r.shape) for r in reps] == [(16, 8), (16, 8)]
+    assert [tuple(r.shape) for r in reps] == [(16, 8)] * 4  # F1, G1, F2, G2 states
     torch.testing.assert_close(reps[-1], m.features(cka_x), rtol=0, atol=0)
     tr2 = DiagnosticsTracker(tiny_model(seed=3), probe, cka_x)
     assert tr.compute(m, 1.0, reps=reps) == tr2.compute(m, 1.0)
@@ -432,3 +432,105 @@ def test_tracker_state_dict_round_trip():
     assert math.isfinite(got["ntk_velocity"])
     with pytest.raises(ValueError):
         DiagnosticsTracker(m, probe, cka_x, cka="debiased").load_state_dict(tr.state_dict())
+
+
+# ---------------------------------------------------------------- the paper's feature-space NTK sketch
+from revgn_cli.metrics.ntk_feature import dense_feature_ntk, feature_ntk_apply, feature_probe  # noqa: E402
+from revgn_cli.metrics.tracker import half_coupling_outputs  # noqa: E402
+
+
+class _FeaturesOnly(torch.nn.Module):
+    """forward = X_L, so ``explicit_jacobian`` (one-hot JVPs of forward) gives ∂vec(X_L)/∂θ."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m.features(x)
+
+
+@pytest.mark.parametrize(
+    "kw", [{}, {"first_block_linear": False, "n_blocks": 3}, {"hidden": None}],
+    ids=["bottleneck", "relu-3blocks", "no-bottleneck"],
+)
+def test_feature_ntk_sketch_matches_dense_float64_reference(kw):
+    m = tiny_model(seed=5, **kw)
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    J = explicit_jacobian(_FeaturesOnly(m), x)  # (n·d) × |θ|, column by column
+    K = J @ J.T  # the dense feature-space NTK, row i·d + j = (sample i, feature j)
+    u = feature_probe((5, 8), seed=3, draws=100, device="cpu", dtype=torch.float64)
+    torch.testing.assert_close(feature_ntk_apply(m, x, u), (K @ u.reshape(-1)).reshape(5, 8), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dense_feature_ntk(m, x), K, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="probe"):
+        feature_ntk_apply(m, x, u[:4])
+
+
+def test_feature_probe_is_the_seeded_mean_of_draws():
+    state = torch.random.get_rng_state()
+    u = feature_probe((64, 32), seed=7, draws=100, device="cpu", dtype=torch.float64)
+    assert torch.equal(torch.random.get_rng_state(), state)  # its own generator: the global stream is untouched
+    g = torch.Generator().manual_seed(7)
+    ref = torch.stack([torch.randn(64, 32, generator=g, dtype=torch.float64) for _ in range(100)]).mean(0)
+    torch.testing.assert_close(u, ref, rtol=1e-12, atol=1e-14)
+    assert torch.equal(u, feature_probe((64, 32), seed=7, draws=100, device="cpu", dtype=torch.float64))
+    assert not torch.equal(u, feature_probe((64, 32), seed=8, draws=100, device="cpu", dtype=torch.float64))
+    assert float(u.std()) == pytest.approx(0.1, rel=0.05)  # mean of 100 N(0, 1): std 1/√100
+
+
+def test_tracker_feature_ntk_and_half_coupling_cka_against_dense_references():
+    m = tiny_model(seed=3)
+    g = torch.Generator().manual_seed(10)
+    probe = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    cka_x = torch.randn(16, 8, generator=g, dtype=torch.float64)
+    feat_x = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    tr = DiagnosticsTracker(m, probe, cka_x, feature_x=feat_x, feature_seed=2, feature_draws=10)
+    u = feature_probe((6, 8), seed=2, draws=10, device="cpu", dtype=torch.float64).reshape(-1)
+
+    def dense_ku():
+        J = explicit_jacobian(_FeaturesOnly(m), feat_x)
+        return J @ (J.T @ u)
+
+    def cos(a, b):
+        return float(a @ b / (a.norm() * b.norm()))
+
+    def states():  # naive half-coupling states, written out: [a + F(b), b] then [y1, b + G(y1)]
+        out, h = [], cka_x
+        for blk in m.blocks:
+            a, b = h[:, :4], h[:, 4:]
+            y1 = a + blk.F(b)
+            out.append(torch.cat([y1, b], 1))
+            h = torch.cat([y1, b + blk.G(y1)], 1)
+            out.append(h)
+        return out
+
+    k0, s0 = dense_ku(), [s.detach() for s in states()]
+    row = tr.compute(m, 0.0)
+    assert "ntk_feat_sim_init" in tr.columns() and list(row) == tr.columns()
+    assert row["ntk_feat_sim_init"] == pytest.approx(1.0, abs=1e-12) and math.isnan(row["ntk_feat_velocity"])
+    assert [row[f"cka_{h}{k}"] for k in (1, 2) for h in "FG"] == pytest.approx([1.0] * 4, abs=1e-12)
+    _perturb(m, 11)
+    k1 = dense_ku()
+    row = tr.compute(m, 2.0)
+    assert row["ntk_feat_sim_init"] == pytest.approx(cos(k0, k1), rel=1e-10) and row["ntk_feat_sim_init"] < 1 - 1e-6
+    assert row["ntk_feat_velocity"] == pytest.approx((1 - cos(k0, k1)) / 2.0, rel=1e-8)
+    now = states()
+    for i, (h, k) in enumerate((h, k) for k in (1, 2) for h in "FG"):
+        assert row[f"cka_{h}{k}"] == pytest.approx(naive_cka(s0[i], now[i].detach()), rel=1e-10), (h, k)
+    assert [row[f"cka_block{k}"] for k in (1, 2)] == [row["cka_G1"], row["cka_G2"]]  # G's state = block output
+    torch.testing.assert_close(half_coupling_outputs(m, cka_x)[1::2], m.block_outputs(cka_x), rtol=0, atol=0)
+    _perturb(m, 12)
+    k2 = dense_ku()
+    row = tr.compute(m, 3.0)
+    assert row["ntk_feat_velocity"] == pytest.approx(1 - cos(k1, k2), rel=1e-8)  # vs the previous logged point
+    # resume: the state carries ū, K_0ū and the previous K ū
+    buf = io.BytesIO()
+    torch.save(tr.state_dict(), buf)
+    _perturb(m, 13)
+    expected = tr.compute(m, 4.0)
+    tr2 = DiagnosticsTracker(tiny_model(seed=4), probe, cka_x, feature_x=feat_x, feature_seed=2, feature_draws=10)
+    buf.seek(0)
+    tr2.load_state_dict(torch.load(buf, weights_only=True))
+    assert tr2.compute(m, 4.0) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError):
+        DiagnosticsTracker(m, probe, cka_x).load_state_dict(tr.state_dict())  # sketch on vs off

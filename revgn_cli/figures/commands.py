@@ -15,7 +15,7 @@ DEFAULT_RESULTS = "results"
 DEFAULT_OUT = Path("figures")
 PARTIAL_HELP = ("Go on without runs that are present but unreadable (corrupt config, lost rows); the figure title and "
                 "the claims table name what is missing. Without it such a run stops the command.")
-STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "MISSING": "yellow"}
+STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCONCLUSIVE": "bold yellow", "MISSING": "yellow"}
 
 
 def split_args(args: list[str] | None, scale: str | None, results: Path | None) -> tuple[str, list[str], str]:
@@ -106,13 +106,16 @@ def list_table(results: str, scale: str, overrides: list[str]) -> Table:
     return t
 
 
-def verify_table(outcomes: list) -> Table:
-    t = Table(title="paper claims")
-    for c in ("figure", "claim", "dataset", "measured", "threshold", "result"):
+def verify_table(outcomes: list, scale: str) -> Table:
+    from revgn_cli.figures.claims import margin_text
+
+    t = Table(title=f"paper claims at {scale} scale — margin > 0 is the paper's side; mean ± 95 % t-interval over "
+                    "seeds (paired by seed)")
+    for c in ("figure", "claim", "dataset", "measured (means)", "margin", "margin ± 95 % CI", "n seeds", "verdict"):
         t.add_column(c, overflow="fold")
     for o in outcomes:
         t.add_row(o.claim.figure, escape(o.claim.text), escape(o.dataset), escape(o.value), escape(o.claim.threshold),
-                  f"[{STATUS_STYLE[o.status]}]{o.status}[/]")
+                  escape(margin_text(o)), str(o.interval.n or "—"), f"[{STATUS_STYLE[o.status]}]{o.status}[/]")
     return t
 
 
@@ -133,16 +136,15 @@ def check_data(presets: list[str], overrides: list[str], results: str) -> None:
 
 def run_verify(figs: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
                allow_partial: bool = False) -> list:
-    from revgn_cli.figures.claims import claims_for, evaluate, to_markdown
+    from revgn_cli.figures.claims import LADDER_DOC, claims_for, evaluate, summary_line, to_markdown
 
     outcomes = evaluate(claims_for(figs), results, scale, overrides, allow_partial=allow_partial)
-    out.print(verify_table(outcomes))
+    out.print(verify_table(outcomes, scale))
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "claims.md"
     md.write_text(to_markdown(outcomes, scale=scale, results_dir=results))
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("PASS", "FAIL", "MISSING")}
-    out.print(f"claims: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['MISSING']} MISSING → {md}",
-              highlight=False)
+    out.print(f"claims ({scale} scale): {summary_line(outcomes)} → {md}; how the margins move toward the paper's "
+              f"scale: {LADDER_DOC}", highlight=False)
     return outcomes
 
 
@@ -262,9 +264,9 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
                out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where claims.md goes."),
                scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
-               strict: bool = typer.Option(False, "--strict", help="Exit 1 when a claim fails or is missing."),
+               strict: bool = typer.Option(False, "--strict", help="Exit 1 unless every claim passes."),
                allow_partial: bool = typer.Option(False, "--allow-partial", help=PARTIAL_HELP)) -> None:
-        """Check the paper's claims on the results: claim, measured value, threshold, PASS/FAIL/MISSING.
+        """Check the paper's claims: per-seed margins, mean ± 95 % t-interval, PASS/FAIL/INCONCLUSIVE/MISSING.
 
         Writes the table to <out>/claims.md too. Example: [bold]revgn verify main --results results[/]
         """

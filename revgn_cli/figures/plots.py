@@ -194,17 +194,37 @@ def cka_blocks(df: pd.DataFrame) -> list[int]:
     return ks
 
 
+def half_couplings(df: pd.DataFrame) -> list[str]:
+    """The logged per-half-coupling CKA columns in network order: cka_F1, cka_G1, cka_F2, … (empty if none)."""
+    ks = cka_blocks(df)
+    cols = [f"cka_{h}{k}" for k in ks for h in "FG"]
+    return [c for c in cols if c in df.columns and df[c].notna().any()]
+
+
+def ntk_panels(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """fig4's NTK panels: the paper's feature-space sketch (velocity, similarity) and revgn's full logit kernel as
+    a separate, labelled panel; runs logged before the sketch existed show the logit kernel only."""
+    if "ntk_feat_sim_init" in df.columns and df["ntk_feat_sim_init"].notna().any():
+        return (["ntk_feat_velocity", "ntk_feat_sim_init", "ntk_sim_init"],
+                ["NTK velocity, paper's sketch", "NTK sim., paper's sketch", "logit NTK, not the paper's"])
+    return ["ntk_velocity", "ntk_sim_init"], ["logit-NTK velocity", "logit-NTK similarity to init"]
+
+
 def plot_fig4(df: pd.DataFrame, ctx: PlotContext) -> Figure:
-    """(a) NTK velocity, (b) NTK similarity to init, (c–e) CKA to init of the first / middle / last block."""
+    """(a) NTK velocity and (b) NTK similarity to init — the paper's feature-space sketch cos(K_0 ū, K_t ū) on X_L
+    (``ntk_feat_*``) —, (c) revgn's full logit-NTK similarity (``ntk_sim_init``, labelled as not the paper's), then
+    CKA to init of the first / middle / last block (the block output = the state after its G half-coupling)."""
     ep = epoch_rows(df)
     dsets = datasets(ep)
     ks = cka_blocks(ep)
     L = max(ks) if ks else 0
     picked = sorted({1, (L + 1) // 2, L}) if L else []
     names = {1: "first", L: "last"}
-    metrics = ["ntk_velocity", "ntk_sim_init"] + [f"cka_block{k}" for k in picked]
-    titles = ["(a) NTK velocity", "(b) NTK similarity to init"] + [
-        f"({'cde'[i]}) CKA, block {k} ({names.get(k, 'middle')})" for i, k in enumerate(picked)]
+    ntk, ntk_titles = ntk_panels(ep)
+    metrics = ntk + [f"cka_block{k}" for k in picked]
+    letters = "abcdefgh"
+    titles = [f"({letters[i]}) {t}" for i, t in enumerate(ntk_titles)] + [
+        f"({letters[len(ntk) + i]}) CKA, block {k} ({names.get(k, 'middle')})" for i, k in enumerate(picked)]
     with style():
         fig, axes = new_figure(len(dsets), len(metrics))
         for r, ds in enumerate(dsets):
@@ -312,18 +332,21 @@ def plot_fig9(df: pd.DataFrame, ctx: PlotContext) -> Figure:
 
 
 def plot_cka_all(df: pd.DataFrame, ctx: PlotContext) -> Figure:
-    """CKA to init for every block vs epoch (fig10, fig11)."""
+    """CKA to init vs epoch (fig10, fig11): one panel per half-coupling (F1, G1, F2, …; G_k's state is block k's
+    output, the per-block value) when the runs log ``cka_F/G{k}``, else one per block."""
     ep = epoch_rows(df)
     dsets = datasets(ep)
-    ks = cka_blocks(ep) or [1]
+    cols = half_couplings(ep) or [f"cka_block{k}" for k in (cka_blocks(ep) or [1])]
     with style():
-        fig, axes = new_figure(len(dsets), len(ks), panel=(2.8, 2.4))
+        fig, axes = new_figure(len(dsets), len(cols), panel=(2.8, 2.4))
         for r, ds in enumerate(dsets):
             d = for_dataset(ep, ds)
-            for c, k in enumerate(ks):
+            for c, metric in enumerate(cols):
                 ax = axes[r, c]
-                draw(ax, by_optimizer(d), f"cka_block{k}")
-                label_axes(ax, f"cka_block{k}", title=f"{dataset_label(ds)} · block {k}")
+                draw(ax, by_optimizer(d), metric)
+                what = (f"block {metric[9:]}" if metric.startswith("cka_block") else
+                        f"after {metric[4:]}" + (f" (= block {metric[5:]})" if metric[4] == "G" else ""))
+                label_axes(ax, metric, title=f"{dataset_label(ds)} · {what}")
         legend(axes[0, 0])
         return finish(fig, ctx.title)
 

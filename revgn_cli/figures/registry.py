@@ -18,7 +18,7 @@ from revgn_cli.figures.plots import PlotContext
 from revgn_cli.figures.style import save
 
 QUICK_NOTE = ("quick scale: mnist5k (4,000 real MNIST training images, 1,000 test) stands in for MNIST and CIFAR-10; "
-              "RevMLP with 2 blocks, h = 1024; mini-batch 256; seeds 42 and 43 (figs 6 and 7: 42 only); "
+              "RevMLP with 2 blocks, h = 1024; mini-batch 256; seeds 42, 43 and 44; "
               "20 full-batch / 12 mini-batch epochs — the trends, not the paper's numbers")
 
 
@@ -62,8 +62,10 @@ FIGURES: dict[str, FigureSpec] = {f.name: f for f in [
         {"quick": MB_Q, "paper": MB_P}, plots.plot_fig3, main=True),
     FigureSpec(
         "fig4", "NTK and CKA during training",
-        "(a) NTK velocity (kernel distance between consecutive logs per epoch), (b) NTK similarity to init, (c–e) "
-        "linear CKA of the first, middle and last block's output to init, mini-batch. Paper (CIFAR-10): under GN the "
+        "(a) NTK velocity and (b) NTK similarity to init of the paper's feature-space sketch cos(K_0 ū, K_t ū) "
+        "(NTK of X_L before the read-out, 1,024 probe images), (c) revgn's own full logit-NTK similarity on 100 "
+        "samples (a different quantity), (d–f) linear CKA of the first, middle and last block's output to init, "
+        "mini-batch. Paper (CIFAR-10): under GN the "
         "NTK and the representations stay close to init (lazy regime); Adam and SGD move away.",
         {"quick": MB_Q, "paper": ("minibatch_paper_cifar",)}, plots.plot_fig4, main=True),
     FigureSpec(
@@ -93,8 +95,9 @@ FIGURES: dict[str, FigureSpec] = {f.name: f for f in [
         {"quick": MB_Q, "paper": MB_P}, plots.plot_fig9),
     FigureSpec(
         "fig10", "CKA to init, every block",
-        "Linear CKA between each block's output now and at init, every block, mini-batch (paper: CIFAR-10). Paper: "
-        "GN's representations barely change in any block.",
+        "Linear CKA to init of the state after every half-coupling (F_k, then G_k, whose state is block k's output; "
+        "the official code's per-half-layer CKA), or of every block's output for runs that log only those, "
+        "mini-batch (paper: CIFAR-10). Paper: GN's representations barely change in any block.",
         {"quick": MB_Q, "paper": ("minibatch_paper_cifar",)}, plots.plot_fig10),
     FigureSpec(
         "fig11", "CKA to init, second setting",

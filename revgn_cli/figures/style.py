@@ -39,13 +39,15 @@ METRIC_LABELS = {
     "train_acc": "train accuracy (%)",
     "test_acc": "test accuracy (%)",
     "loss_change_pct": "loss change on the same batch (%)",
-    "ntk_velocity": "NTK velocity (kernel distance / epoch)",
-    "ntk_sim_init": "NTK similarity to init (cosine)",
+    "ntk_velocity": "logit-NTK velocity (kernel distance / epoch)",
+    "ntk_sim_init": "logit-NTK similarity to init (full kernel)",
+    "ntk_feat_sim_init": "NTK similarity to init, cos(K₀ū, K_tū)",
+    "ntk_feat_velocity": "NTK velocity (1 − cos / epoch)",
     "ntk_dist_init": "NTK distance to init (1 − cosine)",
     "wcos": "cosine(W_init, W_end)",
 }
 PERCENT = {"train_acc", "test_acc"}  # stored as fractions, drawn in %
-LOG_Y = {"train_loss", "train_loss_running", "ntk_velocity"}  # log axes where the paper uses them
+LOG_Y = {"train_loss", "train_loss_running", "ntk_velocity", "ntk_feat_velocity"}  # log axes where the paper uses them
 
 RC: dict[str, Any] = {
     "font.size": 9,
@@ -67,6 +69,8 @@ RC: dict[str, Any] = {
 def metric_label(metric: str) -> str:
     if metric.startswith("cka_block"):
         return f"CKA to init, block {metric[len('cka_block'):]}"
+    if metric[:5] in ("cka_F", "cka_G") and metric[5:].isdigit():
+        return f"CKA to init, after {metric[4:]}"
     return METRIC_LABELS.get(metric, metric)
 
 

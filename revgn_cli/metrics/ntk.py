@@ -156,9 +156,10 @@ def kernel_distance(a: Tensor, b: Tensor) -> float:
 
 
 def probe_similarity(a: Tensor, b: Tensor, u: Tensor) -> float:
-    """The paper's random-probe sketch cos(A u, B u) for kernels A, B ∈ ℝ^{N×N} and a probe vector u ∈ ℝ^N.
+    """A random-probe sketch cos(A u, B u) for kernels A, B ∈ ℝ^{N×N} and a probe vector u ∈ ℝ^N (on the logit
+    kernel this is ``ntk_probe_sim``; the paper's own sketch is of the feature-space NTK: ``metrics.ntk_feature``).
 
-    Only a comparison with the paper's logging; ``kernel_similarity`` is the full-kernel measure.
+    ``kernel_similarity`` is the full-kernel measure.
     """
     if a.shape != b.shape or a.dim() != 2 or u.dim() != 1 or u.numel() != a.shape[1]:
         raise ValueError(f"need A, B [N, N] and u [N]; got {tuple(a.shape)}, {tuple(b.shape)}, {tuple(u.shape)}")

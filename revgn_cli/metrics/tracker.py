@@ -10,19 +10,45 @@ from torch import Tensor, nn
 
 from revgn_cli.metrics.cka import cka_prepared, prepare_cka
 from revgn_cli.metrics.ntk import empirical_ntk, kernel_distance, kernel_similarity, probe_similarity
+from revgn_cli.metrics.ntk_feature import feature_ntk_apply, feature_probe
 from revgn_cli.metrics.weights import half_layer_names, initial_weights, weight_similarity
 from revgn_cli.models.stamp import Stamp
 
-__all__ = ["DiagnosticsTracker"]
+__all__ = ["DiagnosticsTracker", "half_coupling_outputs"]
 
 CKAMode = Literal["linear", "debiased", "off"]
+
+
+def half_coupling_outputs(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """The state [y₁, b] after F and [y₁, y₂] after G of every coupling block (y₁ = a + F(b), y₂ = b + G(y₁)):
+    2L tensors [n, d] in the order F1, G1, F2, G2, …; the G entries are the block outputs X_k, the last is X_L.
+
+    The official code's CKA hooks every half-coupling (ReversibleLinear) and concatenates its two output halves:
+    this is that list, from one forward pass.
+    """
+    outs = []
+    for blk in model.blocks:
+        a, b = x[:, : blk.half], x[:, blk.half:]
+        y1 = a + blk.F(b)
+        outs.append(torch.cat([y1, b], dim=1))
+        x = torch.cat([y1, b + blk.G(y1)], dim=1)
+        outs.append(x)
+    return outs
+
+
+def _cos(a: Tensor, b: Tensor) -> float:
+    """cos between two tensors as vectors, in float64 (NaN for a zero vector)."""
+    a64, b64 = a.reshape(-1).double(), b.reshape(-1).double()
+    na, nb = torch.linalg.vector_norm(a64), torch.linalg.vector_norm(b64)
+    return float(torch.dot(a64, b64) / (na * nb)) if na > 0 and nb > 0 else math.nan
 
 
 class DiagnosticsTracker:
     """Keeps the reference state at initialisation and turns a model into one row of diagnostics.
 
     On construction, at the model's *current* (initial) parameters, it records Θ_0 = empirical NTK on ``probe_x``
-    (kept in memory, never written per step), the block outputs [X_1..X_L] on ``cka_x`` and every half-layer's W.
+    (kept in memory, never written per step), K_0 ū of the feature-space NTK sketch on ``feature_x``, the state after
+    every half-coupling (F then G of each block; G's is the block output X_k) on ``cka_x`` and every half-layer's W.
 
     Args:
         model: a RevMLP (``block_outputs``, ``half_layers``); the probe tensors are moved to its device and dtype.
@@ -31,6 +57,10 @@ class DiagnosticsTracker:
         ntk / cka / weights: switch the three groups off (their columns are then absent from the row).
         cka: "linear" (biased centred-Gram HSIC) or "debiased" (Song et al. 2012's unbiased HSIC, Q ≥ 4).
         probe_seed: seed of the fixed Gaussian probe vector u ∈ ℝ^{PC} of ``ntk_probe_sim``.
+        feature_x: [n, d] probe inputs of the paper's feature-space NTK sketch (``revgn_cli.metrics.ntk_feature``;
+            official default n = 1024 training samples), or None for no ``ntk_feat_*`` columns.
+        feature_seed / feature_draws: ū = mean of ``feature_draws`` N(0, 1) draws of shape n×d from a generator
+            seeded with ``feature_seed`` on the model's device.
 
     A resumed run must construct the tracker with the same probe tensors and then ``load_state_dict``; the reference
     state, the previous Θ and its epoch are restored, so ``compute`` continues bit-for-bit.
@@ -46,6 +76,9 @@ class DiagnosticsTracker:
         cka: CKAMode = "linear",
         weights: bool = True,
         probe_seed: int = 0,
+        feature_x: Tensor | None = None,
+        feature_seed: int = 0,
+        feature_draws: int = 100,
     ):
         if cka not in ("linear", "debiased", "off"):
             raise ValueError(f"cka must be 'linear', 'debiased' or 'off', got {cka!r}")
@@ -57,13 +90,20 @@ class DiagnosticsTracker:
             raise ValueError(f"debiased CKA needs at least 4 CKA inputs, got {self.cka_x.shape[0]}")
         self.n_blocks = len(model.blocks)
         self._hl_names = half_layer_names(model)
+        self.feat_x = feature_x.detach().to(p.device, p.dtype) if feature_x is not None else None
+        self.feat_u = (feature_probe((self.feat_x.shape[0], model.d_in), seed=feature_seed, draws=feature_draws,
+                                     device=p.device, dtype=p.dtype) if self.feat_x is not None else None)
         with torch.no_grad():
             self.theta0 = empirical_ntk(model, self.probe_x) if self.ntk else None
-            self.reps0 = [r.detach().clone() for r in model.block_outputs(self.cka_x)] if self.cka_x is not None else []
+            self.reps0 = [r.detach().clone() for r in half_coupling_outputs(model, self.cka_x)] \
+                if self.cka_x is not None else []
+        self.feat0 = feature_ntk_apply(model, self.feat_x, self.feat_u) if self.feat_x is not None else None
+        self.feat_prev: Tensor | None = None
+        self.feat_epoch_prev: float | None = None
         self.theta_prev: Tensor | None = None
         self.epoch_prev: float | None = None
-        # Fixed probe u for the paper's sketch; its own generator so the global RNG stream is untouched. Drawn on the
-        # host (the same u on every device) and moved to Θ's device, which probe_similarity multiplies it with.
+        # Fixed probe u of the logit-kernel sketch ntk_probe_sim; its own generator so the global RNG stream is
+        # untouched. Drawn on the host (the same u on every device) and moved to Θ's device.
         self.u = (
             torch.randn(self.theta0.shape[0], generator=torch.Generator().manual_seed(probe_seed), dtype=torch.float64,
                         device="cpu").to(self.theta0.device)
@@ -83,27 +123,34 @@ class DiagnosticsTracker:
     def columns(self) -> list[str]:
         """The keys ``compute`` returns, in order."""
         cols = ["ntk_sim_init", "ntk_dist_init", "ntk_velocity", "ntk_probe_sim"] if self.ntk else []
+        if self.feat_x is not None:
+            cols += ["ntk_feat_sim_init", "ntk_feat_velocity"]
         if self.cka != "off":
-            cols += [f"cka_block{k}" for k in range(1, self.n_blocks + 1)]
+            ks = range(1, self.n_blocks + 1)
+            cols += [f"cka_block{k}" for k in ks] + [f"cka_{h}{k}" for k in ks for h in "FG"]
         if self.weights:
             cols += [f"wcos_{n}" for n in self._hl_names] + [f"wnorm_ratio_{n}" for n in self._hl_names]
         return cols
 
     def cka_outputs(self, model: nn.Module) -> list[Tensor] | None:
-        """[X_1..X_L] of ``model`` on the CKA inputs (None when CKA is off): what ``compute(reps=...)`` takes, for a
-        caller that also wants the logits of those inputs (``model.logits(reps[-1])``) from the same forward."""
+        """The 2L half-coupling states of ``model`` on the CKA inputs (``half_coupling_outputs``; the last is X_L),
+        or None when CKA is off: what ``compute(reps=...)`` takes, for a caller that also wants the logits of those
+        inputs (``model.logits(reps[-1])``) from the same forward."""
         if self.cka_x is None:
             return None
         with torch.no_grad():
-            return model.block_outputs(self.cka_x)
+            return half_coupling_outputs(model, self.cka_x)
 
     def compute(self, model: nn.Module, epoch: float, reps: list[Tensor] | None = None) -> dict[str, float]:
         """One row of diagnostics at the model's current parameters; ``epoch`` may be fractional.
 
         ntk_sim_init = ⟨Θ_0, Θ_t⟩/(‖Θ_0‖‖Θ_t‖); ntk_dist_init = 1 − that; ntk_velocity = kernel distance between Θ_t
         and the Θ of the previous ``compute`` call divided by the epochs between them (NaN at the first call, or when
-        no epochs elapsed); ntk_probe_sim = cos(Θ_0 u, Θ_t u); cka_block{k} = CKA(X_k now, X_k at init) on cka_x;
-        wcos_/wnorm_ratio_{F,G}{k} per half-layer W. Updates the "previous Θ" state.
+        no epochs elapsed); ntk_probe_sim = cos(Θ_0 u, Θ_t u); ntk_feat_sim_init = cos(K_0 ū, K_t ū) of the
+        feature-space sketch and ntk_feat_velocity = (1 − cos(K_prev ū, K_t ū)) per epoch between logged points;
+        cka_F{k} / cka_G{k} = CKA(state after block k's F / G half-coupling now, at init) on cka_x, and
+        cka_block{k} = cka_G{k} (the block output X_k); wcos_/wnorm_ratio_{F,G}{k} per half-layer W. Updates the
+        "previous Θ" state.
 
         reps: ``cka_outputs(model)`` if the caller already ran it at the current parameters, else None.
         """
@@ -122,19 +169,33 @@ class DiagnosticsTracker:
                 row["ntk_velocity"] = kernel_distance(self.theta_prev, theta) / dt if dt and dt > 0 else math.nan
                 row["ntk_probe_sim"] = probe_similarity(self.theta0, theta, self.u)
                 self.theta_prev, self.epoch_prev = theta, epoch
+        if self.feat_x is not None:
+            ku = self.feat0 if at_init else feature_ntk_apply(model, self.feat_x, self.feat_u)
+            row["ntk_feat_sim_init"] = _cos(self.feat0, ku)
+            dt = None if self.feat_epoch_prev is None else epoch - self.feat_epoch_prev
+            row["ntk_feat_velocity"] = (1.0 - _cos(self.feat_prev, ku)) / dt if dt and dt > 0 else math.nan
+            self.feat_prev, self.feat_epoch_prev = ku, epoch
+        with torch.no_grad():
             if self.cka != "off":
                 if at_init:
                     now = self._cka_ref
                 else:
                     if reps is None:
-                        reps = model.block_outputs(self.cka_x)  # the only forward pass for CKA
+                        reps = half_coupling_outputs(model, self.cka_x)  # the only forward pass for CKA
                     now = [prepare_cka(r) for r in reps]
                 debiased = self.cka == "debiased"
-                for k, (ref, r) in enumerate(zip(self._cka_ref, now), start=1):
-                    row[f"cka_block{k}"] = cka_prepared(ref, r, debiased=debiased)
+                vals = [cka_prepared(ref, r, debiased=debiased) for ref, r in zip(self._cka_ref, now)]
+                for k in range(1, self.n_blocks + 1):
+                    row[f"cka_block{k}"] = vals[2 * k - 1]  # the G state of block k is its output X_k
+                for i, v in enumerate(vals):
+                    row[f"cka_{'FG'[i % 2]}{i // 2 + 1}"] = v
             if self.weights:
                 row.update(weight_similarity(model, self.w0))
         return row
+
+    def _switches(self) -> dict[str, Any]:
+        n_feat = None if self.feat_x is None else int(self.feat_x.shape[0])
+        return {"ntk": self.ntk, "cka": self.cka, "weights": self.weights, "feature_probe": n_feat}
 
     def state_dict(self) -> dict[str, Any]:
         """Θ_0, previous Θ and its epoch, init block outputs and weights, probe u, and the switches (cloned)."""
@@ -143,8 +204,12 @@ class DiagnosticsTracker:
             return None if t is None else t.detach().clone()
 
         return {
-            "config": {"ntk": self.ntk, "cka": self.cka, "weights": self.weights},
+            "config": self._switches(),
             "theta0": c(self.theta0),
+            "feat_u": c(self.feat_u),
+            "feat0": c(self.feat0),
+            "feat_prev": c(self.feat_prev),
+            "feat_epoch_prev": self.feat_epoch_prev,
             "theta_prev": c(self.theta_prev),
             "epoch_prev": self.epoch_prev,
             "u": c(self.u),
@@ -154,7 +219,7 @@ class DiagnosticsTracker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a ``state_dict``; the switches must match this tracker's, tensors go to the probe device."""
-        cfg = {"ntk": self.ntk, "cka": self.cka, "weights": self.weights}
+        cfg = self._switches()
         if state.get("config") != cfg:
             raise ValueError(f"tracker state was saved with {state.get('config')}, this tracker uses {cfg}")
 
@@ -173,6 +238,10 @@ class DiagnosticsTracker:
         self.theta_prev = same(self.theta0, state["theta_prev"], "theta_prev")
         self.epoch_prev = None if state["epoch_prev"] is None else float(state["epoch_prev"])
         self.u = same(self.u, state["u"], "u")
+        self.feat_u = same(self.feat_u, state["feat_u"], "feat_u")
+        self.feat0 = same(self.feat_u, state["feat0"], "feat0")
+        self.feat_prev = same(self.feat_u, state["feat_prev"], "feat_prev")
+        self.feat_epoch_prev = None if state["feat_epoch_prev"] is None else float(state["feat_epoch_prev"])
         self.reps0 = [same(o, n, f"reps0[{i}]") for i, (o, n) in enumerate(zip(self.reps0, state["reps0"]))]
         self.w0 = [same(o, n, f"w0[{i}]") for i, (o, n) in enumerate(zip(self.w0, state["w0"]))]
         self._at_init = None  # a restored reference is not necessarily the model's current parameters

@@ -120,7 +120,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
     @study.command("run", context_settings=EXTRA)
     @guarded
-    def run(name: str = typer.Argument(..., help="linearisation_phase | data_dependent_ntk | barrier | kernel_dynamics"),
+    def run(name: str = typer.Argument(..., help="linearisation_phase | data_dependent_ntk | barrier | kernel_dynamics | "
+                                            "scaling"),
             args: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper, then Hydra overrides"),
             results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
             out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where <name>.png / .pdf go."),
@@ -140,7 +141,18 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         sc, ov, res = split_args(args, None, results)
         t0 = time.time()
         presets = specs[name].presets_for(sc)
-        if name == "barrier":
+        if name == "scaling":
+            from revgn_cli.studies.scaling import load_ladder, measure, train_ladder, write_ladder
+
+            ladder = load_ladder(sc)
+            failed = train_ladder(ladder, ov, res, force=force, quiet=bool(state.get("quiet")),
+                                  log=lambda s: out.print(s, highlight=False, soft_wrap=True))
+            path = write_ladder(measure(ladder, ov, res), res, ladder)
+            out.print(f"ladder → {path}", highlight=False)
+            if failed:
+                raise typer.Exit(1)
+            ov = [o for o in ov if not o.startswith(("hydra/", "hydra."))]
+        elif name == "barrier":
             from revgn_cli.studies.spawn import run_spawn_study
 
             run_spawn_study([f"experiment={presets[0]}", *ov, f"results_dir={res}"], force=force,

@@ -30,7 +30,7 @@ from revgn_cli.figures.style import (
     OPT_COLOURS, OPT_LABELS, finish, label_axes, legend, new_figure, order_optimizers, sequential_colours, style,
 )
 
-STUDY_NAMES = ("linearisation_phase", "data_dependent_ntk", "barrier", "kernel_dynamics")
+STUDY_NAMES = ("linearisation_phase", "data_dependent_ntk", "barrier", "kernel_dynamics", "scaling")
 INF = math.inf
 
 
@@ -340,7 +340,21 @@ def _specs() -> dict[str, object]:
             "velocity between consecutive epochs (b), and the distance against test accuracy (c), GN, Adam, SGD.",
             {"quick": ("minibatch_quick",), "paper": ("minibatch_paper_mnist", "minibatch_paper_cifar")},
             plot_kernel_dynamics),
+        FigureSpec(
+            "scaling", "Scale ladder: each claim's margin as one axis moves toward the paper's setting",
+            "From the quick mini-batch setting (mnist5k, h = 1024, batch 256, 192 updates), one axis at a time: "
+            "training length, width h, batch size. Per main-text mini-batch claim (rows), its margin (> 0: the "
+            "paper's side; mean ± 95 % t-interval over seeds 42–44; green PASS, red FAIL, orange INCONCLUSIVE) vs "
+            "the axis; dotted: the paper's value. Reads results/scaling/ladder.parquet (`revgn study run scaling`).",
+            {"quick": ("minibatch_quick",), "paper": ("minibatch_quick",)},
+            _plot_scaling),
     ]}
+
+
+def _plot_scaling(df: pd.DataFrame, ctx: PlotContext) -> Figure:
+    from revgn_cli.studies.scaling import plot_scaling
+
+    return plot_scaling(df, ctx)
 
 
 _CACHE: dict[str, object] = {}
@@ -402,4 +416,8 @@ def summary(name: str, df: pd.DataFrame) -> pd.DataFrame:
                          "ntk_velocity_last": float(v.iloc[-1]) if len(v) else math.nan,
                          "test_acc_end": float(g["test_acc"].dropna().iloc[-1]) if g["test_acc"].notna().any() else math.nan})
         return pd.DataFrame(rows)
+    if name == "scaling":
+        from revgn_cli.studies.scaling import summary_table
+
+        return summary_table(df)
     raise KeyError(name)

@@ -188,12 +188,16 @@ def epoch_step_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_tracker(cfg: Config, model: RevMLP, x_tr: Tensor) -> DiagnosticsTracker | None:
     """The run's diagnostics at its current (initial) parameters, or None when ``metrics`` logs none. The NTK probe
-    is the first ``probe_size`` training samples, the CKA probe the first ``cka_probe_size`` (capped at the set)."""
+    is the first ``probe_size`` training samples, the CKA probe the first ``cka_probe_size`` and the feature-space
+    NTK sketch's probe the first ``ntk_feature_probe_size`` (both capped at the set)."""
     m = cfg.metrics
     if m.every <= 0 or not (m.ntk or m.cka != "off" or m.weights):
         return None
+    n_feat = min(m.ntk_feature_probe_size, x_tr.shape[0]) if m.ntk else 0
     return DiagnosticsTracker(model, x_tr[: m.probe_size], x_tr[: min(m.cka_probe_size, x_tr.shape[0])],
-                              ntk=m.ntk and m.probe_size > 0, cka=m.cka, weights=m.weights)
+                              ntk=m.ntk and m.probe_size > 0, cka=m.cka, weights=m.weights,
+                              feature_x=x_tr[:n_feat] if n_feat > 0 else None, feature_seed=m.ntk_feature_seed,
+                              feature_draws=m.ntk_feature_draws)
 
 
 def prepare_data(cfg: Config, device: torch.device) -> TrainData:
