@@ -3,9 +3,10 @@
 Shapes: b, x ∈ ℝ^p (flat), ``matvec(v) = G v`` for a symmetric positive semi-definite G ∈ ℝ^{p×p}.
 
 Written out (15 lines) rather than taken from curvlinops' ``CGInverseLinearOperator``: that wraps GPyTorch's
-``linear_cg``, whose stopping rule (a minimum iteration count, residuals checked every few iterations, its own
-tolerance semantics) does not give the "at most ``cg_iters`` iterations or ‖r‖ ≤ cg_tol·‖b‖" contract the
-``optimizer.cg_iters`` / ``optimizer.cg_tol`` keys promise, nor the iteration count and residual the metrics rows log.
+``linear_cg``, which tests its tolerance only from iteration min(10, max_iter − 1) on (so not the "at most
+``cg_iters`` iterations or ‖r‖ ≤ cg_tol·‖b‖" contract of the ``optimizer.cg_iters`` / ``optimizer.cg_tol`` keys),
+warns on every unconverged (i.e. every truncated) solve, and does not return the iteration count and residual the
+metrics rows log.
 """
 from __future__ import annotations
 
