@@ -171,6 +171,15 @@ class KFAC(_Damped):
         self._inverse = KFACInverseLinearOperator(self._op, damping=self.damping / self._scale,
                                                   use_exact_damping=True)
 
+    def held_bytes(self) -> int:
+        """Memory kept between steps: the Kronecker factors (A ∈ ℝ^{(h+1)×(h+1)}, B ∈ ℝ^{(d/2)×(d/2)} per half-layer)
+        and, cached by the damped inverse, their eigenvectors (the same size again)."""
+        if self._op is None:
+            return 0
+        st = self._op.state_dict()
+        factors = [*st["input_covariances"].values(), *st["gradient_covariances"].values()]
+        return 2 * sum(f.numel() * f.element_size() for f in factors)
+
     def refresh(self, x: Tensor, t_onehot: Tensor) -> None:
         """Recompute the Kronecker factors on the batch (x, t) and their damped inverse."""
         x, t_onehot = self._batch(x, t_onehot)
