@@ -218,15 +218,16 @@ def test_bad_settings_are_one_error_line(tiny, results, bad):
     assert not results.exists() or not any(results.rglob("metrics.parquet"))
 
 
-RESUME = ["dataset=digits", "model=tiny", "regime=mini_batch", "regime.batch_size=128", "train.epochs=3",
+RESUME = ["dataset=digits", "model=tiny", "regime=mini_batch", "regime.batch_size=512", "train.epochs=3",
           "train.checkpoint_every=1", "metrics.every=2", "metrics.probe_size=6", "metrics.cka_probe_size=64",
           "device=cpu", "optimizer.lr=0.5", "optimizer.damping=0.05"]
-# 11 updates per epoch: K-FAC's refreshes every 3 steps straddle the epoch checkpoints (a resume needs the saved
+# 3 updates per epoch: K-FAC's refreshes every 2 steps straddle the epoch checkpoints (a resume needs the saved
 # factors), GGN-CG's Levenberg-Marquardt λ is part of the state.
-RESUME_OPTS = {"kfac": ["optimizer=kfac", "optimizer.curvature_every=3"],
+RESUME_OPTS = {"kfac": ["optimizer=kfac", "optimizer.curvature_every=2"],
                "ggn_cg": ["optimizer=ggn_cg", "optimizer.cg_iters=3", "optimizer.damping_schedule=lm"]}
 
 
+@pytest.mark.timeout(1500)  # three tiny runs, but the CPU may be shared
 @pytest.mark.parametrize("opt", ["kfac", "ggn_cg"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, opt):
     ov = RESUME + RESUME_OPTS[opt]

@@ -47,10 +47,11 @@ def synth(tmp_path_factory):
         run = RunDir(res / cfg.exp_name / run_id(cfg))
         run.path.mkdir(parents=True, exist_ok=True)
         run.config_path.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
+        E = cfg.train.epochs
         rows = [{"run_id": run.run_id, "split": "epoch", "epoch": float(e), "step": 16 * e,
-                 "train_loss": 2.3 * 0.7 ** e, "test_loss": 2.3 - 2 * acc * e / 3, "test_acc": 0.1 + (acc - 0.1) * e / 3,
+                 "train_loss": 2.3 * 0.7 ** e, "test_loss": 2.3 - 2 * acc * e / E, "test_acc": 0.1 + (acc - 0.1) * e / E,
                  "ntk_sim_init": 1 - 0.1 * e, "cka_block1": 1.0, "cka_block2": 1 - acc * e / 10}
-                for e in range(cfg.train.epochs + 1)]
+                for e in range(E + 1)]
         run.write_rows(rows)
         run.write_meta(status="done", run_id=run.run_id, experiment=cfg.exp_name, seed=cfg.seed, wall_s=10.0)
     return res

@@ -394,7 +394,8 @@ def gn_family_table(df: pd.DataFrame) -> pd.DataFrame:
             row[k] = _pm(col(f, k))
         for k in ("test_loss", "test_acc"):
             if "GN" in means.index and "Adam" in means.index and means.loc["Adam", k] != means.loc["GN", k]:
-                row[f"{k} GN→Adam"] = float((means.loc[m, k] - means.loc["GN", k]) / (means.loc["Adam", k] - means.loc["GN", k]))
+                gn, adam = means.loc["GN", k], means.loc["Adam", k]
+                row[f"{k} GN→Adam"] = float((means.loc[m, k] - gn) / (adam - gn)) + 0.0  # + 0.0: no "-0"
             else:
                 row[f"{k} GN→Adam"] = math.nan
         row["wall_s/run"] = _wall_s(col(f, "path"))
