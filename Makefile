@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean-venv
+.PHONY: venv test demo bench bench-smoke clean-venv gpu-check gpu-wheels
 
 venv: $(STAMP)
 
@@ -27,5 +27,24 @@ bench: $(STAMP)
 	$(PY) bench/gn_step.py --quick
 	$(PY) bench/metrics_overhead.py
 
+bench-smoke: $(STAMP)
+	$(PY) bench/gn_step.py --smoke
+	$(PY) bench/metrics_overhead.py --smoke
+
 clean-venv:
 	rm -rf $(VENV)
+
+# On a GPU machine (README "GPU check"): the python3 with a CUDA torch (or GPU_PYTHON=...), missing requirements
+# from WHEELS=<dir> when offline, then tests/test_cuda.py and bench/gn_step.py on the GPU. Without one: one line.
+GPU_PYTHON ?=
+WHEELS ?=
+gpu-check:
+	@$(PYTHON) tools/gpu_check.py $(if $(GPU_PYTHON),--python $(GPU_PYTHON)) $(if $(WHEELS),--wheels $(WHEELS)); \
+	rc=$$?; [ $$rc -eq 3 ] && exit 0; exit $$rc
+
+# On a connected machine: the requirements (torch left out) for the GPU machine's Python and platform.
+GPU_PY_VERSION ?= 3.11
+GPU_PLATFORM ?= manylinux2014_x86_64,manylinux_2_17_x86_64,manylinux_2_28_x86_64
+gpu-wheels:
+	@$(PYTHON) tools/gpu_check.py --download $(or $(WHEELS),.gpu-wheels) --python-version $(GPU_PY_VERSION) \
+	--platform $(GPU_PLATFORM)

@@ -15,8 +15,9 @@ above the pre-step allocation on CUDA. Approximate on CPU (page granularity, all
 
     python bench/gn_step.py --quick            # < 2 min on 2 CPU cores
     python bench/gn_step.py                    # the full grid n∈{256,1024} × d∈{64,784} × h∈{1024,2048} × L∈{2,6}
-    python bench/gn_step.py --device cuda
+    python bench/gn_step.py --device cuda --paper   # + the paper's sizes (make gpu-check runs this)
     python bench/gn_step.py --quick --data mnist5k   # real images for the d=784 rows (n ≤ 4000)
+    python bench/gn_step.py --smoke            # tiny sizes, seconds: every code path runs (make test runs it)
 """
 from __future__ import annotations
 
@@ -43,9 +44,13 @@ GRID = list(itertools.product((256, 1024), (64, 784), (1024, 2048), (2, 6)))  # 
 QUICK = [(1024, 784, 2048, 2), (256, 784, 1024, 2), (1024, 64, 1024, 6)]
 NAIVE_EXTRA_FULL = [(16, 64, 256, 2), (32, 64, 256, 2), (64, 64, 256, 2)]
 NAIVE_EXTRA_QUICK = [(16, 64, 256, 2)]
+SMOKE = [(32, 16, 64, 2)]  # --smoke: also stands in for the target, so the floor parts run too
+NAIVE_EXTRA_SMOKE = [(8, 16, 32, 2)]
+TARGET = (1024, 784, 2048, 2)
 GN_OPT = ({"name": "gn", "lr": 0.5, "combine": "sum"}, {"name": "truncation", "rtol": 1e-2, "atol": 1e-5})
 ADAM_OPT = ({"name": "adam", "lr": 1e-4}, None)
 SGD_OPT = ({"name": "sgd", "lr": 0.1}, None)
+PAPER = [(1024, 784, 8000, 2), (1024, 3072, 8000, 6)]  # --paper: h = 8000, n = 1024 at the MNIST and CIFAR shapes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -200,11 +205,13 @@ def floor_parts(cfg, args, device, dtype) -> dict[str, float]:
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
 
     def passes():
-        gn_mod._STEP_MEMO.clear()
+        # A real step meets new weights: drop the half-layers' C Wᵀ memo (HalfLayer.linear_map) so each timed
+        # pass forms it, as a step does.
+        for m in model.modules():
+            if hasattr(m, "_map_memo"):
+                m._map_memo = None
         with torch.no_grad():
-            out = gn_mod._targets_and_activations(model, gn_mod._features(model, x), eps)
-        gn_mod._STEP_MEMO.clear()
-        return out
+            return gn_mod._targets_and_activations(model, gn_mod._features(model, x), eps)
 
     feats = [f for _, acts in passes() for f in (acts[1], acts[3]) if f is not None and f.shape[0] <= f.shape[1] + 1]
     grams = [_gram(f, True).to(torch.float64) for f in feats]
@@ -241,6 +248,7 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 configurations (incl. the target) + 1 naive size")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, 1 round: checks that every path runs")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--repeats", type=int, default=None, help="timed rounds per config (default 3 quick, 5 full)")
@@ -249,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="inputs: Gaussian (default), or the first n mnist5k training images for the d=784 rows")
     ap.add_argument("--memory-pass", action="store_true", help=argparse.SUPPRESS)  # internal: the child process
     ap.add_argument("--naive-mem-gb", type=float, default=3.0, help="skip gn_naive above this estimated peak")
+    ap.add_argument("--paper", action="store_true", help="add the paper's sizes (h=8000, n=1024; for a GPU)")
     args = ap.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 3 if args.quick else 5
+        args.repeats = 1 if args.smoke else 3 if args.quick else 5
     if args.threads:
         torch.set_num_threads(args.threads)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -268,14 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# WARNING: load {load[0]:.1f} on {os.cpu_count()} cores. Multi-threaded LAPACK eigh (GN's n×n solves)"
               " slows down far more than BLAS under contention (5-20× measured): prefer --threads 1 here, or"
               " OMP_WAIT_POLICY=PASSIVE.")
-    configs = QUICK if args.quick else GRID
-    extra = NAIVE_EXTRA_QUICK if args.quick else NAIVE_EXTRA_FULL
+    configs = SMOKE if args.smoke else QUICK if args.quick else GRID
+    extra = NAIVE_EXTRA_SMOKE if args.smoke else NAIVE_EXTRA_QUICK if args.quick else NAIVE_EXTRA_FULL
+    target = SMOKE[0] if args.smoke else TARGET
     rows = []
     t0 = time.perf_counter()
     # Two passes: times under the normal allocator here; peak memory in a fresh child process, which needs an
     # allocator setting from its start (one mmap per large tensor, see PeakMemory) that slows allocation-heavy
     # steps and cannot be undone.
-    cfgs = [*extra, *configs]
+    cfgs = [*extra, *configs, *(PAPER if args.paper else [])]
     if args.memory_pass:
         mem = PeakMemory(dev)
         peaks = [{k: v for k, v in run_config(c, args, dev, dtype, mem.measure, 2).items() if k.endswith("_mem")}
@@ -290,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [ln for ln in child.stdout.splitlines() if ln.startswith("MEMORY ")]
     if child.returncode != 0 or not lines:
         print(f"# memory pass failed (rc {child.returncode}): {child.stderr.strip()[-500:]}")
+        if args.smoke:  # the smoke run exists to notice a path that no longer runs
+            return 1
     else:
         for row, peak in zip(rows, json.loads(lines[-1][len("MEMORY "):])):
             row.update(peak)
@@ -298,11 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"\n# total {time.perf_counter() - t0:.0f}s; load avg at end {load[0]:.2f}")
-    tgt = [r for r in rows if (r["n"], r["d"], r["h"], r["L"]) == (1024, 784, 2048, 2)]
+    tgt = [r for r in rows if (r["n"], r["d"], r["h"], r["L"]) == target]
     if tgt:
         r = tgt[0]
-        print(f"# target GN/Adam ≤ 3 at n=1024 d=784 h=2048 L=2: {r['gn_s'] / r['adam_s']:.2f}")
-        fl = floor_parts((1024, 784, 2048, 2), args, dev, dtype)
+        print(f"# target GN/Adam ≤ 3 at n={target[0]} d={target[1]} h={target[2]} L={target[3]}: "
+              f"{r['gn_s'] / r['adam_s']:.2f}")
+        fl = floor_parts(target, args, dev, dtype)
         a = r["adam_s"]
         print(f"#   parts of every exact GN step there, in Adam steps: forward + inverse JVP {fl['passes'] / a:.2f}, "
               f"{fl['n_grams']} n×n Grams {fl['grams'] / a:.2f}, their float64 eigh {fl['eigh'] / a:.2f} → "

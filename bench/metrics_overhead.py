@@ -12,6 +12,7 @@ optimiser step, the no-grad forward of its batch right after it (the loss change
 minus step), and one diagnostics row.
 
     python bench/metrics_overhead.py [--epochs E] [--repeats 2] [--optimizers gn,adam] [OVERRIDES...]
+    python bench/metrics_overhead.py --smoke   # digits + tiny model, 1 epoch, 1 round: every path runs in seconds
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from revgn_cli.train.runner import execute
 
 # The demo's mini-batch preset (mnist5k, h=1024, batch 256, every diagnostic every epoch — the default frequency).
 BASE = ["experiment=minibatch_quick", "device=auto"]
+# --smoke (make test runs it): the same preset shrunk to seconds, so a bench that no longer runs fails the tests.
+SMOKE = ["dataset=digits", "model=tiny", "regime.batch_size=512", "metrics.probe_size=8", "metrics.cka_probe_size=64",
+         "device=cpu", "train.epochs=1"]
 
 
 def timed(overrides: list[str]) -> float:
@@ -86,8 +90,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--optimizers", default="gn,adam")
     ap.add_argument("--verbose", action="store_true", help="print every run's time, not just the medians")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, 1 round: checks that every path runs")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
+    if a.smoke:
+        a.repeats, a.overrides = 1, SMOKE + a.overrides
     t0 = time.perf_counter()
     import torch._dynamo  # noqa: F401  (what the first jacrev of a process would import)
 

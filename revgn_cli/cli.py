@@ -8,7 +8,8 @@ from typing import Any, Callable, Optional
 import typer
 from rich.table import Table
 
-from revgn_cli.errors import expected_errors, one_line
+from revgn_cli.confinfo import groups_help
+from revgn_cli.errors import EXIT_EXPECTED, EXIT_INTERRUPTED, EXIT_UNEXPECTED, expected_errors, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Exact Gauss-Newton on reversible MLPs: train, sweep, inspect runs, plot the paper's figures.")
@@ -32,7 +33,7 @@ def guarded(fn: Callable) -> Callable:
             raise
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/] (checkpoint saved; rerun the same command to resume)")
-            raise typer.Exit(130)
+            raise typer.Exit(EXIT_INTERRUPTED)
         except Exception as e:  # noqa: BLE001 — the CLI's one place that turns errors into lines
             if STATE["debug"]:
                 raise
@@ -40,18 +41,43 @@ def guarded(fn: Callable) -> Callable:
 
             if isinstance(e, Interrupted):
                 err.print(f"[yellow]interrupted[/]: {e} (checkpoint saved; rerun the same command to resume)")
-                raise typer.Exit(130)
-            code = 2 if isinstance(e, expected_errors()) else 1
-            msg = one_line(e) if code == 2 else f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)"
+                raise typer.Exit(EXIT_INTERRUPTED)
+            code = EXIT_EXPECTED if isinstance(e, expected_errors()) else EXIT_UNEXPECTED
+            msg = one_line(e) if code == EXIT_EXPECTED else f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)"
             err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(code)
 
     return wrapper
 
 
+def _plain_flags() -> None:
+    """Typer prints a `<bool>` type after every flag (--force, --help); a flag takes no value, so show none."""
+    from typer.core import TyperOption
+
+    typed = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> Optional[str]:
+        return None if self.is_flag and not self.count else typed(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_plain_flags()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from revgn_cli import __version__
+
+        out.print(f"revgn {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
-         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
     STATE["debug"], STATE["quiet"] = debug, quiet
 
 
@@ -63,33 +89,57 @@ def _reporter():
     return RichReporter()
 
 
-@app.command(context_settings=EXTRA)
+RESULTS_HELP = "Results directory (default: results; same as results_dir=DIR)."
+
+
+def _overrides_with_results(overrides: Optional[list[str]], results: Optional[Path], command: str,
+                            allow_sweep: bool = False) -> list[str]:
+    """Check the overrides (one clear line for what Hydra would reject) and fold --results into results_dir=."""
+    from revgn_cli.overrides import check_overrides, pop_results
+
+    rest, res = pop_results(overrides, results, default=None)
+    check_overrides(rest, command, allow_sweep=allow_sweep)
+    return rest + ([f"results_dir={res}"] if res is not None else [])
+
+
+@app.command(context_settings=EXTRA, epilog=groups_help())
 @guarded
 def train(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-          force: bool = typer.Option(False, "--force", help="Retrain even if this exact config finished.")) -> None:
+          force: bool = typer.Option(False, "--force", help="Retrain even if this exact config finished."),
+          results: Optional[Path] = typer.Option(None, "--results", help=RESULTS_HELP),
+          show_config: bool = typer.Option(False, "--show-config", help="Print the resolved config and exit (trains nothing).")) -> None:
     """Train one run (Hydra compose API) into results/<experiment>/<run_id>/.
 
     Example: [bold]revgn train optimizer=gn dataset=mnist5k regime=full_batch optimizer.lr=0.5 train.epochs=20[/]
     An identical config that finished is skipped (--force to redo); one that was interrupted resumes.
+    Several values of a key are a sweep: [bold]revgn sweep optimizer.lr=0.1,0.01[/].
     """
     from revgn_cli.config import compose_config
+
+    cfg = compose_config(_overrides_with_results(overrides, results, "train"))
+    if show_config:
+        _print_config(cfg)
+        return
     from revgn_cli.train.runner import execute
 
-    cfg = compose_config(overrides or [])
     res = execute(cfg, force=force, reporter=_reporter())
-    verb = {"skipped": "already finished, skipped (use --force to retrain)"}.get(res.status, res.status)
+    verb = (f"already {res.prior}, skipped (use --force to retrain)" if res.status == "skipped" else res.status)
     out.print(f"run {res.run_id}: {verb}{' (resumed)' if res.resumed else ''} → {res.path}")
     if res.final:
         out.print("  " + "  ".join(f"{k}={v:.4g}" for k, v in res.final.items()))
-    if res.status == "diverged":
-        raise typer.Exit(3)
+    if "diverged" in (res.status, res.prior):
+        from revgn_cli.errors import EXIT_DIVERGED
+
+        err.print(f"[yellow]diverged[/]: {res.error or 'no reason recorded'}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_DIVERGED)
 
 
-@app.command(context_settings=EXTRA)
+@app.command(context_settings=EXTRA, epilog=groups_help())
 @guarded
 def sweep(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP + "; comma lists sweep"),
           force: bool = typer.Option(False, "--force", help="Retrain finished runs too."),
-          dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and which exist; train nothing.")) -> None:
+          dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and which exist; train nothing."),
+          results: Optional[Path] = typer.Option(None, "--results", help=RESULTS_HELP)) -> None:
     """Hydra multirun over comma lists / ranges, through a Hydra launcher.
 
     Example: [bold]revgn sweep optimizer=gn optimizer.lr=1e-1,1e-3,1e-4 model.init_std=1e-2,1e-3,1e-6[/]
@@ -97,12 +147,32 @@ def sweep(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_H
     """
     from revgn_cli import sweep as sw
 
-    jobs = sw.expand(overrides or [])
+    overrides = _overrides_with_results(overrides, results, "sweep", allow_sweep=True)
+    jobs = _expand_with_progress(sw.expand, overrides)
     _print_jobs(jobs) if dry_run or not STATE["quiet"] else None
     if dry_run:
         return
-    records = sw.launch(overrides or [], force=force, quiet=False, jobs=jobs)
+    records = sw.launch(overrides, force=force, quiet=False, jobs=jobs)
     _summarise_sweep(records, len(jobs))
+
+
+def _expand_with_progress(expand: Callable, overrides: list[str]) -> list:
+    """``sweep.expand`` composes every job (≈0.1 s each): show a bar on stderr while it does, unless --quiet."""
+    if STATE["quiet"]:
+        return expand(overrides)
+    from revgn_cli.progress import counter
+
+    with counter("composing jobs") as tick:
+        return expand(overrides, on_job=tick)
+
+
+def _print_config(cfg: Any) -> None:
+    import yaml
+
+    from revgn_cli.config import config_dict, run_id
+
+    out.print(f"# run id {run_id(cfg)} → {cfg.results_dir}/{cfg.exp_name}/{run_id(cfg)}", highlight=False)
+    out.print(yaml.safe_dump(config_dict(cfg), sort_keys=False).rstrip(), highlight=False, markup=False)
 
 
 def _print_jobs(jobs: list) -> None:
@@ -113,7 +183,7 @@ def _print_jobs(jobs: list) -> None:
         t.add_column(col)
     for i, j in enumerate(jobs):
         rd = run_dir_for(j.cfg)
-        status = rd.read_meta().get("status", "—") if rd.exists() else "—"
+        status = (rd.status() or "—") if rd.exists() else "—"
         t.add_row(str(i), rd.run_id, j.cfg.exp_name, " ".join(j.overrides), status)
     out.print(t)
 
@@ -131,50 +201,131 @@ def _summarise_sweep(records: list[dict], expected: int) -> None:
 
 @app.command(context_settings=EXTRA)
 @guarded
-def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value filters, e.g. optimizer.name=gn"),
-         results: Path = typer.Option(Path("results"), "--results", help="Results directory."),
+def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value filters (e.g. optimizer.name=gn "
+                                                      "optimizer.lr=0.1,0.01), or: show RUN_ID"),
+         results: Optional[Path] = typer.Option(None, "--results", help=RESULTS_HELP),
+         columns: Optional[str] = typer.Option(None, "--columns", help="Comma list of columns (config keys, metrics, "
+                                               "status, epochs, wall_s) instead of the automatic ones."),
+         sort: Optional[str] = typer.Option(None, "--sort", help="KEY or KEY:desc, e.g. test_acc:desc."),
+         fmt: str = typer.Option("table", "--format", help="table | csv | json (csv/json: full run ids, all "
+                                 "varying keys, raw values)."),
          check: bool = typer.Option(False, "--check", help="Validate every run dir; report corrupt/orphaned ones."),
          clean: bool = typer.Option(False, "--clean", help="Delete what --check flags (asks first)."),
          yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before --clean deletes.")) -> None:
-    """Table of the runs in results/ (filterable by override-style keys)."""
-    from revgn_cli.results.loader import run_summaries
+    """Table of the runs in results/: the keys that differ among them, status, progress, last metrics.
 
+    Examples: [bold]revgn runs exp_name=lr_sweep --sort test_acc:desc[/] · [bold]revgn runs --format csv > runs.csv[/] ·
+    [bold]revgn runs show 3f2a9c1b[/] (one run in full) · [bold]revgn compare ID ID[/] (what differs)
+    """
+    from revgn_cli.overrides import parse_filters, pop_results
+    from revgn_cli.results.query import check_results_dir
+
+    args, res = pop_results(filters, results)
     if check or clean:
+        check_results_dir(res)
         from revgn_cli.results.integrity import check_runs, clean_runs
 
-        problems = check_runs(results)
+        problems = check_runs(res)
         _print_problems(problems)
         if clean and problems:
-            if not yes and not typer.confirm(f"delete {len(problems)} flagged path(s)?", default=False):
+            n_del = sum(not p.keep for p in problems)
+            if not yes and not typer.confirm(f"delete {n_del} flagged path(s)?", default=False):
                 raise typer.Exit(1)
             out.print(f"removed {clean_runs(problems)} path(s)")
         if check and problems and not clean:
             raise typer.Exit(1)
         return
-    flt = _parse_filters(filters or [])
-    rows = run_summaries(results, flt)
-    t = Table(title=f"{len(rows)} run(s) in {results}")
-    for col in ("run id", "experiment", "dataset", "optimizer", "regime", "status", "epochs", "train loss",
-                "train acc", "test loss", "test acc", "wall s"):
-        t.add_column(col, justify="right" if col not in ("run id", "experiment", "status") else "left", no_wrap=True)
+    if args and args[0] == "show":
+        if len(args) != 2:
+            from revgn_cli.config import ConfigError
+
+            raise ConfigError("usage: revgn runs show RUN_ID (the id or its first characters, from `revgn runs`)")
+        _show_run(res, args[1])
+        return
+    _runs_listing(res, parse_filters(args), columns, sort, fmt)
+
+
+def _print_corrupt(rows: list[dict], results: str | Path) -> None:
     for r in rows:
-        fin = r.get("meta.final") or {}
-        fmt = lambda k: f"{fin[k]:.4g}" if k in fin else "—"  # noqa: E731
-        epochs = f"{r.get('meta.epochs_done', '—')}/{r.get('train.epochs')}"
-        wall = r.get("meta.wall_s")
-        style = {"diverged": "yellow", "failed": "red", "running": "cyan", "interrupted": "magenta"}.get(r["status"])
-        status = f"[{style}]{r['status']}[/]" if style else r["status"]
-        t.add_row(r["run_id"], r["experiment"], str(r.get("dataset.name")), _opt_label(r), str(r.get("regime.name")),
-                  status, epochs, fmt("train_loss"), fmt("train_acc"), fmt("test_loss"), fmt("test_acc"),
-                  f"{wall:.1f}" if isinstance(wall, (int, float)) else "—")
-    out.print(t)
+        if r["status"] == "corrupt":
+            err.print(f"[red]corrupt[/] {r['experiment']}/{r['run_id']}: {r['error']} — "
+                      f"`revgn runs --check --results {results}`", highlight=False, soft_wrap=True)
 
 
-def _opt_label(r: dict) -> str:
-    label = f"{r.get('optimizer.name')} lr={r.get('optimizer.lr'):g}"
-    if r.get("train.switch_to"):
-        label += f" →{r['train.switch_to']}@{r.get('train.switch_epoch')}"
-    return label
+def _summaries(results: str, flt: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Matching runs (a bad path or filter is one error line) with their metrics (last logged if unfinished)."""
+    from revgn_cli.results.loader import last_logged, query_runs
+    from revgn_cli.results.table import add_metrics
+
+    rows = query_runs(results, flt, include_broken=True)  # unreadable runs are `corrupt` rows, never hidden
+    add_metrics(rows, last_logged)
+    return rows
+
+
+def _runs_listing(results: str, flt: dict[str, Any], columns: Optional[str], sort: Optional[str], fmt: str) -> None:
+    from revgn_cli.results import table as tb
+
+    if fmt not in tb.FORMATS:
+        from revgn_cli.config import ConfigError
+
+        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(tb.FORMATS)}")
+    rows = _summaries(results, flt)
+    if sort:
+        rows = tb.sort_rows(rows, sort)
+    hidden: list[str] = []
+    if columns:
+        cols = tb.parse_columns(columns, rows)
+        cols = cols if "run_id" in cols or fmt != "table" else ["run_id", *cols]
+    elif fmt == "table":
+        cols, hidden = tb.default_columns(rows, filtered=flt)
+        cols, dropped = tb.fit(rows, cols, tb.varying_keys(rows), out.width)  # readable at 80 columns
+        hidden = dropped + hidden
+    else:
+        cols, _ = tb.default_columns(rows, cap=None, filtered=flt)
+        cols = list(dict.fromkeys(["run_id", "experiment", *cols, *tb.METRICS, "wall_s", "path"]))
+    if fmt == "csv":
+        out.file.write(tb.to_csv(rows, cols))
+        return
+    if fmt == "json":
+        out.file.write(tb.to_json(rows, cols) + "\n")
+        return
+    from revgn_cli.results.views import runs_table
+
+    caption = f"also differing: {', '.join(hidden)} (--columns to show)" if hidden else None
+    out.print(runs_table(rows, cols, f"{len(rows)} run(s) in {results}", caption, width=out.width))
+    _print_corrupt(rows, results)
+
+
+def _show_run(results: str, ident: str) -> None:
+    from revgn_cli.results.query import resolve_run
+    from revgn_cli.results.views import show_run
+
+    summary = resolve_run(_summaries(results), ident)
+    cfg = Path(summary["path"], "config.yaml")
+    out.print(show_run(summary, cfg.read_text() if cfg.exists() else "(no config.yaml)"), highlight=False)
+
+
+@app.command(context_settings=EXTRA)
+@guarded
+def compare(run_ids: list[str] = typer.Argument(..., help="Two or more run ids (or their first characters)."),
+            results: Optional[Path] = typer.Option(None, "--results", help=RESULTS_HELP)) -> None:
+    """Runs side by side: the config keys that differ, then status and final metrics.
+
+    Example: [bold]revgn compare 3f2a9c1b 7d01e4aa[/] (ids from `revgn runs`)
+    """
+    from revgn_cli.overrides import pop_results
+    from revgn_cli.results.query import differing_keys, resolve_run
+    from revgn_cli.results.views import NOT_COMPARED, compare_table
+
+    ids, res = pop_results(run_ids, results)
+    if len(ids) < 2:
+        from revgn_cli.config import ConfigError
+
+        raise ConfigError("compare needs two or more run ids (see `revgn runs`)")
+    every = _summaries(res)
+    chosen = [resolve_run(every, i) for i in ids]
+    keys = differing_keys(chosen, ignore=NOT_COMPARED)
+    out.print(compare_table(chosen, keys), highlight=False)
 
 
 def _print_problems(problems: list) -> None:
@@ -187,18 +338,6 @@ def _print_problems(problems: list) -> None:
     for p in problems:
         t.add_row(str(p.path), p.reason)
     out.print(t)
-
-
-def _parse_filters(items: list[str]) -> dict[str, str]:
-    flt = {}
-    for it in items:
-        if "=" not in it:
-            from revgn_cli.config import ConfigError
-
-            raise ConfigError(f"filter {it!r} is not key=value (e.g. optimizer.name=gn)")
-        k, v = it.split("=", 1)
-        flt[k] = v.split(",") if "," in v else v
-    return flt
 
 
 @data_app.command("list")

@@ -10,21 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
+import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from revgn_cli.confinfo import conf_dir  # noqa: F401 — re-exported: callers import it from here
+
 VERSION_BASE = "1.3"
-
-
-def conf_dir() -> Path:
-    """Where the Hydra configs live: ``$REVGN_CONF`` or the repository's ``conf/`` beside the package."""
-    env = os.environ.get("REVGN_CONF")
-    return Path(env).resolve() if env else Path(__file__).resolve().parent.parent / "conf"
 
 
 class ConfigError(ValueError):
@@ -169,6 +164,9 @@ def _get(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+EXP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
+
+
 def validate(cfg: Config) -> Config:
     """Reject values that compose but cannot run; each failure is one line naming the key."""
     for key, allowed in CHOICES.items():
@@ -186,6 +184,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
     if cfg.model.hidden is not None and cfg.model.hidden < 1:
         raise ConfigError(f"model.hidden must be >= 1 or null, got {cfg.model.hidden}")
+    if cfg.metrics.ntk and cfg.metrics.every > 0 and cfg.metrics.probe_size == 0:  # it used to drop the NTK silently
+        raise ConfigError("metrics.probe_size=0 leaves the NTK no probe samples: use metrics.ntk=false to turn it off")
     positive_floats = ["optimizer.lr", "train.diverge_factor"]
     for key in positive_floats:
         v = _get(cfg, key)
@@ -232,8 +232,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.spawn_epoch needs a full optimiser (gn, adam, sgd) before the spawn, not linearised")
     if cfg.dataset.augment not in (None, "none", "crop", "crop_flip"):
         raise ConfigError(f"dataset.augment={cfg.dataset.augment!r} is not one of null, none, crop, crop_flip")
-    if not cfg.exp_name or any(c in cfg.exp_name for c in "\\:*?\"<>|") or ".." in cfg.exp_name:
-        raise ConfigError(f"exp_name={cfg.exp_name!r} is not a usable directory name")
+    if not EXP_NAME.fullmatch(cfg.exp_name or ""):
+        # results/<exp_name>/ must be a directory of its own: `.` would put runs into the results root, `.hydra`
+        # into Hydra's bookkeeping, `a/b` one level too deep — where `revgn runs` cannot see them.
+        raise ConfigError(f"exp_name={cfg.exp_name!r} must be a plain name (letters, digits, _ - + = , . ; "
+                          "not starting with a dot, no path separator)")
     return cfg
 
 
@@ -254,15 +257,19 @@ def preset_optimizer(name: str) -> OptimizerConfig:
     return OmegaConf.to_object(node)
 
 
-def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Compose ``conf/config.yaml`` with Hydra's Compose API and the given overrides."""
+def compose_node(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """``conf/config.yaml`` composed by Hydra's Compose API with ``overrides`` (struct mode, not yet validated)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
-        node = compose(config_name="config", overrides=list(overrides))
-    return to_config(node)
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Compose ``conf/config.yaml`` with Hydra's Compose API and the given overrides."""
+    return to_config(compose_node(overrides))
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:
@@ -274,6 +281,9 @@ def run_id(cfg: Config) -> str:
     d = config_dict(cfg)
     for k in NON_IDENTITY_KEYS:
         d.pop(k, None)
+    # Where the data lives never changes the numbers either; hashed as the default (None) so ids made before
+    # this rule stay valid and an explicit dataset.root finds the same run.
+    d["dataset"] = {**d["dataset"], "root": None}
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import hydra
@@ -50,16 +51,45 @@ def _share_cores() -> None:
         torch.set_num_threads(max(1, cores // n_jobs))
 
 
+def _job_reporter(rid: str):
+    """Under `revgn sweep` (which sets the report env var), print progress lines for the parent's per-job line."""
+    if not os.environ.get("REVGN_SWEEP_REPORT"):
+        return None
+    from revgn_cli.progress import LineReporter
+
+    return LineReporter(rid)
+
+
+def _stop_on_signals() -> None:
+    """SIGINT/SIGTERM (the front end forwards them to this process group) stop the sweep: the running job
+    checkpoints at its next update boundary (the training loop's own handler), and jobs not yet started return
+    without training. In a joblib launcher's parent this keeps it alive to wait for its workers."""
+    from revgn_cli.train.loop import PENDING_SIGNALS
+
+    def handler(signum: int, frame: object) -> None:
+        PENDING_SIGNALS.append(signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(s, handler)
+        except ValueError:  # not the main thread: the loop's own handler is not installed there either
+            pass
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base=VERSION_BASE)
 def app(node: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
 
+    _stop_on_signals()
     _share_cores()
 
     from revgn_cli.config import run_id, to_config
+    from revgn_cli.train.loop import PENDING_SIGNALS, Interrupted
     from revgn_cli.train.runner import execute
 
     overrides = list(HydraConfig.get().overrides.task)
+    if PENDING_SIGNALS:  # the sweep was stopped before this job started: leave it for the rerun
+        return "not started"
     try:
         cfg = to_config(node)
     except Exception as e:  # a bad combination: report it, keep sweeping
@@ -67,10 +97,15 @@ def app(node: DictConfig) -> str:
         return "invalid"
     rid = run_id(cfg)
     try:
-        out = execute(cfg, force=os.environ.get("REVGN_FORCE") == "1")
+        out = execute(cfg, force=os.environ.get("REVGN_FORCE") == "1", reporter=_job_reporter(rid))
         _report({"status": out.status, "run_id": rid, "experiment": cfg.exp_name, "overrides": overrides,
                  "final": out.final})
         return out.status
+    except Interrupted as e:  # checkpointed at its last update, meta says `interrupted` (execute)
+        PENDING_SIGNALS.append(signal.SIGINT)  # the jobs after it do not start
+        _report({"status": "interrupted", "run_id": rid, "experiment": cfg.exp_name, "overrides": overrides,
+                 "error": str(e)})
+        return "interrupted"
     except Exception as e:  # recorded as `failed` in meta.json by execute
         _report({"status": "failed", "run_id": rid, "experiment": cfg.exp_name, "overrides": overrides,
                  "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
@@ -78,4 +113,5 @@ def app(node: DictConfig) -> str:
 
 
 if __name__ == "__main__":
+    _stop_on_signals()  # in this process before any job: the basic launcher runs jobs here, joblib waits here
     sys.exit(app())

@@ -68,6 +68,9 @@ TRAIN_CASES = {
     "switch to unknown optimiser": (["train.switch_epoch=1", "train.switch_to=lbfgs"], "switch_to"),
     "diverge factor zero": (["train.diverge_factor=0"], "diverge_factor"),
     "escaping experiment name": (["exp_name=../evil"], "exp_name"),
+    "experiment name '.' (the results root)": (["exp_name=."], "exp_name"),
+    "experiment name '.hydra' (Hydra's bookkeeping)": (["exp_name=.hydra"], "exp_name"),
+    "experiment name with a separator": (["exp_name=a/b"], "exp_name"),
     "unknown dataset": (["dataset.name=imagenet"], "imagenet"),
     "missing MNIST files": (["dataset=mnist"], "revgn data fetch"),
     "augment on a non-CIFAR dataset": (["dataset.augment=crop"], "cifar"),
@@ -159,3 +162,117 @@ def test_fetch_unknown_dataset():
 
 def test_runs_bad_filter(existing):
     assert_one_clear_error(runner.invoke(app, ["runs", "--results", str(existing), "optimizer"]), contains="key=value")
+
+
+def test_clean_keeps_what_it_cannot_attribute(tmp_path):
+    """A run stored one level too high (what exp_name=. used to make) and an unknown directory holding a
+    checkpoint are reported by --check but survive --clean -y; a plain empty orphan is still removed."""
+    res = tmp_path / "results"
+    assert runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={res}"]).exit_code == 0
+    run = next(p for p in res.glob("default/*") if p.is_dir())
+    misplaced = res / run.name
+    import shutil
+
+    shutil.copytree(run, misplaced)  # results/<run_id>/{meta.json, config.yaml, checkpoints/last.pt, ...}
+    planted = res / "default" / "mystery"
+    planted.mkdir()
+    (planted / "weights.pt").write_bytes(b"not ours")
+    empty = res / "default" / "empty-orphan"
+    empty.mkdir()
+    before = snapshot(res)
+    r = runner.invoke(app, ["runs", "--check", "--results", str(res)])
+    assert r.exit_code == 1
+    assert "mystery" in r.output and run.name in r.output and "kept" in r.output
+    r = runner.invoke(app, ["runs", "--clean", "-y", "--results", str(res)])
+    assert r.exit_code == 0, r.output
+    assert not empty.exists()
+    assert snapshot(res) == before  # every file survived: the run's checkpoint, the planted one
+
+
+def test_files_follow_the_umask(tmp_path):
+    """Every file of a run lands with the mode open() gives under the process umask (022 → 0644), not mkstemp's
+    0600, so a results directory shared by a group is readable to it."""
+    import os
+    import stat
+
+    res = tmp_path / "results"
+    old = os.umask(0o022)
+    try:
+        assert runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={res}"]).exit_code == 0
+    finally:
+        os.umask(old)
+    run = next(p for p in res.glob("default/*") if p.is_dir())
+    for rel in ("config.yaml", "meta.json", "metrics.parquet", "checkpoints/last.pt"):
+        assert stat.S_IMODE((run / rel).stat().st_mode) == 0o644, rel
+
+
+# --- errors that help (issue 13) --------------------------------------------------------------------------------
+
+
+def test_diverged_run_records_why_and_a_rerun_says_so(tmp_path):
+    import json
+
+    from revgn_cli.errors import EXIT_DIVERGED
+
+    res = tmp_path / "results"
+    ov = [*BASE, f"results_dir={res}", "optimizer.lr=1e6", "train.diverge_factor=2", "train.epochs=3"]
+    r = runner.invoke(app, ["--quiet", "train", *ov])
+    assert r.exit_code == EXIT_DIVERGED == 3, r.output
+    meta = json.loads(next(res.glob("default/*/meta.json")).read_text())
+    assert meta["status"] == "diverged" and "diverge_factor" in meta["error"]
+    r = runner.invoke(app, ["--quiet", "train", *ov])
+    assert r.exit_code == EXIT_DIVERGED and "already diverged" in r.output and "diverge_factor" in r.stderr
+
+
+def test_init_from_another_architecture_names_the_tensor(existing, tmp_path):
+    ck = next(existing.glob("default/*/checkpoints/last.pt"))
+    r = runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={tmp_path / 'r'}", "model.hidden=32",
+                            f"train.init_from={ck}"])
+    assert_one_clear_error(r, contains="shape")
+    assert r.exit_code == 2 and "weight" in r.stderr and "64)" in r.stderr and "32)" in r.stderr
+
+
+def test_init_from_a_non_checkpoint_is_one_line(existing, tmp_path):
+    pq = next(existing.glob("default/*/metrics.parquet"))
+    r = runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={tmp_path / 'r'}", f"train.init_from={pq}"])
+    assert_one_clear_error(r, contains="not a revgn checkpoint")
+    assert r.exit_code == 2 and r.stderr.count(str(pq)) == 1
+    assert not (tmp_path / "r" / "default").exists()  # checked before any run dir is made
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (["hydra/launcher=nosuch"], "no such launcher"),
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "n_jobs"),
+])
+@pytest.mark.parametrize("dry", [True, False])
+def test_launcher_mistakes_caught_before_launch(bad, needle, dry, existing):
+    before = snapshot(existing)
+    r = runner.invoke(app, ["--quiet", "sweep", *(["--dry-run"] if dry else []), *BASE, "optimizer.lr=0.1,0.2",
+                            f"results_dir={existing}", *bad])
+    assert_one_clear_error(r, contains=needle)
+    assert r.exit_code == 2 and snapshot(existing) == before
+
+
+def test_reproduce_checks_data_once_up_front(tmp_path, monkeypatch):
+    monkeypatch.setenv("REVGN_DATA", str(tmp_path / "no data here"))
+    res = tmp_path / "results"
+    r = runner.invoke(app, ["--quiet", "reproduce", "fig1", "scale=paper", "--results", str(res)])
+    assert_one_clear_error(r, contains="revgn data fetch mnist")
+    assert r.exit_code == 2 and not list(res.glob("*/*/meta.json"))  # no job started
+
+
+def test_missing_runs_hint_keeps_results_and_overrides(tmp_path):
+    res = tmp_path / "my results"
+    r = runner.invoke(app, ["plot", "fig4", "model.hidden=32", "--results", str(res), "--out", str(tmp_path / "f")])
+    assert_one_clear_error(r, contains="revgn reproduce fig4")
+    assert "model.hidden=32" in r.stderr and f"--results '{res}'" in r.stderr
+
+
+def test_verify_fig13_names_the_missing_runs(tmp_path):
+    from test_figures import write_preset
+
+    res = tmp_path / "results"
+    write_preset(res, "minibatch_quick")  # GN/Adam baselines, but no GN + weight decay runs
+    r = runner.invoke(app, ["verify", "fig13", "--results", str(res), "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "weight_decay" in (tmp_path / "claims.md").read_text()

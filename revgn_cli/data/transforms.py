@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from revgn_cli.devices import to_device
+
 from .base import DataError
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
@@ -33,7 +35,9 @@ def random_resized_crop(
     """Augment a batch [B, C*H*W]; all randomness comes from `g` (on g's device), so it is reproducible."""
     b = x.shape[0]
     c, h, w = shape
-    u = torch.rand(b, 5, generator=g, device=g.device, dtype=torch.float64).to(x.device)
+    # Drawn on g's device (the host for the training loop's generators: the same crops on every device), then
+    # queued to x's device without a host sync.
+    u = to_device(torch.rand(b, 5, generator=g, device=g.device, dtype=torch.float64), x.device)
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     r = torch.exp(log_r)

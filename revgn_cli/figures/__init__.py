@@ -4,7 +4,20 @@
 reproduce figN`` trains what is missing through the sweep machinery and then plots, ``revgn verify`` checks the
 paper's claims on the results.
 """
-from revgn_cli.figures.data import MissingRunsError
-from revgn_cli.figures.registry import FIGURES, MAIN, FigureSpec, get, render, select
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Resolved on first use (PEP 562): importing the CLI commands in this package must not import matplotlib.
+_LAZY = {"MissingRunsError": "revgn_cli.figures.data", **{n: "revgn_cli.figures.registry" for n in
+         ("FIGURES", "MAIN", "FigureSpec", "get", "render", "select")}}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
 
 __all__ = ["FIGURES", "MAIN", "FigureSpec", "MissingRunsError", "get", "render", "select"]

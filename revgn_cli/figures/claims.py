@@ -62,8 +62,10 @@ def select(df: pd.DataFrame, **sel: object) -> pd.DataFrame:
 
 
 def _label(sel: dict) -> str:
+    """"GN", or "GN (regularizer.name=weight_decay)": names every selection, so "no … runs" says which are missing."""
     opt = str(sel.get("optimizer__name", ""))
-    return OPT_LABELS.get(opt, opt) or "runs"
+    rest = [f"{k.replace('__', '.')}={v}" for k, v in sel.items() if k != "optimizer__name"]
+    return (OPT_LABELS.get(opt, opt) or "runs") + (f" ({', '.join(rest)})" if rest else "")
 
 
 def per_run_last(df: pd.DataFrame, metric: str) -> pd.Series:
@@ -342,29 +344,35 @@ def claims_for(figures: Iterable[str]) -> list[Claim]:
     return [c for c in CLAIMS if c.figure in figs]
 
 
-def evaluate(claims: list[Claim], results_dir: str | Path, scale: str, overrides: Iterable[str] = ()) -> list[Outcome]:
-    """Every claim on every dataset its figure's runs cover; MISSING where the runs are absent."""
+def evaluate(claims: list[Claim], results_dir: str | Path, scale: str, overrides: Iterable[str] = (), *,
+             allow_partial: bool = False) -> list[Outcome]:
+    """Every claim on every dataset its figure's runs cover; MISSING where the runs are absent. A present but
+    unreadable run stops it (``CorruptRunError``) unless ``allow_partial``; a value measured without some of the
+    figure's runs says which are missing."""
     from revgn_cli.figures.data import load_figure_runs, reproduce_command
     from revgn_cli.figures.registry import get
 
     ov = tuple(overrides)
     cache: dict[str, pd.DataFrame | MissingRunsError] = {}
+    notes: dict[str, str] = {}
     out: list[Outcome] = []
     for c in claims:
         spec = get(c.figure)
         if c.figure not in cache:
             try:
-                cache[c.figure] = load_figure_runs(spec.name, scale, spec.presets_for(scale), results_dir, ov)[0]
+                cache[c.figure], av = load_figure_runs(spec.name, scale, spec.presets_for(scale), results_dir, ov,
+                                                       allow_partial=allow_partial)
+                notes[c.figure] = "" if av.complete else f" [partial: {av.missing_note()}]"
             except MissingRunsError as e:
                 cache[c.figure] = e
         df = cache[c.figure]
         if isinstance(df, MissingRunsError):
-            out.append(Outcome(c, "—", f"no runs: `{reproduce_command(c.figure, scale)}`", "MISSING"))
+            out.append(Outcome(c, "—", f"no runs: `{reproduce_command(c.figure, scale, results_dir, ov)}`", "MISSING"))
             continue
         for ds in datasets(df):
             try:
                 m = c.check(for_dataset(df, ds))
-                out.append(Outcome(c, dataset_label(ds), m.value, "PASS" if m.passed else "FAIL"))
+                out.append(Outcome(c, dataset_label(ds), m.value + notes[c.figure], "PASS" if m.passed else "FAIL"))
             except NotMeasurable as e:
                 out.append(Outcome(c, dataset_label(ds), f"not measurable: {e}", "MISSING"))
     return out

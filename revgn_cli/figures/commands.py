@@ -13,6 +13,8 @@ from revgn_cli.console import err, out  # noqa: E402
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEFAULT_RESULTS = "results"
 DEFAULT_OUT = Path("figures")
+PARTIAL_HELP = ("Go on without runs that are present but unreadable (corrupt config, lost rows); the figure title and "
+                "the claims table name what is missing. Without it such a run stops the command.")
 STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "MISSING": "yellow"}
 
 
@@ -24,39 +26,37 @@ def split_args(args: list[str] | None, scale: str | None, results: Path | None) 
     """
     from revgn_cli.config import ConfigError
     from revgn_cli.figures.data import SCALES
+    from revgn_cli.overrides import pop_results
 
+    args, res = pop_results(args, results, default=DEFAULT_RESULTS)
     rest: list[str] = []
-    s_arg = r_arg = None
-    for a in args or []:
+    s_arg = None
+    for a in args:
         if a.startswith("scale="):
             s_arg = a.split("=", 1)[1]
-        elif a.startswith("results_dir="):
-            r_arg = a.split("=", 1)[1]
         else:
             rest.append(a)
     if s_arg and scale and s_arg != scale:
         raise ConfigError(f"scale given twice: --scale {scale} and scale={s_arg}")
-    if r_arg and results and Path(r_arg) != results:
-        raise ConfigError(f"results dir given twice: --results {results} and results_dir={r_arg}")
     sc = s_arg or scale or "quick"
     if sc not in SCALES:
         raise ConfigError(f"scale={sc!r} is not one of {', '.join(SCALES)}")
     for a in rest:
         if ("=" not in a and not a.startswith("~")) or a.startswith("-"):
             raise ConfigError(f"unexpected argument {a!r}: extra arguments are Hydra overrides key=value")
-    return sc, rest, str(r_arg or results or DEFAULT_RESULTS)
+    return sc, rest, str(res)
 
 
 def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
-                 skip_missing: bool) -> tuple[list[str], list[str]]:
+                 skip_missing: bool, allow_partial: bool = False) -> tuple[list[str], list[str]]:
     """Render each figure; returns (rendered, missing). A missing figure raises unless ``skip_missing``."""
-    from revgn_cli.figures.data import MissingRunsError
+    from revgn_cli.figures.data import MissingRunsError, reproduce_command
     from revgn_cli.figures.registry import render
 
     done, missing = [], []
     for name in names:
         try:
-            r = render(name, results, out_dir, scale, overrides)
+            r = render(name, results, out_dir, scale, overrides, allow_partial=allow_partial)
         except MissingRunsError as e:
             if not skip_missing:
                 raise
@@ -64,7 +64,8 @@ def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, over
             err.print(f"[yellow]skipped[/] {e}", highlight=False, soft_wrap=True)
             continue
         av = r.availability
-        note = "" if av.complete else f" [yellow]({av.describe()}: `revgn reproduce {name} scale={scale}` for the rest)[/]"
+        fix = escape(reproduce_command(name, scale, results, overrides))
+        note = "" if av.complete else f" [yellow]({av.describe()}: `{fix}` for the rest)[/]"
         out.print(f"{name}: {' '.join(str(p) for p in r.paths)}{note}", highlight=False, soft_wrap=True)
         done.append(name)
         _close(r.figure)
@@ -115,10 +116,26 @@ def verify_table(outcomes: list) -> Table:
     return t
 
 
-def run_verify(figs: list[str], results: str, out_dir: Path, scale: str, overrides: list[str]) -> list:
+def check_data(presets: list[str], overrides: list[str], results: str) -> None:
+    """Load every dataset the presets train on, once, before any job starts: a missing dataset is one line with
+    its `revgn data fetch` command, not the same error from every job."""
+    from revgn_cli.config import compose_config
+    from revgn_cli.data import load_dataset
+
+    seen = set()
+    for p in presets:
+        cfg = compose_config([f"experiment={p}", *overrides, f"results_dir={results}"])
+        key = (cfg.dataset.name, cfg.dataset.root)
+        if key not in seen:
+            seen.add(key)
+            load_dataset(*key)  # DataError names the fix (revgn data fetch NAME --root …)
+
+
+def run_verify(figs: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
+               allow_partial: bool = False) -> list:
     from revgn_cli.figures.claims import claims_for, evaluate, to_markdown
 
-    outcomes = evaluate(claims_for(figs), results, scale, overrides)
+    outcomes = evaluate(claims_for(figs), results, scale, overrides, allow_partial=allow_partial)
     out.print(verify_table(outcomes))
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "claims.md"
@@ -134,16 +151,34 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
     @app.command(context_settings=EXTRA)
     @guarded
-    def plot(target: Optional[str] = typer.Argument(None, help="figN (fig1 … fig15, comma lists ok), main, or all"),
-             overrides: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper and Hydra overrides the runs were trained with"),
+    def plot(target: Optional[str] = typer.Argument(None, help="figN (fig1 … fig15, comma lists ok), main, all — "
+                                                   "or runs (your own runs, chosen by filters)"),
+             overrides: Optional[list[str]] = typer.Argument(None, help="figN: scale=quick|paper and Hydra overrides "
+                                                             "the runs were trained with; runs: key=value filters"),
              list_: bool = typer.Option(False, "--list", help="Table of every figure: caption, presets, whether its runs exist."),
              results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
-             out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where figN.png / figN.pdf go."),
-             scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)")) -> None:
-        """Draw paper figures from finished runs (never trains).
+             out_dir: Optional[Path] = typer.Option(None, "--out", help="figN: the folder for figN.png / .pdf (default: "
+                                                    "figures); runs: a FILE.png (PDF beside it) or a folder (default: "
+                                                    "<results>/plots)."),
+             scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
+             x: str = typer.Option("epoch", "--x", help="runs: x axis column (epoch, step)."),
+             y: str = typer.Option("train_loss,test_loss", "--y", help="runs: metrics, comma list (one panel row each)."),
+             hue: Optional[str] = typer.Option("optimizer.name", "--hue", help="runs: config key → one colour per value."),
+             col_key: Optional[str] = typer.Option(None, "--col", help="runs: config key → one panel column per value."),
+             style_key: Optional[str] = typer.Option(None, "--style", help="runs: config key → one line style per value."),
+             allow_partial: bool = typer.Option(False, "--allow-partial", help=PARTIAL_HELP)) -> None:
+        """Draw paper figures from finished runs — or any runs of yours (never trains).
 
-        Example: [bold]revgn plot fig4[/] · [bold]revgn plot all --out figures[/] · [bold]revgn plot --list[/]
+        Example: [bold]revgn plot fig4[/] · [bold]revgn plot all --out figures[/] · [bold]revgn plot --list[/] ·
+        [bold]revgn plot runs exp_name=lr_sweep --y train_loss,test_loss --hue optimizer.lr[/]
         """
+        if target == "runs":
+            from revgn_cli.figures.user import plot_user_runs
+
+            plot_user_runs(overrides or [], results, out_dir, x=x, y=y, hue=hue, col_key=col_key, style_key=style_key,
+                           allow_partial=allow_partial)
+            return
+        out_dir = out_dir or DEFAULT_OUT
         sc, ov, res = split_args(overrides, scale, results)
         if list_:
             out.print(list_table(res, sc, ov))
@@ -156,7 +191,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
         names = [s.name for s in select(target)]
         many = target.strip().lower() in ("all", "main")
-        done, missing = plot_figures(names, res, out_dir, sc, ov, skip_missing=many)
+        done, missing = plot_figures(names, res, out_dir, sc, ov, skip_missing=many, allow_partial=allow_partial)
         if many:
             out.print(f"plotted {len(done)} figure(s) into {out_dir}" +
                       (f"; no runs yet for {', '.join(missing)}" if missing else ""), highlight=False, soft_wrap=True)
@@ -196,6 +231,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         out.print(t)
         if dry_run:
             return
+        check_data([p for p, _, m in plan if m], ov, res)
         failures: list[dict] = []
         trained = 0
         for p, n, m in plan:
@@ -226,7 +262,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
                out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where claims.md goes."),
                scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
-               strict: bool = typer.Option(False, "--strict", help="Exit 1 when a claim fails or is missing.")) -> None:
+               strict: bool = typer.Option(False, "--strict", help="Exit 1 when a claim fails or is missing."),
+               allow_partial: bool = typer.Option(False, "--allow-partial", help=PARTIAL_HELP)) -> None:
         """Check the paper's claims on the results: claim, measured value, threshold, PASS/FAIL/MISSING.
 
         Writes the table to <out>/claims.md too. Example: [bold]revgn verify main --results results[/]
@@ -235,6 +272,6 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
         sc, ov, res = split_args(overrides, scale, results)
         names = [s.name for s in select(target or "all")]
-        outcomes = run_verify(names, res, out_dir, sc, ov)
+        outcomes = run_verify(names, res, out_dir, sc, ov, allow_partial=allow_partial)
         if strict and any(o.status != "PASS" for o in outcomes):
             raise typer.Exit(1)

@@ -25,8 +25,13 @@ class MissingRunsError(FileNotFoundError):
     """A figure's runs are not in the results dir; the message names the command that makes them."""
 
 
-def reproduce_command(fig: str, scale: str) -> str:
-    return f"revgn reproduce {fig} scale={scale}"
+def reproduce_command(fig: str, scale: str, results_dir: str | Path | None = None, overrides: Iterable[str] = ()) -> str:
+    """The command that makes the figure's runs — keeping the user's results dir and overrides, so it is the fix."""
+    import shlex
+
+    res = "" if results_dir is None or str(results_dir) == "results" else f" --results {shlex.quote(str(results_dir))}"
+    ov = "".join(f" {shlex.quote(o)}" for o in overrides if not o.startswith("results_dir="))
+    return f"revgn reproduce {fig} scale={scale}{ov}{res}"
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,14 @@ def identity_overrides(overrides: Iterable[str]) -> tuple[str, ...]:
 
 
 def job_status(results_dir: str | Path, job: PresetJob) -> str | None:
+    """The run's status; ``corrupt`` (not finished: reproduce trains it again) when its files cannot be read."""
     run = RunDir(Path(results_dir).expanduser() / job.exp_name / job.run_id)
-    return run.read_meta().get("status") if run.exists() else None
+    return run.status() if run.exists() else None
+
+
+def job_label(job: PresetJob) -> str:
+    """The overrides that tell a preset's jobs apart (optimizer=gn seed=43), for "missing: …" notes."""
+    return " ".join(o for o in job.overrides if not o.startswith("experiment="))
 
 
 @dataclass
@@ -63,6 +74,7 @@ class Availability:
 
     total: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # job_label of every job not finished (or unreadable)
 
     @property
     def finished(self) -> int:
@@ -76,10 +88,15 @@ class Availability:
         if not self.total:
             return "no jobs"
         parts = [f"{self.finished}/{self.total} finished"]
-        for s in ("diverged", "running", "failed", "interrupted"):
+        for s in ("diverged", "running", "failed", "interrupted", "corrupt"):
             if self.by_status.get(s):
                 parts.append(f"{self.by_status[s]} {s}")
         return ", ".join(parts)
+
+    def missing_note(self, most: int = 4) -> str:
+        """"6/8 finished; missing: optimizer=gn seed=42, …" — which runs a partial figure or claim lacks."""
+        shown = self.missing[:most] + ([f"{len(self.missing) - most} more"] if len(self.missing) > most else [])
+        return f"{self.finished}/{self.total} finished; missing: {', '.join(shown)}"
 
 
 def jobs_for(presets: Sequence[str], overrides: Iterable[str] = ()) -> list[PresetJob]:
@@ -101,22 +118,35 @@ def availability(results_dir: str | Path, presets: Sequence[str], overrides: Ite
         av.total += 1
         st = job_status(results_dir, j) or "missing"
         av.by_status[st] = av.by_status.get(st, 0) + 1
+        if st not in PLOT_STATUSES:
+            av.missing.append(job_label(j))
     return av
 
 
 def load_figure_runs(fig: str, scale: str, presets: Sequence[str], results_dir: str | Path,
-                     overrides: Iterable[str] = ()) -> tuple[pd.DataFrame, Availability]:
+                     overrides: Iterable[str] = (), *, allow_partial: bool = False) -> tuple[pd.DataFrame, Availability]:
     """The metrics rows of the figure's finished runs (``done`` and ``diverged``), via ``load_runs``.
 
-    Raises ``MissingRunsError`` (one line, naming the command to run) when none of them exist.
+    Raises ``MissingRunsError`` (one line, naming the command to run) when none of them exist, and
+    ``CorruptRunError`` (one line naming the run) when one is present but unreadable, unless ``allow_partial``.
     """
     jobs = jobs_for(presets, overrides)
     av = availability(results_dir, presets, overrides)
     ids = sorted({j.run_id for j in jobs})
     exps = sorted({j.exp_name for j in jobs})
-    df = load_runs(results_dir, {"run_id": ids, "experiment": exps}, statuses=PLOT_STATUSES) if ids else None
+    df = (load_runs(results_dir, {"run_id": ids, "experiment": exps}, statuses=PLOT_STATUSES,
+                    allow_partial=allow_partial, strict=False) if ids else None)
+    if df is not None:  # runs skipped as unreadable (allow_partial) that meta.json calls finished
+        bad = {entry.split(":", 1)[0].rsplit("/", 1)[-1] for entry in df.attrs.get("partial", [])}
+        for j in jobs:
+            label = job_label(j)
+            if j.run_id in bad and label not in av.missing:
+                st = job_status(results_dir, j) or "missing"
+                av.by_status[st] -= 1
+                av.by_status["corrupt"] = av.by_status.get("corrupt", 0) + 1
+                av.missing.append(label)
     if df is None or df.empty:
         raise MissingRunsError(
             f"{fig}: none of its {len(jobs)} run(s) (preset {', '.join(presets)}) is finished in {results_dir} — "
-            f"run `{reproduce_command(fig, scale)}`")
+            f"run `{reproduce_command(fig, scale, results_dir, overrides)}`")
     return df, av

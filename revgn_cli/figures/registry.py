@@ -173,12 +173,14 @@ class Rendered:
 
 
 def render(name: str, results_dir: str | Path, out_dir: str | Path | None, scale: str = "quick",
-           overrides: Iterable[str] = ()) -> Rendered:
-    """Load the figure's runs, draw it, and (unless ``out_dir`` is None) save ``<out>/<name>.png`` and ``.pdf``."""
+           overrides: Iterable[str] = (), *, allow_partial: bool = False) -> Rendered:
+    """Load the figure's runs, draw it, and (unless ``out_dir`` is None) save ``<out>/<name>.png`` and ``.pdf``.
+    A figure drawn without some of its runs says which in its title."""
     spec = get(name)
     presets = spec.presets_for(scale)
-    df, av = load_figure_runs(spec.name, scale, presets, results_dir, overrides)
-    fig = spec.plot(df, PlotContext(spec.name, title_of(spec, scale), scale))
+    df, av = load_figure_runs(spec.name, scale, presets, results_dir, overrides, allow_partial=allow_partial)
+    title = title_of(spec, scale) + ("" if av.complete else f"\nPARTIAL — {av.missing_note()}")
+    fig = spec.plot(df, PlotContext(spec.name, title, scale))
     paths = save(fig, out_dir, spec.name) if out_dir is not None else []
     return Rendered(spec, fig, paths, av)
 

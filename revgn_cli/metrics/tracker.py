@@ -62,9 +62,11 @@ class DiagnosticsTracker:
             self.reps0 = [r.detach().clone() for r in model.block_outputs(self.cka_x)] if self.cka_x is not None else []
         self.theta_prev: Tensor | None = None
         self.epoch_prev: float | None = None
-        # Fixed probe u for the paper's sketch; its own generator so the global RNG stream is untouched.
+        # Fixed probe u for the paper's sketch; its own generator so the global RNG stream is untouched. Drawn on the
+        # host (the same u on every device) and moved to Θ's device, which probe_similarity multiplies it with.
         self.u = (
-            torch.randn(self.theta0.shape[0], generator=torch.Generator().manual_seed(probe_seed), dtype=torch.float64)
+            torch.randn(self.theta0.shape[0], generator=torch.Generator().manual_seed(probe_seed), dtype=torch.float64,
+                        device="cpu").to(self.theta0.device)
             if self.ntk
             else None
         )
@@ -161,7 +163,9 @@ class DiagnosticsTracker:
                 return None
             if old is not None and old.shape != new.shape:
                 raise ValueError(f"{what}: saved shape {tuple(new.shape)} != expected {tuple(old.shape)}")
-            return new.detach().clone().to(old.device if old is not None else new.device)
+            # A checkpoint is read onto the CPU: its tensors go to this tracker's device (a CUDA run resumed on the
+            # CPU or the reverse); ``copy=True`` so the tracker never aliases the loaded dict.
+            return new.detach().to(old.device if old is not None else new.device, copy=True)
 
         if len(state["reps0"]) != len(self.reps0) or len(state["w0"]) != len(self.w0):
             raise ValueError("saved tracker state is for a different number of blocks")

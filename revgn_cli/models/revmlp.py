@@ -36,10 +36,10 @@ class HalfLayer(nn.Module):
             fan = width
         else:
             # Fixed, untrained Gaussian expansion with entries N(0, 1/h).
-            self.register_buffer("expand", torch.randn(width, hidden, generator=gen) / hidden**0.5)
+            self.register_buffer("expand", torch.randn(width, hidden, generator=gen, device="cpu") / hidden**0.5)
             fan = hidden
-        self.weight = nn.Parameter(torch.randn(width, fan, generator=gen) * init_std)
-        self.bias = nn.Parameter(torch.zeros(width))
+        self.weight = nn.Parameter(torch.randn(width, fan, generator=gen, device="cpu") * init_std)
+        self.bias = nn.Parameter(torch.zeros(width, device="cpu"))
         self._map_memo: tuple | None = None  # see linear_map
 
     @property
@@ -120,7 +120,8 @@ class RevMLP(nn.Module):
         n_classes: C; logits are X_L U with U ∈ ℝ^{d×C} orthonormal columns.
         init_std: standard deviation (not variance) of the trained weights at init; biases start at 0.
         first_block_linear: σ = identity in block 0 (as in the paper).
-        seed: seeds every random tensor of the model (C, W, U) independently of torch's global RNG.
+        seed: seeds every random tensor of the model (C, W, U) independently of torch's global RNG. They are drawn on
+            the host, so a seed gives the same initial model on every device (``.to(device)`` moves it).
     """
 
     def __init__(
@@ -151,7 +152,7 @@ class RevMLP(nn.Module):
             CouplingBlock(d_in, hidden, linear=(first_block_linear and i == 0), init_std=init_std, gen=gen)
             for i in range(n_blocks)
         )
-        q, _ = torch.linalg.qr(torch.randn(d_in, n_classes, generator=gen, dtype=torch.float64))
+        q, _ = torch.linalg.qr(torch.randn(d_in, n_classes, generator=gen, dtype=torch.float64, device="cpu"))
         # Kept in float64 and re-cast on every .to()/.double(): U stays orthonormal to machine precision of the
         # target dtype, not to float32's (U⁺ = Uᵀ is what the GN pull-back relies on).
         self._readout64 = q
@@ -159,7 +160,9 @@ class RevMLP(nn.Module):
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         super()._apply(fn, recurse)
-        self.readout = fn(self._readout64)
+        # fn moves U and casts it when it casts (.double(), .to(dtype=...)); a device-only move (.cuda(),
+        # .to("meta")) would leave it float64 next to float32 weights, so it follows the trained weights' dtype.
+        self.readout = fn(self._readout64).to(self.blocks[0].F.weight.dtype)
         return self
 
     def features(self, x: Tensor) -> Tensor:

@@ -249,7 +249,9 @@ def _add_noise(
     n = t.shape[0]
     rows = dw.shape[0]  # h + 1
     c = reg.noise * torch.sqrt(f.sum().to(torch.float64)) / (rows * n) ** 0.5
-    g = torch.randn(rows, n, generator=generator, dtype=t.dtype, device=t.device)
+    # Drawn where the generator lives (a host generator gives the same draws on every device), then moved.
+    g = torch.randn(rows, n, generator=generator, dtype=t.dtype,
+                    device=t.device if generator is None else generator.device).to(t.device)
     extra = (g @ t) * c.to(t.dtype)
     inner = extra[:-1] if basis is None else basis @ extra[:-1]  # diag(B,1)·extra in the [φ, 1] coordinates
     return dw + extra, achieved + feats @ inner + extra[-1:]

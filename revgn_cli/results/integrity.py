@@ -5,7 +5,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from revgn_cli.results.loader import read_config
+from revgn_cli.results.loader import config_problem, read_config
 from revgn_cli.results.store import ROW_KEYS, STATUSES, RunDir, StoreError
 
 
@@ -13,21 +13,30 @@ from revgn_cli.results.store import ROW_KEYS, STATUSES, RunDir, StoreError
 class Problem:
     path: Path
     reason: str
+    keep: bool = False  # reported only: --clean never deletes it (it may hold a run's data)
+
+
+def _readable_meta(d: Path) -> bool:
+    try:
+        RunDir(d).read_meta()
+    except StoreError:
+        return False
+    return (d / "meta.json").is_file()
+
+
+def _holds_checkpoint(d: Path) -> bool:
+    return any(p.is_file() for p in d.rglob("*.pt"))
 
 
 def _check_run(run: RunDir) -> str | None:
     """Why this run dir is corrupt, or None when config, meta, rows and status agree."""
-    from omegaconf import OmegaConf
-
-    from revgn_cli.config import Config
-
     try:
         cfg = read_config(run)
-        OmegaConf.merge(OmegaConf.structured(Config), cfg)
     except StoreError as e:
         return str(e)
-    except Exception as e:  # schema mismatch: unknown key, wrong type
-        return f"config.yaml does not match the schema: {str(e).splitlines()[0]}"
+    problem = config_problem(cfg)
+    if problem:
+        return problem
     try:
         meta = run.read_meta()
     except StoreError as e:
@@ -61,10 +70,18 @@ def check_runs(results_dir: str | Path) -> list[Problem]:
     if not root.is_dir():
         return problems
     for exp in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _readable_meta(exp):  # a run one level too high (an old exp_name=.): its files are nobody's orphans
+            problems.append(Problem(exp, "a run stored outside <experiment>/<run_id>/; kept — move it into an "
+                                         "experiment directory to use it", keep=True))
+            continue
         for d in sorted(p for p in exp.iterdir() if p.is_dir() and not p.name.startswith(".")):
             run = RunDir(d)
             if not run.meta_path.exists() and not run.config_path.exists():
-                problems.append(Problem(d, "orphaned directory (no config.yaml, no meta.json)"))
+                if _holds_checkpoint(d):
+                    problems.append(Problem(d, "no config.yaml or meta.json but holds a checkpoint no run claims; "
+                                               "kept — inspect and delete by hand", keep=True))
+                else:
+                    problems.append(Problem(d, "orphaned directory (no config.yaml, no meta.json)"))
                 continue
             reason = _check_run(run)
             if reason:
@@ -75,10 +92,11 @@ def check_runs(results_dir: str | Path) -> list[Problem]:
 
 
 def clean_runs(problems: list[Problem]) -> int:
-    """Delete exactly the flagged paths (a stale `running` run is resumable, so it is kept); return how many."""
+    """Delete exactly the flagged paths (a stale `running` run is resumable, so it is kept, and so is whatever
+    ``check_runs`` marked ``keep``); return how many."""
     removed = 0
     for p in problems:
-        if p.reason.startswith("status running but no process"):
+        if p.keep or p.reason.startswith("status running but no process"):
             continue
         if p.path.is_dir():
             shutil.rmtree(p.path)

@@ -14,11 +14,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where rows are read or written: listing runs must not pay for it
+    import pandas as pd
 
 STATUSES = ("running", "done", "failed", "diverged", "interrupted")
+# Not stored: what readers report for a run whose files cannot be read (RunDir.status, results.loader).
+CORRUPT = "corrupt"
 # Every metrics row has these; metric columns follow (float64, NaN where a row does not log that metric).
 ROW_KEYS = ("run_id", "epoch", "step", "split")
 SPLITS = ("step", "epoch")  # one row per update | one row per evaluation (epoch 0 = at init)
@@ -28,10 +31,19 @@ class StoreError(RuntimeError):
     """Unusable results directory or run files (unwritable, corrupt, locked). One-line message."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; the renamed file gets the mode open() would give it, so a results dir shared by
+        # a group stays readable to it (umask 022 → 0644).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -47,6 +59,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame(columns=list(ROW_KEYS))
@@ -104,12 +118,34 @@ class RunDir:
         atomic_write_bytes(self.metrics_path, buf.getvalue())
 
     def read_rows(self) -> pd.DataFrame:
+        import pandas as pd
+
         try:
             return pd.read_parquet(self.metrics_path)
         except FileNotFoundError:
             return rows_to_frame([])
         except Exception as e:  # pyarrow raises several types for truncated/corrupt files
             raise StoreError(f"unreadable {self.metrics_path}: {str(e).splitlines()[0]}") from e
+
+    def rows_readable(self) -> bool:
+        """metrics.parquet is there, its footer reads and it holds rows (cheap: the footer only)."""
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_metadata(self.metrics_path).num_rows > 0
+        except Exception:  # missing, truncated, not parquet
+            return False
+
+    def status(self) -> str | None:
+        """meta.json's status (None when there is no run) — except ``corrupt`` for an unreadable meta.json, or a
+        finished run whose rows cannot be read: such a run is not done, and sweeps/reproduce train it again."""
+        try:
+            status = self.read_meta().get("status")
+        except StoreError:
+            return CORRUPT
+        if status in ("done", "diverged") and not self.rows_readable():
+            return CORRUPT
+        return status
 
     # --- lock ---------------------------------------------------------------------------------------------------
     def lock(self) -> "RunLock":

@@ -77,7 +77,9 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
     def spawn(overrides: Optional[list[str]] = typer.Argument(None, help="Hydra overrides; default experiment=spawn_quick"),
               force: bool = typer.Option(False, "--force", help="Retrain parents and children even if finished."),
               out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where barrier.png / barrier.pdf go."),
-              plot: bool = typer.Option(True, "--plot/--no-plot", help="Render the barrier figure at the end.")) -> None:
+              plot: bool = typer.Option(True, "--plot/--no-plot", help="Render the barrier figure at the end."),
+              results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results; "
+                                                     "same as results_dir=DIR).")) -> None:
         """Parent/child spawning: parents, two children per spawn epoch, error barrier → barriers.parquet.
 
         Trains each parent of the preset's grid (keeping checkpoints at the spawn epochs extra.spawn.epochs), two
@@ -88,7 +90,10 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         """
         from revgn_cli.studies.spawn import run_spawn_study
 
-        ov = list(overrides or [])
+        from revgn_cli.overrides import pop_results
+
+        ov, res = pop_results(overrides, results, default=None)
+        ov += [f"results_dir={res}"] if res is not None else []
         if not _has_experiment(ov):
             ov.insert(0, "experiment=spawn_quick")
         t0 = time.time()

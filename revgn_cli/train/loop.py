@@ -19,6 +19,7 @@ from torch import Tensor
 
 from revgn_cli.config import Config, ConfigError, OptimizerConfig, preset_optimizer
 from revgn_cli.data import Dataset, load_dataset, make_augment
+from revgn_cli.devices import to_device
 from revgn_cli.metrics import DiagnosticsTracker, loss_change_pct, loss_change_summary
 from revgn_cli.models import RevMLP
 from revgn_cli.optim import batch_loss, make_optimizer
@@ -61,6 +62,7 @@ class TrainState:
     running_n: int = 0
     initial_loss: float = float("nan")
     rows: list[dict[str, Any]] = field(default_factory=list)
+    diverged: str | None = None  # why the run stopped as diverged (recorded in meta.json's "error")
 
 
 @dataclass
@@ -110,9 +112,10 @@ def select_train(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor]:
         if r.n_samples > n_all:
             raise ConfigError(f"regime.n_samples={r.n_samples} exceeds the {n_all} training samples of {data.name}")
         if r.subset == "first":
-            idx = torch.arange(r.n_samples)
+            idx = torch.arange(r.n_samples, device="cpu")  # the dataset is on the host here
         else:
-            idx = torch.randperm(n_all, generator=torch.Generator().manual_seed(cfg.seed))[: r.n_samples]
+            gen = torch.Generator().manual_seed(cfg.seed)
+            idx = torch.randperm(n_all, generator=gen, device="cpu")[: r.n_samples]
         return data.x_train[idx], data.y_train[idx]
     if r.batch_size > n_all:
         raise ConfigError(f"regime.batch_size={r.batch_size} exceeds the {n_all} training samples of {data.name}")
@@ -121,8 +124,9 @@ def select_train(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor]:
 
 def batches_of_epoch(cfg: Config, n: int, epoch: int, data_seed: int) -> list[Tensor]:
     if cfg.regime.name == "full_batch":
-        return [torch.arange(n)]
-    perm = torch.randperm(n, generator=epoch_generator(data_seed, epoch))
+        return [torch.arange(n, device="cpu")]
+    # Drawn on the host from a host generator: the same batch order on every device (the loop queues it over).
+    perm = torch.randperm(n, generator=epoch_generator(data_seed, epoch), device="cpu")
     return list(torch.split(perm, cfg.regime.batch_size))
 
 
@@ -130,11 +134,16 @@ def _onehot(y: Tensor, c: int, dtype: torch.dtype) -> Tensor:
     return torch.nn.functional.one_hot(y, c).to(dtype)
 
 
+# Signals a sweep job caught before its loop started (revgn_cli.sweep_app's handler appends here): the loop then
+# stops at its first update boundary instead of training the whole run.
+PENDING_SIGNALS: list[int] = []
+
+
 class _SignalFlag:
     """SIGINT/SIGTERM set a flag the loop checks at each update boundary (a second SIGINT interrupts at once)."""
 
     def __init__(self) -> None:
-        self.hit: int | None = None
+        self.hit: int | None = PENDING_SIGNALS[0] if PENDING_SIGNALS else None
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -219,7 +228,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
     ck = load_checkpoint(run) if resume and run.ckpt_path.exists() else None
     if ck is None and cfg.train.init_from:
         # Start from another run's weights (parent/child spawning); diagnostics then compare with this start.
-        model.load_state_dict(load_checkpoint_file(cfg.train.init_from)["model"])
+        load_weights(model, load_checkpoint_file(cfg.train.init_from)["model"],
+                     f"train.init_from={cfg.train.init_from}")
     tracker = build_tracker(cfg, model, x_tr)
 
     def make_opt(phase: int):
@@ -245,13 +255,26 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
 
     data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.seed
 
+    # Step rows whose after-update loss is still a device tensor: read back together (one host sync) before the
+    # rows are summarised or written, so an update reads one number from the device, its loss (issue 17).
+    pending: list[tuple[dict[str, Any], Tensor]] = []
+
+    def read_back() -> None:
+        if pending:
+            for (row, _), after in zip(pending, torch.stack([a for _, a in pending]).tolist()):
+                row["batch_loss_after"] = after
+                row["loss_change_pct"] = loss_change_pct(row["batch_loss"], after)
+            pending.clear()
+
     def save() -> None:
+        read_back()
         run.write_rows(st.rows)
         save_checkpoint(run, model, opt, tracker, st)
         if st.batch == 0 and st.epoch in cfg.train.keep_checkpoints:
             shutil.copyfile(run.ckpt_path, run.ckpt_dir / f"epoch_{st.epoch}.pt")
 
     def eval_row(epoch: int) -> dict[str, Any]:
+        read_back()
         row: dict[str, Any] = {"run_id": run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
         # Epoch 0 always: the init row is the reference a step-unit run's first velocity is measured from.
         diagnose = tracker is not None and (
@@ -291,9 +314,10 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                 if ph != st.phase:
                     st.phase = ph
                     opt = make_opt(ph)
-                order = batches_of_epoch(cfg, n_tr, st.epoch, data_seed)
+                # On the device once per epoch, queued (a per-update .to(device) would be a host sync each).
+                order = [to_device(b, device) for b in batches_of_epoch(cfg, n_tr, st.epoch, data_seed)]
                 for bi in range(st.batch, len(order)):
-                    idx = order[bi].to(device)
+                    idx = order[bi]
                     xb, tb = x_tr[idx], _onehot(y_tr[idx], C, dtype)
                     if augment is not None:
                         xb = augment(xb, epoch_generator(data_seed + 1, st.step))
@@ -304,9 +328,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                                            "step": st.step, "split": "step", "batch_loss": loss_before}
                     if m.loss_change and st.step % m.loss_change_every == 0:
                         with torch.no_grad():
-                            after = float(batch_loss(eval_network(opt, model)(xb), tb, cfg.train.loss))
-                        row["batch_loss_after"] = after
-                        row["loss_change_pct"] = loss_change_pct(loss_before, after)
+                            pending.append((row, batch_loss(eval_network(opt, model)(xb), tb, cfg.train.loss)))
+                        row["batch_loss_after"] = row["loss_change_pct"] = math.nan  # read_back fills them
                     if tracker is not None and m.unit == "step" and (st.step % m.every == 0 or st.step == total):
                         row.update(tracker.compute(model, row["epoch"]))
                     st.rows.append(row)
@@ -314,7 +337,9 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                     st.running_n += 1
                     reporter.advance(st.step, row["epoch"], loss_before)
                     if not math.isfinite(loss_before) or loss_before > cfg.train.diverge_factor * st.initial_loss:
-                        raise Diverged(f"loss {loss_before:.4g} at step {st.step}")
+                        raise Diverged(f"batch loss {loss_before:.4g} at step {st.step}: not finite or above "
+                                       f"train.diverge_factor={cfg.train.diverge_factor:g} × the initial loss "
+                                       f"{st.initial_loss:.4g}")
                     if sig.hit is not None:
                         save()
                         raise Interrupted(f"signal {sig.hit} at step {st.step}")
@@ -326,8 +351,9 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
                     save()
                 else:
                     run.write_rows(st.rows)
-        except Diverged:
-            status = "diverged"
+        except Diverged as e:
+            status, st.diverged = "diverged", str(e)
+            read_back()
             run.write_rows(st.rows)
         finally:
             reporter.finish()
@@ -342,6 +368,23 @@ def save_checkpoint(run: RunDir, model: torch.nn.Module, opt: Any, tracker: Any,
     atomic_write_bytes(run.ckpt_path, buf.getvalue())
 
 
+def load_weights(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """``model.load_state_dict(state)``, but a missing, extra or differently shaped tensor is one ``ConfigError``
+    naming it and both shapes (torch's own message lists every mismatch over many lines)."""
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in state:
+            raise ConfigError(f"{source}: the checkpoint has no tensor {k} — it is from another architecture")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise ConfigError(f"{source}: tensor {k} has shape {tuple(state[k].shape)} in the checkpoint but "
+                              f"{tuple(v.shape)} in this model — it is from another architecture (model.*, dataset)")
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise ConfigError(f"{source}: the checkpoint's tensor {extra[0]} is not in this model — it is from another "
+                          "architecture")
+    model.load_state_dict(state)
+
+
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     from revgn_cli.results.store import StoreError
 
@@ -350,8 +393,9 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
         raise StoreError(f"checkpoint {path} does not exist")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise StoreError(f"unreadable checkpoint {path}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # truncated or foreign file (the cause is in the line, not chained: said once)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StoreError(f"unreadable checkpoint {path} (not a revgn checkpoint, or truncated): {first}") from None
     if not isinstance(ck, dict) or "model" not in ck:
         raise StoreError(f"{path} is not a revgn checkpoint")
     return ck
@@ -363,4 +407,4 @@ def load_checkpoint(run: RunDir) -> dict[str, Any]:
     try:
         return load_checkpoint_file(run.ckpt_path)
     except StoreError as e:
-        raise StoreError(f"{e} (rerun with --force to start the run afresh)") from e
+        raise StoreError(f"{e} (rerun with --force to start the run afresh)") from None

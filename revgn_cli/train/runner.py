@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from revgn_cli.config import Config, config_dict, run_id
-from revgn_cli.results.store import RunDir, check_writable
-from revgn_cli.train.loop import Interrupted, Reporter, prepare_data, train_run
+from revgn_cli.results.store import CORRUPT, RunDir, check_writable
+from revgn_cli.train.loop import Interrupted, Reporter, load_checkpoint_file, prepare_data, train_run
 from revgn_cli.train.runtime import resolve_device
 
 FINISHED = ("done", "diverged")
@@ -34,6 +34,8 @@ class RunOutcome:
     status: str  # done | diverged | skipped | interrupted | failed
     resumed: bool = False
     final: dict[str, Any] | None = None
+    prior: str | None = None  # when skipped: the status it had finished with (done | diverged)
+    error: str | None = None  # meta.json's reason (a diverged run's)
 
 
 def git_commit() -> str | None:
@@ -59,13 +61,19 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
     device = resolve_device(cfg.device)  # fail fast, before touching the run dir
     run = run_dir_for(cfg)
     meta = run.read_meta()
-    if meta.get("status") in FINISHED and not force:  # finished is final: no lock or data needed to skip
-        return RunOutcome(run.run_id, run.path, "skipped", final=meta.get("final"))
+    if run.status() in FINISHED and not force:  # finished is final: no lock or data needed to skip
+        return _skipped(run, meta)
     td = prepare_data(cfg, device)  # bad data or sizes fail here, before anything is written
+    if cfg.train.init_from and not run.ckpt_path.exists():
+        load_checkpoint_file(cfg.train.init_from)  # not a checkpoint: one line, before anything is written
     with run.lock():
         meta = run.read_meta()  # again, under the lock: another job may have finished it meanwhile
-        if meta.get("status") in FINISHED and not force:
-            return RunOutcome(run.run_id, run.path, "skipped", final=meta.get("final"))
+        status = run.status()
+        if status in FINISHED and not force:
+            return _skipped(run, meta)
+        # Finished once but its rows are gone or unreadable: not done, and its end-of-run checkpoint would only
+        # resume to an empty table, so it trains again from the start.
+        force = force or status == CORRUPT
         if force:
             for p in (run.ckpt_dir, run.metrics_path):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -92,8 +100,13 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
             raise
         final = summarise(st.rows)
         run.write_meta(status=final_status, finished=_now(), wall_s=prior_wall + time.time() - t0,
-                       epochs_done=st.epoch, steps_done=st.step, final=final)
-        return RunOutcome(run.run_id, run.path, final_status, resumed=resumed, final=final)
+                       epochs_done=st.epoch, steps_done=st.step, final=final, error=st.diverged)
+        return RunOutcome(run.run_id, run.path, final_status, resumed=resumed, final=final, error=st.diverged)
+
+
+def _skipped(run: RunDir, meta: dict[str, Any]) -> RunOutcome:
+    return RunOutcome(run.run_id, run.path, "skipped", final=meta.get("final"), prior=meta.get("status"),
+                      error=meta.get("error"))
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:

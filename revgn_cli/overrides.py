@@ -1,0 +1,96 @@
+"""Command-line arguments before Hydra sees them: ``--results`` / ``results_dir=``, and one clear line for the
+overrides Hydra's parser would reject with raw lexer text (a flag in the wrong place, ``--cfg job``, a comma list
+given to ``train``, unquoted non-ASCII, a trailing comma).
+
+Imports nothing heavy at module level: the CLI imports it for every command, and Hydra's override parser is only
+loaded when there are overrides to check.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# Global flags (`revgn --debug train …`): given after the command they would be read as overrides.
+GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
+
+
+def _config_error(msg: str) -> Exception:
+    from revgn_cli.config import ConfigError
+
+    return ConfigError(msg)
+
+
+def pop_results(args: list[str] | None, results: Path | str | None,
+                default: str | None = "results") -> tuple[list[str], str | None]:
+    """Take ``results_dir=…`` out of ``args``; it and ``--results`` mean the same (both given and different: error).
+
+    Returns (the other arguments, the results dir).
+    """
+    rest, given = [], None
+    for a in args or []:
+        if a.startswith("results_dir="):
+            given = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if given is not None and results is not None and Path(given) != Path(results):
+        raise _config_error(f"results dir given twice: --results {results} and results_dir={given}")
+    chosen = given if given is not None else results if results is not None else default
+    return rest, None if chosen is None else str(chosen)
+
+
+def _flag_error(flag: str, command: str) -> Exception:
+    if flag in GLOBAL_FLAGS:
+        return _config_error(f"{flag} is a global flag: put it before the command (revgn {flag} {command} …)")
+    if flag == "--cfg":
+        return _config_error(f"--cfg is Hydra's; to print the resolved config without training use "
+                             f"`revgn {command} --show-config OVERRIDES…`")
+    return _config_error(f"unknown option {flag!r} for `revgn {command}`: overrides are key=value "
+                         f"(see `revgn {command} --help`)")
+
+
+def check_overrides(args: list[str], command: str, *, allow_sweep: bool = False) -> None:
+    """Raise one ``ConfigError`` line naming the override and the fix for what Hydra's parser would reject.
+
+    Args:
+        args: the overrides as typed (after the command's own options were taken out by Typer).
+        command: ``train`` / ``sweep`` … (for the messages).
+        allow_sweep: comma lists and ``range(…)`` are fine (``sweep``); for ``train`` they point to ``revgn sweep``.
+    """
+    for a in args:
+        if a.startswith("-") and not a.startswith("-="):
+            raise _flag_error(a.split("=", 1)[0], command)
+    if not args:
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for a in args:
+        key, eq, value = a.partition("=")
+        if not eq and not a.startswith("~"):  # ~key deletes a key: the one override without a value
+            raise _config_error(f"override {a!r} is not key=value (e.g. optimizer=gn or optimizer.lr=0.1)")
+        if value.rstrip().endswith(","):
+            raise _config_error(f"override {a!r} ends in a comma: drop it ({key}={value.rstrip().rstrip(',')})")
+        try:
+            ov = parser.parse_override(a)
+        except HydraException as e:
+            if not value.isascii() and value[:1] not in "'\"":
+                raise _config_error(f"override {a!r}: quote a value with non-ASCII characters, e.g. "
+                                    f"{key}='{value}' (in a shell: \"{key}='{value}'\")") from None
+            why = (str(e).strip().splitlines() or [""])[0]
+            raise _config_error(f"cannot parse override {a!r}: {why} (quote values with spaces or special "
+                                f"characters, e.g. {key}='{value}')") from None
+        if ov.is_sweep_override() and not allow_sweep:
+            raise _config_error(f"{a} is a sweep (several values): `revgn {command}` runs one config — use "
+                                f"`revgn sweep {a} …` (or give one value)")
+
+
+def parse_filters(items: list[str]) -> dict[str, Any]:
+    """``key=value`` filters (``key=a,b`` matches either value) → a dict for ``query_runs`` / ``load_runs``."""
+    flt: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it or it.startswith("-"):
+            raise _config_error(f"filter {it!r} is not key=value (e.g. optimizer.name=gn)")
+        k, v = it.split("=", 1)
+        flt[k] = v.split(",") if "," in v else v
+    return flt
