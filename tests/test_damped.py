@@ -201,8 +201,8 @@ def test_train_runs_and_is_listed(tiny, results, opt):
     assert ep["ntk_sim_init"].notna().all() and ep["cka_block2"].notna().all()
     key = "cg_iters_total" if opt == "ggn_cg" else "curvature_updates"
     assert ep[key].iloc[-1] > 0
-    listing = runner.invoke(app, ["runs", "--results", str(results)])
-    assert opt in listing.output
+    listing = runner.invoke(app, ["runs", "--results", str(results), f"optimizer.name={opt}"])
+    assert listing.exit_code == 0 and "1 run(s)" in listing.output and opt in listing.output
 
 
 @pytest.mark.parametrize("bad", [["optimizer=ggn_cg", "optimizer.cg_iters=0"], ["optimizer=ggn_cg", "optimizer.damping=-1"],
