@@ -64,6 +64,10 @@ PATH_ROWS = [
 ]
 SMOKE_PATH_SHAPES = {TARGET: SMOKE[0], (1024, 64, 1024, 6): (32, 16, 64, 6)}
 SGD_OPT = ({"name": "sgd", "lr": 0.1}, None)
+# Damped inexact GN (revgn_cli/optim/damped.py): a fixed 10 CG iterations (cg_tol 0) per GGN-CG step; K-FAC refreshing
+# its factors every step (curvature_every 1, the worst case; the gn_family study's setting).
+GGN_CG_OPT = ({"name": "ggn_cg", "lr": 1.0, "damping": 1e-3, "cg_iters": 10, "cg_tol": 0.0}, None)
+KFAC_OPT = ({"name": "kfac", "lr": 1.0, "damping": 0.1, "curvature_every": 1}, None)
 PAPER = [(1024, 784, 8000, 2), (1024, 3072, 8000, 6)]  # --paper: h = 8000, n = 1024 at the MNIST and CIFAR shapes
 
 
@@ -139,6 +143,8 @@ class PeakMemory:
 def persistent_bytes(opt) -> int:
     """Memory an optimiser keeps between steps besides the model: .grad tensors and torch.optim state (Adam's two
     moments); 0 for GN, which is stateless. Added to the in-step increase, which cannot see it."""
+    if hasattr(opt, "held_bytes"):  # K-FAC: its Kronecker factors and their cached eigendecompositions
+        return opt.held_bytes()
     inner = getattr(opt, "optimizer", None)
     if inner is None:
         return 0
@@ -181,7 +187,8 @@ def run_config(cfg, args, device, dtype, measure: Callable[[Callable[[], object]
     x, t, base = inputs_and_model(cfg, args, device, dtype)
     row: dict = {"n": n, "d": d, "h": h, "L": L, "params": base.n_trainable()}
     opts = {}
-    for name, (o, r) in (("gn", GN_OPT), ("adam", ADAM_OPT), ("sgd", SGD_OPT)):
+    for name, (o, r) in (("gn", GN_OPT), ("adam", ADAM_OPT), ("sgd", SGD_OPT), ("ggn_cg", GGN_CG_OPT),
+                         ("kfac", KFAC_OPT)):
         model = copy.deepcopy(base)
         opts[name] = make_optimizer(model, o, r)
     times: dict[str, list[float]] = {k: [] for k in opts}
@@ -309,6 +316,18 @@ def print_table(rows: list[dict]) -> None:
               f" {fmt_mem(r['adam_mem'])} {fmt_mem(r['sgd_mem'])} {fmt_mem(r['naive_mem'])}  {r['naive_note']}")
 
 
+def print_damped_table(rows: list[dict]) -> None:
+    """GGN-CG and K-FAC beside GN and Adam (same rounds, same data)."""
+    head = (f"{'n':>5} {'d':>4} {'h':>5} {'L':>2} │ {'GGN-CG s':>8} {'K-FAC s':>8} │ {'GGN-CG/Adam':>11} {'K-FAC/Adam':>10}"
+            f" {'GGN-CG/GN':>9} {'K-FAC/GN':>8} │ {'GGN-CG MiB':>10} {'K-FAC MiB':>9}")
+    print(head)
+    print("─" * len(head))
+    for r in rows:
+        print(f"{r['n']:5d} {r['d']:4d} {r['h']:5d} {r['L']:2d} │ {r['ggn_cg_s']:8.3f} {r['kfac_s']:8.3f} │"
+              f" {r['ggn_cg_s'] / r['adam_s']:11.1f} {r['kfac_s'] / r['adam_s']:10.1f} {r['ggn_cg_s'] / r['gn_s']:9.1f}"
+              f" {r['kfac_s'] / r['gn_s']:8.1f} │ {fmt_mem(r['ggn_cg_mem']):>10} {fmt_mem(r['kfac_mem']):>9}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 configurations (incl. the target) + 1 naive size")
@@ -378,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"#   memory pass done ({time.perf_counter() - t0:.0f}s)", flush=True)
     print()
     print_table(rows)
+    print("\n# damped GN: GGN-CG (10 CG iterations on curvlinops GGN mat-vecs) and K-FAC (factors every step)")
+    print_damped_table(rows)
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"\n# total {time.perf_counter() - t0:.0f}s; load avg at end {load[0]:.2f}")
     tgt = [r for r in rows if (r["n"], r["d"], r["h"], r["L"]) == target]

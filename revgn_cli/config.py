@@ -43,7 +43,7 @@ class ModelConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "gn"  # gn | adam | sgd | linearised
+    name: str = "gn"  # gn | adam | sgd | linearised | ggn_cg | kfac
     lr: float = 0.5
     combine: str = "sum"  # GN: sum (paper code) | mean (a true right inverse)
     loss_hessian: str = "identity"  # GN with CE: identity | exact
@@ -55,6 +55,13 @@ class OptimizerConfig:
     # optimizer=linearised: train the first-order Taylor model about θ_s, re-linearising every K steps.
     inner: str = "sgd"  # inner optimiser of the linearised model: sgd | adam
     relinearise_every: Optional[int] = None  # K; None = ∞ (the NTK-at-init model)
+    # optimizer=ggn_cg | kfac: damped GN steps Δθ ≈ (G + λI)⁻¹g (revgn_cli/optim/damped.py); loss_hessian as GN's.
+    damping: float = 1.0e-3  # λ (the start value under damping_schedule=lm)
+    damping_schedule: str = "fixed"  # fixed | lm (Levenberg-Marquardt adaptation after each step; ggn_cg only)
+    lm_factor: float = 1.5  # lm: λ ← λ·f when the reduction ratio ρ < 1/4, λ/f when ρ > 3/4 (Martens 2010)
+    cg_iters: int = 50  # ggn_cg: at most this many CG iterations (GGN mat-vecs) per step
+    cg_tol: float = 1.0e-4  # ggn_cg: stop CG once ‖r‖ <= cg_tol·‖g‖
+    curvature_every: int = 1  # kfac: recompute the Kronecker factors every this many steps
 
 
 @dataclass
@@ -139,7 +146,8 @@ def register_configs() -> None:
 register_configs()
 
 CHOICES = {
-    "optimizer.name": ("gn", "adam", "sgd", "linearised"),
+    "optimizer.name": ("gn", "adam", "sgd", "linearised", "ggn_cg", "kfac"),
+    "optimizer.damping_schedule": ("fixed", "lm"),
     "optimizer.combine": ("sum", "mean"),
     "optimizer.loss_hessian": ("identity", "exact"),
     "optimizer.solver": ("auto", "eigh"),
@@ -174,7 +182,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}={val!r} is not one of {', '.join(allowed)}")
     positive_ints = ["model.n_blocks", "regime.n_samples", "regime.batch_size", "train.eval_every",
                      "train.eval_chunk", "train.checkpoint_every", "metrics.loss_change_every",
-                     "metrics.ntk_feature_draws"]
+                     "metrics.ntk_feature_draws", "optimizer.cg_iters", "optimizer.curvature_every"]
     for key in positive_ints:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
@@ -191,7 +199,8 @@ def validate(cfg: Config) -> Config:
         v = _get(cfg, key)
         if not (math.isfinite(v) and v > 0):
             raise ConfigError(f"{key} must be a finite number > 0, got {v}")
-    nonneg_floats = ["model.init_std", "optimizer.momentum", "optimizer.eps", "regularizer.rtol",
+    nonneg_floats = ["model.init_std", "optimizer.momentum", "optimizer.eps", "optimizer.damping", "optimizer.cg_tol",
+                     "regularizer.rtol",
                      "regularizer.atol", "regularizer.damping", "regularizer.noise", "regularizer.weight_decay"]
     for key in nonneg_floats:
         v = _get(cfg, key)
@@ -203,6 +212,13 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key} must be in [0, 1), got {v}")
     if cfg.regularizer.rtol >= 1:
         raise ConfigError(f"regularizer.rtol must be < 1 (it truncates every singular value), got {cfg.regularizer.rtol}")
+    o = cfg.optimizer
+    if not (math.isfinite(o.lm_factor) and o.lm_factor > 1):
+        raise ConfigError(f"optimizer.lm_factor must be a finite number > 1, got {o.lm_factor}")
+    if o.name == "kfac" and o.damping <= 0:
+        raise ConfigError("optimizer.damping must be > 0 for kfac (its Kronecker factors are rank-deficient)")
+    if o.name == "kfac" and o.damping_schedule != "fixed":
+        raise ConfigError("optimizer.damping_schedule=lm is implemented for ggn_cg only (kfac: fixed)")
     k = cfg.optimizer.relinearise_every
     if k is not None and k < 1:
         raise ConfigError(f"optimizer.relinearise_every must be >= 1 or null (= infinity), got {k}")

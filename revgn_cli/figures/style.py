@@ -23,9 +23,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 # Same colour for an optimiser in every figure (colour-blind safe Tableau pair + green).
-OPT_COLOURS = {"gn": "#d62728", "adam": "#1f77b4", "sgd": "#2ca02c"}
-OPT_LABELS = {"gn": "GN", "adam": "Adam", "sgd": "SGD"}
-OPT_ORDER = ("gn", "adam", "sgd")
+OPT_COLOURS = {"gn": "#d62728", "adam": "#1f77b4", "sgd": "#2ca02c", "ggn_cg": "#ff7f0e", "kfac": "#9467bd"}
+OPT_LABELS = {"gn": "GN", "adam": "Adam", "sgd": "SGD", "ggn_cg": "GGN-CG", "kfac": "K-FAC"}
+OPT_ORDER = ("gn", "adam", "sgd", "ggn_cg", "kfac")
 # Extra series (regularised GN variants, switch runs) get their own fixed colours.
 VARIANT_COLOURS = {"weight_decay": "#9467bd", "damping": "#ff7f0e", "noise": "#8c564b", "none": "#7f7f7f"}
 SEQUENTIAL = "viridis"  # swept values (lr, init std): dark = first value

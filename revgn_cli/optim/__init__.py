@@ -1,4 +1,5 @@
-"""Optimisers: the exact Gauss-Newton engine (DESIGN §2) and the Adam/SGD baselines behind one interface.
+"""Optimisers: the exact Gauss-Newton engine (DESIGN §2), damped inexact GN (GGN-CG, K-FAC) and the Adam/SGD
+baselines behind one interface.
 
 Every optimiser has `.step(x, t_onehot) -> float` (the pre-update mean batch loss), `.stats` (cumulative float
 counters for the metrics rows) and `state_dict()` / `load_state_dict()`.
@@ -12,6 +13,7 @@ import torch
 
 from revgn_cli.config import preset_optimizer
 from revgn_cli.models.revmlp import RevMLP
+from revgn_cli.optim.damped import GGNCG, KFAC
 from revgn_cli.optim.gn import COMBINES, GaussNewton, gn_direction
 from revgn_cli.optim.linearised import LinearisedStepper
 from revgn_cli.optim.losses import batch_loss, output_residual
@@ -21,20 +23,22 @@ from revgn_cli.optim.torch_optim import TorchStepper
 
 __all__ = [
     "gn_direction", "GaussNewton", "gn_naive", "TorchStepper", "make_optimizer", "Regularizer", "batch_loss",
-    "output_residual", "pinv_solve", "OPTIMIZERS", "REGULARIZERS", "COMBINES", "LinearisedStepper",
+    "output_residual", "pinv_solve", "OPTIMIZERS", "REGULARIZERS", "COMBINES", "LinearisedStepper", "GGNCG", "KFAC",
 ]
 
-OPTIMIZERS = ("gn", "adam", "sgd", "linearised")
+OPTIMIZERS = ("gn", "adam", "sgd", "linearised", "ggn_cg", "kfac")
 
 def make_optimizer(
     model: RevMLP, opt: Mapping, reg: Mapping | None = None, loss: str = "ce"
-) -> GaussNewton | TorchStepper | LinearisedStepper:
+) -> GaussNewton | TorchStepper | LinearisedStepper | GGNCG | KFAC:
     """Build the optimiser named by opt["name"] over model.trainable().
 
-    opt keys: name ∈ {gn, adam, sgd, linearised}; lr; combine, loss_hessian, solver (gn); momentum (sgd); beta1, beta2,
-    eps (adam); inner ∈ {sgd, adam} and relinearise_every (K, None = ∞) for linearised (+ the inner's keys).
+    opt keys: name ∈ {gn, adam, sgd, linearised, ggn_cg, kfac}; lr; combine, loss_hessian, solver (gn); momentum (sgd);
+    beta1, beta2, eps (adam); inner ∈ {sgd, adam} and relinearise_every (K, None = ∞) for linearised (+ the inner's
+    keys); loss_hessian, damping (+ damping_schedule, lm_factor, cg_iters, cg_tol for ggn_cg; curvature_every for
+    kfac).
     Missing (or None) keys take conf/optimizer/<name>.yaml's values; unknown keys are ignored.
-    reg keys: those of Regularizer. GN uses all of them. For adam/sgd only reg.name == "weight_decay" has an
+    reg keys: those of Regularizer. GN uses all of them. For the others only reg.name == "weight_decay" has an
     effect (torch's coupled `weight_decay=reg.weight_decay`, i.e. L2 added to the gradient); truncation, damping
     and noise shape GN's pseudoinverse and are ignored there.
     """
@@ -51,6 +55,13 @@ def make_optimizer(
             loss_hessian=str(o["loss_hessian"]), solver=str(o["solver"]),
         )
     wd = r.weight_decay if r.name == "weight_decay" else 0.0
+    if name == "ggn_cg":
+        return GGNCG(model, lr=float(o["lr"]), damping=float(o["damping"]), cg_iters=int(o["cg_iters"]),
+                     cg_tol=float(o["cg_tol"]), damping_schedule=str(o["damping_schedule"]),
+                     lm_factor=float(o["lm_factor"]), loss=loss, loss_hessian=str(o["loss_hessian"]), weight_decay=wd)
+    if name == "kfac":
+        return KFAC(model, lr=float(o["lr"]), damping=float(o["damping"]), curvature_every=int(o["curvature_every"]),
+                    loss=loss, loss_hessian=str(o["loss_hessian"]), weight_decay=wd)
     if name == "linearised":  # the inner SGD/Adam is built exactly like the plain ones below
         return LinearisedStepper(
             model, inner=str(o["inner"]), lr=float(o["lr"]), relinearise_every=o["relinearise_every"], loss=loss,

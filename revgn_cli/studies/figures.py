@@ -12,6 +12,8 @@ Each is a ``FigureSpec`` (``revgn_cli.figures.registry``): the presets it reads 
   (rows from ``barriers.parquet``, written by ``revgn study spawn``).
 * ``kernel_dynamics`` — NTK distance to init and NTK velocity vs epoch, and distance vs test accuracy, every
   optimiser in one figure (the metrics columns ``ntk_dist_init``, ``ntk_velocity``).
+* ``gn_family`` — exact GN, GGN-CG at two dampings, K-FAC, Adam and SGD: train/test loss, test accuracy, NTK
+  similarity and last-block CKA to init vs epoch.
 """
 from __future__ import annotations
 
@@ -24,13 +26,13 @@ from matplotlib.figure import Figure
 
 from revgn_cli.figures.data import MissingRunsError
 from revgn_cli.figures.plots import (
-    PlotContext, by_optimizer, col, dataset_label, datasets, draw, epoch_rows, for_dataset, plain,
+    PlotContext, Series, by_optimizer, col, dataset_label, datasets, draw, epoch_rows, for_dataset, metric_grid, plain,
 )
 from revgn_cli.figures.style import (
     OPT_COLOURS, OPT_LABELS, finish, label_axes, legend, new_figure, order_optimizers, sequential_colours, style,
 )
 
-STUDY_NAMES = ("linearisation_phase", "data_dependent_ntk", "barrier", "kernel_dynamics", "scaling")
+STUDY_NAMES = ("linearisation_phase", "data_dependent_ntk", "barrier", "kernel_dynamics", "scaling", "gn_family")
 INF = math.inf
 
 
@@ -303,6 +305,105 @@ def plot_kernel_dynamics(df: pd.DataFrame, ctx: PlotContext) -> Figure:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# gn_family
+
+DAMPED = ("ggn_cg", "kfac")  # optimisers whose damping λ tells their runs apart
+# The paper's feature-space NTK sketch where the runs log it, else revgn's logit-kernel similarity (labelled as such).
+NTK_SIM_COLUMNS = ("ntk_feat_sim_init", "ntk_sim_init")
+
+
+def method_labels(df: pd.DataFrame) -> pd.Series:
+    """Per row, the method it belongs to: the optimiser's label, with λ for the damped ones ("GGN-CG λ=0.001")."""
+    names = col(df, "optimizer.name").astype(str)
+    lam = col(df, "optimizer.damping")
+    return pd.Series([f"{OPT_LABELS.get(n, n)} λ={float(v):g}" if n in DAMPED else OPT_LABELS.get(n, n)
+                      for n, v in zip(names, lam)], index=df.index)
+
+
+def by_method(df: pd.DataFrame):
+    """Series per method (gn_family): GN, Adam, SGD, then each damping of GGN-CG and K-FAC (solid, dashed, …)."""
+    d = plain(df)
+    names = col(d, "optimizer.name").astype(str)
+    for opt in order_optimizers(list(names.unique())):
+        rows = d[names == opt]
+        if opt not in DAMPED:
+            yield Series(OPT_LABELS.get(opt, opt), OPT_COLOURS.get(opt, "#7f7f7f"), rows)
+            continue
+        lam = col(rows, "optimizer.damping").astype(float)
+        for i, v in enumerate(sorted(lam.dropna().unique())):
+            yield Series(f"{OPT_LABELS[opt]} λ={v:g}", OPT_COLOURS[opt], rows[lam == v], ("-", "--", ":")[i % 3])
+
+
+def _ntk_column(ep: pd.DataFrame) -> str:
+    return next((c for c in NTK_SIM_COLUMNS if c in ep.columns and ep[c].notna().any()), NTK_SIM_COLUMNS[-1])
+
+
+def _last_cka(ep: pd.DataFrame) -> str:
+    ks = sorted(int(c[len("cka_block"):]) for c in ep.columns if c.startswith("cka_block") and c[9:].isdigit())
+    return f"cka_block{ks[-1]}" if ks else "cka_block2"
+
+
+def plot_gn_family(df: pd.DataFrame, ctx: PlotContext) -> Figure:
+    """Train loss, test loss, test accuracy, NTK similarity to init and last-block CKA to init vs epoch, one curve
+    per method (mean ± std over seeds)."""
+    ep = epoch_rows(df)
+    ntk, cka = _ntk_column(ep), _last_cka(ep)
+    ntk_title = "NTK similarity (feature-space sketch)" if ntk == "ntk_feat_sim_init" else "NTK similarity (logit kernel)"
+    return metric_grid(df, ctx, ["train_loss", "test_loss", "test_acc", ntk, cka], series=by_method,
+                       titles=["train loss", "test loss", "test accuracy", ntk_title, f"CKA, last block ({cka[9:]})"])
+
+
+def _wall_s(paths: pd.Series) -> float:
+    """Mean wall time (s) of the runs at ``paths`` (meta.json's wall_s)."""
+    import json
+
+    vals = []
+    for p in paths.dropna().unique():
+        meta = Path(p) / "meta.json"
+        if meta.exists():
+            w = json.loads(meta.read_text()).get("wall_s")
+            if w is not None:
+                vals.append(float(w))
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def _pm(v: pd.Series) -> str:
+    v = v.dropna().astype(float)
+    if v.empty:
+        return "—"
+    return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v.iloc[0]:.4f}"
+
+
+def gn_family_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method: seeds, final train loss / test loss / test accuracy / NTK similarity / last-block CKA as
+    mean ± sample std over seeds, where its test loss and accuracy fall between exact GN (0) and Adam (1), and the
+    mean wall time of one run."""
+    ep = epoch_rows(df)
+    ntk, cka = _ntk_column(ep), _last_cka(ep)
+    fin = _done(final_rows(ep, "test_acc"))
+    if fin.empty:
+        return pd.DataFrame()
+    fin = fin.assign(method=method_labels(fin))
+    means = fin.groupby("method")[["test_loss", "test_acc"]].mean()
+    rows = []
+    order = [s.label for s in by_method(fin)]
+    for m in order:
+        f = fin[fin["method"] == m]
+        row = {"method": m, "seeds": int(f["run_id"].nunique()), "epochs": int(f["epoch"].max())}
+        for k in ("train_loss", "test_loss", "test_acc", ntk, cka):
+            row[k] = _pm(col(f, k))
+        for k in ("test_loss", "test_acc"):
+            if "GN" in means.index and "Adam" in means.index and means.loc["Adam", k] != means.loc["GN", k]:
+                gn, adam = means.loc["GN", k], means.loc["Adam", k]
+                row[f"{k} GN→Adam"] = float((means.loc[m, k] - gn) / (adam - gn)) + 0.0  # + 0.0: no "-0"
+            else:
+                row[f"{k} GN→Adam"] = math.nan
+        row["wall_s/run"] = _wall_s(col(f, "path"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # registry entries
 
 
@@ -348,6 +449,13 @@ def _specs() -> dict[str, object]:
             "the axis; dotted: the paper's value. Reads results/scaling/ladder.parquet (`revgn study run scaling`).",
             {"quick": ("minibatch_quick",), "paper": ("minibatch_quick",)},
             _plot_scaling),
+            "gn_family", "Exact GN vs damped, inexact GN (GGN-CG, K-FAC) vs Adam/SGD",
+            "Is poor generalisation a property of exact GN or of Gauss-Newton methods? Exact GN (truncated pinv), "
+            "GGN-CG (conjugate gradient on GGN mat-vecs, at most cg_iters iterations) at two dampings λ, K-FAC, Adam and "
+            "SGD on the same mini-batches: train loss, test loss, test accuracy, NTK similarity to init and the last "
+            "block's CKA to init vs epoch (mean ± std over seeds).",
+            {"quick": ("gn_family_quick", "gn_family_cg_quick"), "paper": ("gn_family_paper", "gn_family_cg_paper")},
+            plot_gn_family),
     ]}
 
 
@@ -420,4 +528,6 @@ def summary(name: str, df: pd.DataFrame) -> pd.DataFrame:
         from revgn_cli.studies.scaling import summary_table
 
         return summary_table(df)
+    if name == "gn_family":
+        return gn_family_table(df)
     raise KeyError(name)

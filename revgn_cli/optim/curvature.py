@@ -1,0 +1,123 @@
+"""Curvature operators of a RevMLP batch from curvlinops (GGN mat-vecs, K-FAC), scaled like revgn's GN.
+
+Shapes: x ∈ ℝ^{n×d}, one-hot t ∈ ℝ^{n×C}, logits Z = f(x; θ) ∈ ℝ^{n×C}; θ = model.trainable() (W, b of every
+half-layer — the fixed expansion C and the read-out U are buffers, never differentiated). Every operator here is
+
+    G = (1/n) Σ_i J_iᵀ H_i J_i,   J_i = ∂z_i/∂θ ∈ ℝ^{C×|θ|},
+
+the curvature of the *mean* batch loss, so that it pairs with the mean-loss gradient g = (1/n) Σ_i J_iᵀ ∇_z ℓ_i:
+H_i = I for ``loss_hessian="identity"`` (the Gauss-Newton of revgn's GN, which inverts the identity-Hessian residual
+ε_Z = p − t) and H_i = diag(p_i) − p_i p_iᵀ for ``"exact"`` (the softmax Hessian: the usual GGN). MSE's Hessian is the
+identity either way.
+
+K-FAC needs nn.Linear layers to hook: a RevMLP half-layer computes σ(zC) Wᵀ + b with bare parameters, so
+``KFACView`` replays the network with one nn.Linear per half-layer that *shares* W and b (the same Parameter
+objects). K-FAC then sees each half-layer's input Σ = [σ(zC), 1] (the joint weight-and-bias block, DESIGN §1) and
+the gradient at its output: per half-layer, G ≈ A ⊗ B with A = ΣᵀΣ/n and B = (1/n) Σ_i J_{o,i}ᵀ H_i J_{o,i}.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from revgn_cli.models.revmlp import HalfLayer, RevMLP
+
+__all__ = ["IdentityHessianLoss", "ggn_operator", "kfac_operator", "KFACView", "flat", "unflat", "ggn_matvec"]
+
+
+class IdentityHessianLoss(nn.Module):
+    """c(z, ·) = ½ mean_i ‖z_i‖²: per sample its Hessian in z is the identity (curvlinops reads ``reduction``)."""
+
+    reduction = "mean"
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        return 0.5 * z.pow(2).sum(dim=1).mean()
+
+
+def _labels(t_onehot: Tensor) -> Tensor:
+    return t_onehot.argmax(dim=1)
+
+
+def ggn_operator(model: RevMLP, x: Tensor, t_onehot: Tensor, *, loss: str = "ce", loss_hessian: str = "identity"):
+    """curvlinops' GGNLinearOperator for G above on the batch (x, t), over model.trainable()."""
+    from curvlinops import GGNLinearOperator
+
+    exact_ce = loss == "ce" and loss_hessian == "exact"
+    loss_func = nn.CrossEntropyLoss() if exact_ce else IdentityHessianLoss()
+    y = _labels(t_onehot) if exact_ce else t_onehot
+    return GGNLinearOperator(model, loss_func, model.trainable(), [(x, y)], check_deterministic=False,
+                             num_data=x.shape[0])
+
+
+def flat(ts: list[Tensor]) -> Tensor:
+    """[tensors] → one vector (row-major, in order)."""
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def unflat(v: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """Inverse of ``flat`` for tensors shaped like ``like``."""
+    out, i = [], 0
+    for p in like:
+        out.append(v[i : i + p.numel()].view_as(p))
+        i += p.numel()
+    return out
+
+
+def ggn_matvec(op, params: list[Tensor]) -> Callable[[Tensor], Tensor]:
+    """v ↦ G v on flat vectors, for a curvlinops operator over ``params``."""
+
+    def mv(v: Tensor) -> Tensor:
+        return flat(op @ unflat(v, params))
+
+    return mv
+
+
+class _SharedLinear(nn.Linear):
+    """nn.Linear(h, w) whose weight and bias ARE a half-layer's W ∈ ℝ^{w×h} and b (no copy)."""
+
+    def __init__(self, hl: HalfLayer):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = hl.weight.shape[1], hl.weight.shape[0]
+        self.weight, self.bias = hl.weight, hl.bias
+
+
+class KFACView(nn.Module):
+    """The RevMLP's forward with each half-layer written as ``linear(σ(zC))`` for K-FAC's hooks (same function, same
+    parameter objects; the expansion C and the read-out U are read from the model, untrained)."""
+
+    def __init__(self, model: RevMLP):
+        super().__init__()
+        self._model = [model]  # not a submodule: only the shared linears carry parameters
+        self.linears = nn.ModuleList(_SharedLinear(hl) for hl in model.half_layers())
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self._model[0]
+        lins = iter(self.linears)
+        for blk in m.blocks:
+            w = blk.half
+            a, b = x[:, :w], x[:, w:]
+            y1 = a + next(lins)(blk.F.sigma(b))
+            x = torch.cat([y1, b + next(lins)(blk.G.sigma(y1))], dim=1)
+        return m.logits(x)
+
+
+def kfac_operator(view: KFACView, params: list[Tensor], x: Tensor, t_onehot: Tensor, *, loss: str = "ce",
+                  loss_hessian: str = "identity"):
+    """(curvlinops' KFACLinearOperator K with exact-GGN (type-2) factors on the batch, scale s) with G ≈ s·K.
+
+    The identity Hessian is K-FAC's MSE curvature: with reduction "sum" its per-sample Hessian is 2I and the factor
+    B sums over the batch, so K = 2n·G and s = 1/(2n). Cross-entropy with the mean reduction is G itself (s = 1).
+    """
+    from curvlinops import KFACLinearOperator
+
+    exact_ce = loss == "ce" and loss_hessian == "exact"
+    n = x.shape[0]
+    if exact_ce:
+        loss_func, y, scale = nn.CrossEntropyLoss(), _labels(t_onehot), 1.0
+    else:
+        loss_func, y, scale = nn.MSELoss(reduction="sum"), t_onehot, 1.0 / (2.0 * n)
+    op = KFACLinearOperator(view, loss_func, params, [(x, y)], check_deterministic=False, fisher_type="type-2",
+                            separate_weight_and_bias=False, num_data=n)
+    return op, scale

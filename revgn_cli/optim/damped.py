@@ -1,0 +1,232 @@
+"""Damped, inexact Gauss-Newton: GGN-CG ("Hessian-free", Martens 2010) and K-FAC (Martens & Grosse 2015).
+
+Both take θ ← θ − α Δθ with Δθ ≈ (G + λI)⁻¹ g, where g = ∇_θ ℓ is the mean-batch-loss gradient (backprop) and G the
+batch's curvature of the same scaling (revgn_cli/optim/curvature.py: H = I for ``loss_hessian=identity``, the softmax
+Hessian for ``exact``):
+
+* ``GGNCG`` solves the system by conjugate gradient on curvlinops' GGN mat-vecs (each one JVP + VJP through the
+  network; no matrix is formed), from Δ = 0, for at most ``cg_iters`` iterations or until ‖r‖ ≤ cg_tol·‖g‖.
+  ``damping_schedule="lm"`` adapts λ after every step, Levenberg–Marquardt style (Martens 2010 §4.1): with the
+  reduction ratio ρ = (ℓ(θ − αΔ) − ℓ(θ)) / (q(−αΔ) − q(0)), q the undamped quadratic model
+  q(δ) = ℓ + gᵀδ + ½ δᵀGδ on the same batch, λ ← λ·ω if ρ < ¼ and λ ← λ/ω if ρ > ¾ (ω = ``lm_factor``, 3/2 in the
+  paper).
+* ``KFAC`` replaces G by curvlinops' K-FAC approximation (per half-layer A ⊗ B on the joint [W, b] block,
+  type-2 = exact-GGN factors), refreshed on the current batch every ``curvature_every`` steps, and applies
+  (K + λI)⁻¹ exactly through the factors' eigendecompositions (curvlinops' KFACInverseLinearOperator with
+  ``use_exact_damping``), so λ means the same as for GGN-CG.
+
+With H = I, λ → 0 and CG run to convergence, G = (1/n) J_Zᵀ J_Z and g = (1/n) J_Zᵀ ε_Z, so Δθ = J_Z⁺ ε_Z — the
+minimum-norm solution of the logit-space GN equations J_Z Δ = ε_Z (tests/test_damped.py checks this against a dense
+float64 Jacobian).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from revgn_cli.models.revmlp import RevMLP
+from revgn_cli.optim.cg import conjugate_gradient
+from revgn_cli.optim.curvature import KFACView, flat, ggn_matvec, ggn_operator, kfac_operator, unflat
+from revgn_cli.optim.losses import LOSS_HESSIANS, batch_loss
+
+__all__ = ["GGNCG", "KFAC", "DAMPING_SCHEDULES", "loss_and_grad"]
+
+DAMPING_SCHEDULES = ("fixed", "lm")
+
+
+def loss_and_grad(model: RevMLP, x: Tensor, t_onehot: Tensor, loss: str) -> tuple[Tensor, list[Tensor]]:
+    """(mean batch loss, its gradient w.r.t. model.trainable()) by one forward and one backward."""
+    params = model.trainable()
+    with torch.enable_grad():
+        ell = batch_loss(model(x), t_onehot, loss)
+        grads = torch.autograd.grad(ell, params)
+    return ell.detach(), list(grads)
+
+
+class _Damped:
+    """What GGN-CG and K-FAC share: arguments, the λ state, the update, the counters and the checkpoint state."""
+
+    name = ""
+
+    def __init__(self, model: RevMLP, lr: float, damping: float, loss: str = "ce", loss_hessian: str = "identity",
+                 weight_decay: float = 0.0):
+        if not damping >= 0:
+            raise ValueError(f"damping must be >= 0, got {damping}")
+        if loss_hessian not in LOSS_HESSIANS:
+            raise ValueError(f"unknown loss_hessian {loss_hessian!r}; valid: {', '.join(LOSS_HESSIANS)}")
+        self.model, self.lr, self.damping = model, float(lr), float(damping)
+        self.loss, self.loss_hessian, self.weight_decay = loss, loss_hessian, float(weight_decay)
+        self.steps = 0
+        self.stats: dict[str, float] = {"damping": self.damping}
+
+    def _batch(self, x: Tensor, t_onehot: Tensor) -> tuple[Tensor, Tensor]:
+        ref = self.model.readout
+        return x.to(device=ref.device, dtype=ref.dtype), t_onehot.to(device=ref.device, dtype=ref.dtype)
+
+    def _apply(self, delta: list[Tensor]) -> None:
+        """θ ← θ − α(Δθ + weight_decay·θ)."""
+        with torch.no_grad():
+            for p, d in zip(self.model.trainable(), delta):
+                if self.weight_decay:
+                    d = d + self.weight_decay * p
+                p.sub_(self.lr * d)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "lr": self.lr, "damping": self.damping, "steps": self.steps,
+                "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("name", self.name) != self.name:
+            raise ValueError(f"state was saved by optimizer {state.get('name')!r}, not {self.name!r}")
+        self.lr, self.damping = float(state["lr"]), float(state["damping"])
+        self.steps = int(state["steps"])
+        self.stats = {k: float(v) for k, v in state.get("stats", {}).items()}
+
+
+class GGNCG(_Damped):
+    """Damped GN by CG on GGN mat-vecs (see the module docstring). ``.step(x, t) -> pre-update loss``.
+
+    stats: ``damping`` (λ now), ``cg_iters_total`` (GGN mat-vecs in CG so far), ``cg_iters_last`` and
+    ``cg_rel_residual_last`` (the last solve), ``lm_rho_last`` (the last reduction ratio, ``lm`` only).
+    """
+
+    name = "ggn_cg"
+
+    def __init__(self, model: RevMLP, lr: float = 1.0, damping: float = 1e-3, cg_iters: int = 50,
+                 cg_tol: float = 1e-4, damping_schedule: str = "fixed", lm_factor: float = 1.5, loss: str = "ce",
+                 loss_hessian: str = "identity", weight_decay: float = 0.0):
+        super().__init__(model, lr, damping, loss, loss_hessian, weight_decay)
+        if int(cg_iters) < 1:
+            raise ValueError(f"cg_iters must be >= 1, got {cg_iters}")
+        if damping_schedule not in DAMPING_SCHEDULES:
+            raise ValueError(f"unknown damping_schedule {damping_schedule!r}; valid: {', '.join(DAMPING_SCHEDULES)}")
+        if not lm_factor > 1:
+            raise ValueError(f"lm_factor must be > 1, got {lm_factor}")
+        self.cg_iters, self.cg_tol = int(cg_iters), float(cg_tol)
+        self.damping_schedule, self.lm_factor = damping_schedule, float(lm_factor)
+        self.stats.update(cg_iters_total=0.0, cg_iters_last=0.0, cg_rel_residual_last=0.0)
+
+    def direction(self, x: Tensor, t_onehot: Tensor) -> tuple[list[Tensor], Tensor, dict[str, Any]]:
+        """(Δθ ≈ (G + λI)⁻¹g in model.trainable()'s shapes, pre-update loss, {g, Gv, cg result})."""
+        x, t_onehot = self._batch(x, t_onehot)
+        params = self.model.trainable()
+        ell, grads = loss_and_grad(self.model, x, t_onehot, self.loss)
+        mv = ggn_matvec(ggn_operator(self.model, x, t_onehot, loss=self.loss, loss_hessian=self.loss_hessian), params)
+        g = flat(grads)
+        res = conjugate_gradient(mv, g, damping=self.damping, max_iters=self.cg_iters, rtol=self.cg_tol)
+        return unflat(res.x, params), ell, {"g": g, "mv": mv, "cg": res, "x": x, "t": t_onehot}
+
+    def step(self, x: Tensor, t_onehot: Tensor) -> float:
+        delta, ell, aux = self.direction(x, t_onehot)
+        res = aux["cg"]
+        if self.damping_schedule == "lm":
+            d = -self.lr * res.x  # the step actually taken (without weight decay)
+            predicted = float(torch.dot(aux["g"], d) + 0.5 * torch.dot(d, aux["mv"](d)))
+        self._apply(delta)
+        self.steps += 1
+        self.stats["cg_iters_total"] += res.iters
+        self.stats["cg_iters_last"] = float(res.iters)
+        self.stats["cg_rel_residual_last"] = res.rel_residual
+        if self.damping_schedule == "lm":
+            with torch.no_grad():
+                after = float(batch_loss(self.model(aux["x"]), aux["t"], self.loss))
+            rho = (after - float(ell)) / predicted if predicted < 0 else -1.0
+            if rho < 0.25:
+                self.damping *= self.lm_factor
+            elif rho > 0.75:
+                self.damping /= self.lm_factor
+            self.stats["lm_rho_last"] = rho
+        self.stats["damping"] = self.damping
+        return float(ell)
+
+
+class KFAC(_Damped):
+    """K-FAC preconditioned steps (see the module docstring). ``.step(x, t) -> pre-update loss``.
+
+    The factors are recomputed on the current batch at steps 0, k, 2k, … (k = ``curvature_every``) and kept in the
+    checkpoint, so a resumed run preconditions with the same factors. stats: ``damping``, ``curvature_updates``.
+    """
+
+    name = "kfac"
+
+    def __init__(self, model: RevMLP, lr: float = 1.0, damping: float = 1e-3, curvature_every: int = 1,
+                 loss: str = "ce", loss_hessian: str = "identity", weight_decay: float = 0.0):
+        super().__init__(model, lr, damping, loss, loss_hessian, weight_decay)
+        if int(curvature_every) < 1:
+            raise ValueError(f"curvature_every must be >= 1, got {curvature_every}")
+        self.curvature_every = int(curvature_every)
+        self.view = KFACView(model)
+        self._op = None  # the K-FAC operator of the last refresh
+        self._scale = 1.0  # G ≈ scale·K (curvature.kfac_operator)
+        self._inverse = None
+        self.stats["curvature_updates"] = 0.0
+
+    def _set_inverse(self) -> None:
+        from curvlinops import KFACInverseLinearOperator
+
+        # (sK + λI)⁻¹ = (1/s)(K + (λ/s)I)⁻¹: the scale folds into the damping.
+        self._inverse = KFACInverseLinearOperator(self._op, damping=self.damping / self._scale,
+                                                  use_exact_damping=True)
+
+    def held_bytes(self) -> int:
+        """Memory kept between steps: the Kronecker factors (A ∈ ℝ^{(h+1)×(h+1)}, B ∈ ℝ^{(d/2)×(d/2)} per half-layer)
+        and, cached by the damped inverse, their eigenvectors (the same size again)."""
+        if self._op is None:
+            return 0
+        st = self._op.state_dict()
+        factors = [*st["input_covariances"].values(), *st["gradient_covariances"].values()]
+        return 2 * sum(f.numel() * f.element_size() for f in factors)
+
+    def refresh(self, x: Tensor, t_onehot: Tensor) -> None:
+        """Recompute the Kronecker factors on the batch (x, t) and their damped inverse."""
+        x, t_onehot = self._batch(x, t_onehot)
+        self._op, self._scale = kfac_operator(self.view, self.model.trainable(), x, t_onehot, loss=self.loss,
+                                              loss_hessian=self.loss_hessian)
+        self._op.compute_kronecker_factors()
+        self._set_inverse()
+        self.stats["curvature_updates"] += 1
+
+    def direction(self, x: Tensor, t_onehot: Tensor) -> tuple[list[Tensor], Tensor]:
+        """(Δθ = (sK + λI)⁻¹ g, pre-update loss); refreshes the factors first when due."""
+        if self._op is None or self.steps % self.curvature_every == 0:
+            self.refresh(x, t_onehot)
+        x, t_onehot = self._batch(x, t_onehot)
+        ell, grads = loss_and_grad(self.model, x, t_onehot, self.loss)
+        with torch.no_grad():
+            delta = [d / self._scale for d in self._inverse @ grads]
+        return delta, ell
+
+    def step(self, x: Tensor, t_onehot: Tensor) -> float:
+        delta, ell = self.direction(x, t_onehot)
+        self._apply(delta)
+        self.steps += 1
+        return float(ell)
+
+    def state_dict(self) -> dict[str, Any]:
+        out = super().state_dict()
+        if self._op is not None:
+            st = self._op.state_dict()
+            out["kfac"] = {"input_covariances": st["input_covariances"],
+                           "gradient_covariances": st["gradient_covariances"], "scale": self._scale}
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        k = state.get("kfac")
+        if k is None:
+            self._op = None
+            return
+        # An operator over no data, holding the saved factors (curvlinops' own state format).
+        x = torch.zeros(1, self.model.d_in, dtype=self.model.readout.dtype, device=self.model.readout.device)
+        t = torch.zeros(1, self.model.n_classes, dtype=x.dtype, device=x.device)
+        op, _ = kfac_operator(self.view, self.model.trainable(), x, t, loss=self.loss, loss_hessian=self.loss_hessian)
+        st = op.state_dict()
+        st.update(input_covariances=k["input_covariances"], gradient_covariances=k["gradient_covariances"])
+        with warnings.catch_warnings():  # "overwrites the model's parameters": with their own current values
+            warnings.simplefilter("ignore")
+            op.load_state_dict(st)
+        self._op, self._scale = op, float(k["scale"])
+        self._set_inverse()
