@@ -449,6 +449,7 @@ def _specs() -> dict[str, object]:
             "the axis; dotted: the paper's value. Reads results/scaling/ladder.parquet (`revgn study run scaling`).",
             {"quick": ("minibatch_quick",), "paper": ("minibatch_quick",)},
             _plot_scaling),
+        FigureSpec(
             "gn_family", "Exact GN vs damped, inexact GN (GGN-CG, K-FAC) vs Adam/SGD",
             "Is poor generalisation a property of exact GN or of Gauss-Newton methods? Exact GN (truncated pinv), "
             "GGN-CG (conjugate gradient on GGN mat-vecs, at most cg_iters iterations) at two dampings λ, K-FAC, Adam and "
