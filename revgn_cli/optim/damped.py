@@ -162,6 +162,9 @@ class KFAC(_Damped):
         self._op = None  # the K-FAC operator of the last refresh
         self._scale = 1.0  # G ≈ scale·K (curvature.kfac_operator)
         self._inverse = None
+        # Factors loaded from a checkpoint, on the model's device, turned into an operator at the first step that
+        # needs them: curvlinops maps parameters by data_ptr, which a model without storage (meta) does not have.
+        self._pending: dict[str, Any] | None = None
         self.stats["curvature_updates"] = 0.0
 
     def _set_inverse(self) -> None:
@@ -174,9 +177,9 @@ class KFAC(_Damped):
     def held_bytes(self) -> int:
         """Memory kept between steps: the Kronecker factors (A ∈ ℝ^{(h+1)×(h+1)}, B ∈ ℝ^{(d/2)×(d/2)} per half-layer)
         and, cached by the damped inverse, their eigenvectors (the same size again)."""
-        if self._op is None:
+        if self._op is None and self._pending is None:
             return 0
-        st = self._op.state_dict()
+        st = self._pending if self._op is None else self._op.state_dict()
         factors = [*st["input_covariances"].values(), *st["gradient_covariances"].values()]
         return 2 * sum(f.numel() * f.element_size() for f in factors)
 
@@ -186,13 +189,16 @@ class KFAC(_Damped):
         self._op, self._scale = kfac_operator(self.view, self.model.trainable(), x, t_onehot, loss=self.loss,
                                               loss_hessian=self.loss_hessian)
         self._op.compute_kronecker_factors()
+        self._pending = None
         self._set_inverse()
         self.stats["curvature_updates"] += 1
 
     def direction(self, x: Tensor, t_onehot: Tensor) -> tuple[list[Tensor], Tensor]:
         """(Δθ = (sK + λI)⁻¹ g, pre-update loss); refreshes the factors first when due."""
-        if self._op is None or self.steps % self.curvature_every == 0:
+        if (self._op is None and self._pending is None) or self.steps % self.curvature_every == 0:
             self.refresh(x, t_onehot)
+        elif self._pending is not None:
+            self._materialise()
         x, t_onehot = self._batch(x, t_onehot)
         ell, grads = loss_and_grad(self.model, x, t_onehot, self.loss)
         with torch.no_grad():
@@ -207,7 +213,9 @@ class KFAC(_Damped):
 
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
-        if self._op is not None:
+        if self._pending is not None:
+            out["kfac"] = dict(self._pending)
+        elif self._op is not None:
             st = self._op.state_dict()
             out["kfac"] = {"input_covariances": st["input_covariances"],
                            "gradient_covariances": st["gradient_covariances"], "scale": self._scale}
@@ -215,11 +223,19 @@ class KFAC(_Damped):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
+        self._op, self._inverse = None, None
         k = state.get("kfac")
         if k is None:
-            self._op = None
+            self._pending = None
             return
-        # An operator over no data, holding the saved factors (curvlinops' own state format).
+        dev = self.model.readout.device
+        self._pending = {"input_covariances": {n: v.to(dev) for n, v in k["input_covariances"].items()},
+                         "gradient_covariances": {n: v.to(dev) for n, v in k["gradient_covariances"].items()},
+                         "scale": float(k["scale"])}
+
+    def _materialise(self) -> None:
+        """The loaded factors as an operator over no data (curvlinops' own state format) and their damped inverse."""
+        k, self._pending = self._pending, None
         x = torch.zeros(1, self.model.d_in, dtype=self.model.readout.dtype, device=self.model.readout.device)
         t = torch.zeros(1, self.model.n_classes, dtype=x.dtype, device=x.device)
         op, _ = kfac_operator(self.view, self.model.trainable(), x, t, loss=self.loss, loss_hessian=self.loss_hessian)
