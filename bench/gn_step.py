@@ -320,8 +320,7 @@ def print_damped_table(rows: list[dict]) -> None:
     """GGN-CG and K-FAC beside GN and Adam (same rounds, same data)."""
     head = (f"{'n':>5} {'d':>4} {'h':>5} {'L':>2} │ {'GGN-CG s':>8} {'K-FAC s':>8} │ {'GGN-CG/Adam':>11} {'K-FAC/Adam':>10}"
             f" {'GGN-CG/GN':>9} {'K-FAC/GN':>8} │ {'GGN-CG MiB':>10} {'K-FAC MiB':>9}")
-    print(head)
-    print("─" * len(head))
+    print_head(head)
     for r in rows:
         print(f"{r['n']:5d} {r['d']:4d} {r['h']:5d} {r['L']:2d} │ {r['ggn_cg_s']:8.3f} {r['kfac_s']:8.3f} │"
               f" {r['ggn_cg_s'] / r['adam_s']:11.1f} {r['kfac_s'] / r['adam_s']:10.1f} {r['ggn_cg_s'] / r['gn_s']:9.1f}"

@@ -22,18 +22,19 @@ __all__ = ["feature_probe", "feature_ntk_apply", "dense_feature_ntk"]
 
 def feature_probe(shape: tuple[int, int], *, seed: int, draws: int, device: torch.device | str,
                   dtype: torch.dtype) -> Tensor:
-    """ū ∈ ℝ^{n×d}: the mean of ``draws`` independent N(0, 1) draws of ``shape``, from a generator seeded with
-    ``seed`` and created on ``device`` (the global RNG stream is untouched; CUDA draws stay on the GPU).
+    """ū ∈ ℝ^{n×d}: the mean of ``draws`` independent N(0, 1) draws of ``shape``, from a host generator seeded with
+    ``seed`` (the global RNG stream is untouched), then moved to ``device``: the same seed gives the same probe on
+    every device, as the tracker's logit-kernel probe does.
 
     Drawn one n×d matrix at a time (a [draws, n, d] tensor would be ``draws``× the probe's memory), summed in float64.
     """
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    gen = torch.Generator(device=device).manual_seed(seed)
-    acc = torch.zeros(shape, dtype=torch.float64, device=device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    acc = torch.zeros(shape, dtype=torch.float64, device="cpu")
     for _ in range(draws):
-        acc += torch.randn(shape, generator=gen, device=device, dtype=dtype)
-    return (acc / draws).to(dtype)
+        acc += torch.randn(shape, generator=gen, device="cpu", dtype=dtype)
+    return (acc / draws).to(device=device, dtype=dtype)
 
 
 class _Features(nn.Module):
