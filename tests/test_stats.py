@@ -57,12 +57,14 @@ def test_holm_matches_hand_computation():
 
 
 def test_family_adjustment_can_demote_a_verdict():
-    strong = judge([0.5, 0.6, 0.55, 0.52, 0.58], sesoi=0.01)
     weak = judge([0.1, 0.3, 0.02, 0.2, 0.15], sesoi=0.01)
+    null = judge([0.3, -0.2, 0.1, -0.25, 0.05], sesoi=0.01)
     assert weak.verdict == "HOLDS" and 0.025 < weak.p < 0.05
-    fam = judge_family([strong, weak])
-    assert fam[0].verdict == "HOLDS"
-    assert fam[1].p_adj == pytest.approx(min(1, 2 * weak.p)) and fam[1].verdict == "INCONCLUSIVE"
+    fam = judge_family([weak, null, null])
+    # weak has the smallest p of three: Holm multiplies it by 3
+    assert fam[0].p_adj == pytest.approx(min(1, 3 * weak.p)) and fam[0].verdict == "INCONCLUSIVE"
+    assert fam[0].p == weak.p  # the raw p is kept beside the adjusted one
+    assert judge_family([weak])[0].verdict == "HOLDS"
 
 
 def test_mean_interval_and_bad_sesoi():
