@@ -213,6 +213,173 @@ def prepare_data(cfg: Config, device: torch.device) -> TrainData:
                      data.y_test.to(device), augment)
 
 
+class _Run:
+    """One run being trained: its config, tensors, model, optimiser, tracker and state, and the named steps of the
+    loop (set-up and resume, one update, the epoch row, checkpointing) as methods that share them."""
+
+    def __init__(self, cfg: Config, run: RunDir, device: torch.device, td: TrainData, reporter: Reporter,
+                 resume: bool) -> None:
+        self.cfg, self.run, self.device, self.td, self.reporter = cfg, run, device, td, reporter
+        self.dtype = resolve_dtype(cfg.precision)
+        seed_everything(cfg.seed)
+        self.model = build_model(cfg, td.data, device, self.dtype)
+        self.plan = phases(cfg)
+        ck = load_checkpoint(run) if resume and run.ckpt_path.exists() else None
+        if ck is None and cfg.train.init_from:
+            # Start from another run's weights (parent/child spawning); diagnostics then compare with this start.
+            load_weights(self.model, load_checkpoint_file(cfg.train.init_from)["model"],
+                         f"train.init_from={cfg.train.init_from}")
+        self.tracker = build_tracker(cfg, self.model, td.x_tr)
+        self.st = TrainState()
+        if ck is not None:
+            self.model.load_state_dict(ck["model"])
+            self.st = TrainState(**ck["state"])
+            self.opt = self.make_opt(self.st.phase)
+            self.opt.load_state_dict(ck["optimizer"])
+            if self.tracker is not None and ck.get("tracker") is not None:
+                self.tracker.load_state_dict(ck["tracker"])
+            set_rng_state(ck["rng"])
+        else:
+            self.opt = self.make_opt(0)
+        self.n_tr = td.x_tr.shape[0]
+        self.total = cfg.train.epochs * len(batches_of_epoch(cfg, self.n_tr, 0, 0))
+        self.data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.seed
+        # Step rows whose after-update loss is still a device tensor: read back together (one host sync) before
+        # the rows are summarised or written, so an update reads one number from the device, its loss (issue 17).
+        self.pending: list[tuple[dict[str, Any], Tensor]] = []
+
+    def make_opt(self, phase: int) -> Any:
+        opt_cfg = self.plan[phase].optimizer
+        return make_optimizer(self.model, asdict(opt_cfg), asdict(self.cfg.regularizer), loss=self.cfg.train.loss)
+
+    def read_back(self) -> None:
+        if self.pending:
+            for (row, _), after in zip(self.pending, torch.stack([a for _, a in self.pending]).tolist()):
+                row["batch_loss_after"] = after
+                row["loss_change_pct"] = loss_change_pct(row["batch_loss"], after)
+            self.pending.clear()
+
+    def save(self) -> None:
+        self.read_back()
+        self.run.write_rows(self.st.rows)
+        save_checkpoint(self.run, self.model, self.opt, self.tracker, self.st)
+        if self.st.batch == 0 and self.st.epoch in self.cfg.train.keep_checkpoints:
+            shutil.copyfile(self.run.ckpt_path, self.run.ckpt_dir / f"epoch_{self.st.epoch}.pt")
+
+    def diagnose_at(self, epoch: int) -> bool:
+        # Epoch 0 always: the init row is the reference a step-unit run's first velocity is measured from.
+        m = self.cfg.metrics
+        return self.tracker is not None and (
+            epoch == 0 or (m.unit == "epoch" and (epoch % m.every == 0 or epoch == self.cfg.train.epochs)))
+
+    def losses(self, row: dict[str, Any], diagnose: bool) -> list[Tensor] | None:
+        """Train and test loss/accuracy into ``row``; returns the CKA probe's half-coupling states when the
+        diagnostics' forward pass was shared with the train evaluation, else None."""
+        cfg, td, model = self.cfg, self.td, self.model
+        C, reps, head = td.data.n_classes, None, None
+        net = eval_network(self.opt, model)  # linearised runs: the tangent model they train, not model(x)
+        if diagnose and net is model:
+            # The CKA probe is the first training samples: one forward gives its block outputs and its logits.
+            reps = self.tracker.cka_outputs(model)
+            head = model.logits(reps[-1]) if reps else None
+        row["train_loss"], row["train_acc"] = evaluate(net, td.x_tr, td.y_tr, C, cfg.train.loss, cfg.train.eval_chunk,
+                                                       head_logits=head)
+        row["test_loss"], row["test_acc"] = evaluate(net, td.x_te, td.y_te, C, cfg.train.loss, cfg.train.eval_chunk)
+        return reps
+
+    def eval_row(self, epoch: int) -> dict[str, Any]:
+        self.read_back()
+        st, cfg = self.st, self.cfg
+        row: dict[str, Any] = {"run_id": self.run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
+        diagnose = self.diagnose_at(epoch)
+        reps = None
+        if epoch == 0 or epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
+            reps = self.losses(row, diagnose)
+        if st.running_n:
+            row["train_loss_running"] = st.running_sum / st.running_n
+        row.update(loss_change_summary([r["loss_change_pct"] for r in epoch_step_rows(st.rows)
+                                        if "loss_change_pct" in r]))
+        if diagnose:
+            row.update(self.tracker.compute(self.model, float(epoch), reps=reps))
+        for k, v in getattr(self.opt, "stats", {}).items():
+            row[k] = float(v)
+        row["phase"] = float(st.phase)
+        return row
+
+    def update(self, idx: Tensor, bi: int, n_batches: int) -> float:
+        """One optimiser step on the batch ``idx`` (the ``bi``-th of ``n_batches``) and its step row."""
+        cfg, st, m, td = self.cfg, self.st, self.cfg.metrics, self.td
+        xb, tb = td.x_tr[idx], _onehot(td.y_tr[idx], td.data.n_classes, self.dtype)
+        if td.augment is not None:
+            xb = td.augment(xb, epoch_generator(self.data_seed + 1, st.step))
+        loss_before = float(self.opt.step(xb, tb))
+        st.step += 1
+        st.batch = bi + 1
+        row: dict[str, Any] = {"run_id": self.run.run_id, "epoch": st.epoch + (bi + 1) / n_batches,
+                               "step": st.step, "split": "step", "batch_loss": loss_before}
+        if m.loss_change and st.step % m.loss_change_every == 0:
+            with torch.no_grad():
+                self.pending.append((row, batch_loss(eval_network(self.opt, self.model)(xb), tb, cfg.train.loss)))
+            row["batch_loss_after"] = row["loss_change_pct"] = math.nan  # read_back fills them
+        if self.tracker is not None and m.unit == "step" and (st.step % m.every == 0 or st.step == self.total):
+            row.update(self.tracker.compute(self.model, row["epoch"]))
+        st.rows.append(row)
+        st.running_sum += loss_before
+        st.running_n += 1
+        self.reporter.advance(st.step, row["epoch"], loss_before)
+        return loss_before
+
+    def check_divergence(self, loss: float) -> None:
+        st, factor = self.st, self.cfg.train.diverge_factor
+        if not math.isfinite(loss) or loss > factor * st.initial_loss:
+            raise Diverged(f"batch loss {loss:.4g} at step {st.step}: not finite or above "
+                           f"train.diverge_factor={factor:g} × the initial loss {st.initial_loss:.4g}")
+
+    def epoch(self, sig: _SignalFlag) -> None:
+        """The rest of epoch ``st.epoch`` (from batch ``st.batch``), its epoch row and its checkpoint."""
+        st, cfg = self.st, self.cfg
+        ph = current_phase(self.plan, st.epoch)
+        if ph != st.phase:
+            st.phase = ph
+            self.opt = self.make_opt(ph)
+        # On the device once per epoch, queued (a per-update .to(device) would be a host sync each).
+        order = [to_device(b, self.device) for b in batches_of_epoch(cfg, self.n_tr, st.epoch, self.data_seed)]
+        for bi in range(st.batch, len(order)):
+            self.check_divergence(self.update(order[bi], bi, len(order)))
+            if sig.hit is not None:
+                self.save()
+                raise Interrupted(f"signal {sig.hit} at step {st.step}")
+        st.epoch += 1
+        st.rows.append(self.eval_row(st.epoch))
+        st.batch, st.running_sum, st.running_n = 0, 0.0, 0
+        if (st.epoch % cfg.train.checkpoint_every == 0 or st.epoch == cfg.train.epochs
+                or st.epoch in cfg.train.keep_checkpoints):
+            self.save()
+        else:
+            self.run.write_rows(st.rows)
+
+    def train(self) -> str:
+        st, status = self.st, "done"
+        self.reporter.start(self.total, st.step, f"{self.cfg.optimizer.name} · {self.td.data.name} · "
+                                                 f"{self.cfg.regime.name}")
+        with _SignalFlag() as sig:
+            if st.step == 0 and not st.rows:
+                first = self.eval_row(0)
+                st.initial_loss = first["train_loss"]
+                st.rows.append(first)
+                self.save()
+            try:
+                while st.epoch < self.cfg.train.epochs:
+                    self.epoch(sig)
+            except Diverged as e:
+                status, st.diverged = "diverged", str(e)
+                self.read_back()
+                self.run.write_rows(st.rows)
+            finally:
+                self.reporter.finish()
+        return status
+
+
 def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, reporter: Reporter | None = None,
               resume: bool = True) -> tuple[str, TrainState]:
     """Train ``cfg`` into ``run``; return (status, final state) with status ``done`` or ``diverged``.
@@ -220,148 +387,9 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
     Raises ``Interrupted`` after checkpointing on SIGINT/SIGTERM; any other exception propagates (the caller
     marks the run ``failed``; its last checkpoint stays for a resume).
     """
-    reporter = reporter or NullReporter()
-    dtype = resolve_dtype(cfg.precision)
-    seed_everything(cfg.seed)
-    data, x_tr, y_tr, x_te, y_te, augment = td.data, td.x_tr, td.y_tr, td.x_te, td.y_te, td.augment
-    C = data.n_classes
-    m = cfg.metrics
-
-    model = build_model(cfg, data, device, dtype)
-    plan = phases(cfg)
-    ck = load_checkpoint(run) if resume and run.ckpt_path.exists() else None
-    if ck is None and cfg.train.init_from:
-        # Start from another run's weights (parent/child spawning); diagnostics then compare with this start.
-        load_weights(model, load_checkpoint_file(cfg.train.init_from)["model"],
-                     f"train.init_from={cfg.train.init_from}")
-    tracker = build_tracker(cfg, model, x_tr)
-
-    def make_opt(phase: int):
-        opt_cfg = plan[phase].optimizer
-        return make_optimizer(model, asdict(opt_cfg), asdict(cfg.regularizer), loss=cfg.train.loss)
-
-    st = TrainState()
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        st = TrainState(**ck["state"])
-        opt = make_opt(st.phase)
-        opt.load_state_dict(ck["optimizer"])
-        if tracker is not None and ck.get("tracker") is not None:
-            tracker.load_state_dict(ck["tracker"])
-        set_rng_state(ck["rng"])
-    else:
-        opt = make_opt(0)
-
-    n_tr = x_tr.shape[0]
-    steps_per_epoch = len(batches_of_epoch(cfg, n_tr, 0, 0))
-    total = cfg.train.epochs * steps_per_epoch
-    reporter.start(total, st.step, f"{cfg.optimizer.name} · {data.name} · {cfg.regime.name}")
-
-    data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.seed
-
-    # Step rows whose after-update loss is still a device tensor: read back together (one host sync) before the
-    # rows are summarised or written, so an update reads one number from the device, its loss (issue 17).
-    pending: list[tuple[dict[str, Any], Tensor]] = []
-
-    def read_back() -> None:
-        if pending:
-            for (row, _), after in zip(pending, torch.stack([a for _, a in pending]).tolist()):
-                row["batch_loss_after"] = after
-                row["loss_change_pct"] = loss_change_pct(row["batch_loss"], after)
-            pending.clear()
-
-    def save() -> None:
-        read_back()
-        run.write_rows(st.rows)
-        save_checkpoint(run, model, opt, tracker, st)
-        if st.batch == 0 and st.epoch in cfg.train.keep_checkpoints:
-            shutil.copyfile(run.ckpt_path, run.ckpt_dir / f"epoch_{st.epoch}.pt")
-
-    def eval_row(epoch: int) -> dict[str, Any]:
-        read_back()
-        row: dict[str, Any] = {"run_id": run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
-        # Epoch 0 always: the init row is the reference a step-unit run's first velocity is measured from.
-        diagnose = tracker is not None and (
-            epoch == 0 or (m.unit == "epoch" and (epoch % m.every == 0 or epoch == cfg.train.epochs)))
-        reps = None
-        if epoch == 0 or epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-            net = eval_network(opt, model)  # linearised runs: the tangent model they train, not model(x)
-            head = None
-            if diagnose and net is model:
-                # The CKA probe is the first training samples: one forward gives its block outputs and its logits.
-                reps = tracker.cka_outputs(model)
-                head = model.logits(reps[-1]) if reps else None
-            row["train_loss"], row["train_acc"] = evaluate(net, x_tr, y_tr, C, cfg.train.loss, cfg.train.eval_chunk,
-                                                           head_logits=head)
-            row["test_loss"], row["test_acc"] = evaluate(net, x_te, y_te, C, cfg.train.loss, cfg.train.eval_chunk)
-        if st.running_n:
-            row["train_loss_running"] = st.running_sum / st.running_n
-        row.update(loss_change_summary([r["loss_change_pct"] for r in epoch_step_rows(st.rows)
-                                        if "loss_change_pct" in r]))
-        if diagnose:
-            row.update(tracker.compute(model, float(epoch), reps=reps))
-        for k, v in getattr(opt, "stats", {}).items():
-            row[k] = float(v)
-        row["phase"] = float(st.phase)
-        return row
-
-    status = "done"
-    with _SignalFlag() as sig:
-        if st.step == 0 and not st.rows:
-            first = eval_row(0)
-            st.initial_loss = first["train_loss"]
-            st.rows.append(first)
-            save()
-        try:
-            while st.epoch < cfg.train.epochs:
-                ph = current_phase(plan, st.epoch)
-                if ph != st.phase:
-                    st.phase = ph
-                    opt = make_opt(ph)
-                # On the device once per epoch, queued (a per-update .to(device) would be a host sync each).
-                order = [to_device(b, device) for b in batches_of_epoch(cfg, n_tr, st.epoch, data_seed)]
-                for bi in range(st.batch, len(order)):
-                    idx = order[bi]
-                    xb, tb = x_tr[idx], _onehot(y_tr[idx], C, dtype)
-                    if augment is not None:
-                        xb = augment(xb, epoch_generator(data_seed + 1, st.step))
-                    loss_before = float(opt.step(xb, tb))
-                    st.step += 1
-                    st.batch = bi + 1
-                    row: dict[str, Any] = {"run_id": run.run_id, "epoch": st.epoch + (bi + 1) / len(order),
-                                           "step": st.step, "split": "step", "batch_loss": loss_before}
-                    if m.loss_change and st.step % m.loss_change_every == 0:
-                        with torch.no_grad():
-                            pending.append((row, batch_loss(eval_network(opt, model)(xb), tb, cfg.train.loss)))
-                        row["batch_loss_after"] = row["loss_change_pct"] = math.nan  # read_back fills them
-                    if tracker is not None and m.unit == "step" and (st.step % m.every == 0 or st.step == total):
-                        row.update(tracker.compute(model, row["epoch"]))
-                    st.rows.append(row)
-                    st.running_sum += loss_before
-                    st.running_n += 1
-                    reporter.advance(st.step, row["epoch"], loss_before)
-                    if not math.isfinite(loss_before) or loss_before > cfg.train.diverge_factor * st.initial_loss:
-                        raise Diverged(f"batch loss {loss_before:.4g} at step {st.step}: not finite or above "
-                                       f"train.diverge_factor={cfg.train.diverge_factor:g} × the initial loss "
-                                       f"{st.initial_loss:.4g}")
-                    if sig.hit is not None:
-                        save()
-                        raise Interrupted(f"signal {sig.hit} at step {st.step}")
-                st.epoch += 1
-                st.rows.append(eval_row(st.epoch))
-                st.batch, st.running_sum, st.running_n = 0, 0.0, 0
-                if (st.epoch % cfg.train.checkpoint_every == 0 or st.epoch == cfg.train.epochs
-                        or st.epoch in cfg.train.keep_checkpoints):
-                    save()
-                else:
-                    run.write_rows(st.rows)
-        except Diverged as e:
-            status, st.diverged = "diverged", str(e)
-            read_back()
-            run.write_rows(st.rows)
-        finally:
-            reporter.finish()
-    return status, st
+    r = _Run(cfg, run, device, td, reporter or NullReporter(), resume)
+    status = r.train()
+    return status, r.st
 
 
 def save_checkpoint(run: RunDir, model: torch.nn.Module, opt: Any, tracker: Any, st: TrainState) -> None:
