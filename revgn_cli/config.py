@@ -70,6 +70,9 @@ class RegimeConfig:
     n_samples: int = 1024  # full_batch: size N of the fixed training subset
     subset: str = "first"  # full_batch: first (paper) | random (seeded)
     batch_size: int = 1024  # mini_batch: B (drop_last false)
+    # Validation images held out of the TRAINING set (never the test set): seeded (VAL_SEED), stratified; the run
+    # trains on the rest (full_batch takes its N from the rest) and logs val_loss / val_acc. 0 = no hold-out.
+    val_size: int = 0
 
 
 @dataclass
@@ -186,7 +189,7 @@ def validate(cfg: Config) -> Config:
     for key in positive_ints:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
-    for key in ["train.epochs", "metrics.every", "metrics.probe_size", "metrics.cka_probe_size",
+    for key in ["train.epochs", "metrics.every", "metrics.probe_size", "metrics.cka_probe_size", "regime.val_size",
                 "metrics.ntk_feature_probe_size"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -104,22 +105,47 @@ def build_model(cfg: Config, data: Dataset, device: torch.device, dtype: torch.d
     return model.to(device=device, dtype=dtype)
 
 
+# Seed of the validation hold-out (regime.val_size): one fixed split of a dataset's training images, the same for
+# every seed and optimiser, so that rates tuned on it are compared on the same images.
+VAL_SEED = 0
+
+
+def hold_out(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x_rest, y_rest, x_val, y_val): ``regime.val_size`` training images held out (seeded, stratified by class,
+    ``revgn_cli.data.split.stratified_split``), the rest in their original order. Never touches the test set."""
+    from revgn_cli.data.split import stratified_split
+
+    n_all, k = data.x_train.shape[0], cfg.regime.val_size
+    if k == 0:
+        return data.x_train, data.y_train, data.x_train[:0], data.y_train[:0]
+    if k >= n_all:
+        raise ConfigError(f"regime.val_size={k} leaves none of the {n_all} training samples of {data.name} to train on")
+    rest, val = stratified_split(data.y_train.numpy(), k, seed=VAL_SEED)
+    rest, val = torch.from_numpy(np.sort(rest)), torch.from_numpy(np.sort(val))
+    return data.x_train[rest], data.y_train[rest], data.x_train[val], data.y_train[val]
+
+
 def select_train(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor]:
-    """The samples training sees: the fixed subset of N (full batch) or the whole train set (mini-batch)."""
-    n_all = data.x_train.shape[0]
+    """The samples training sees: the fixed subset of N (full batch) or the whole train set (mini-batch), both
+    after the validation hold-out (``hold_out``) is removed."""
+    x, y, _, _ = hold_out(cfg, data)
+    n_all = x.shape[0]
     r = cfg.regime
+    rest = f" left after regime.val_size={r.val_size}" if r.val_size else ""
     if r.name == "full_batch":
         if r.n_samples > n_all:
-            raise ConfigError(f"regime.n_samples={r.n_samples} exceeds the {n_all} training samples of {data.name}")
+            raise ConfigError(f"regime.n_samples={r.n_samples} exceeds the {n_all} training samples of {data.name}"
+                              + rest)
         if r.subset == "first":
             idx = torch.arange(r.n_samples, device="cpu")  # the dataset is on the host here
         else:
             gen = torch.Generator().manual_seed(cfg.seed)
             idx = torch.randperm(n_all, generator=gen, device="cpu")[: r.n_samples]
-        return data.x_train[idx], data.y_train[idx]
+        return x[idx], y[idx]
     if r.batch_size > n_all:
-        raise ConfigError(f"regime.batch_size={r.batch_size} exceeds the {n_all} training samples of {data.name}")
-    return data.x_train, data.y_train
+        raise ConfigError(f"regime.batch_size={r.batch_size} exceeds the {n_all} training samples of {data.name}"
+                          + rest)
+    return x, y
 
 
 def batches_of_epoch(cfg: Config, n: int, epoch: int, data_seed: int) -> list[Tensor]:
@@ -174,6 +200,8 @@ class TrainData:
     x_te: Tensor
     y_te: Tensor
     augment: Callable[[Tensor, torch.Generator], Tensor] | None
+    x_va: Tensor | None = None  # the validation hold-out (regime.val_size > 0), else None
+    y_va: Tensor | None = None
 
 
 def epoch_step_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -209,8 +237,10 @@ def prepare_data(cfg: Config, device: torch.device) -> TrainData:
     m = cfg.metrics
     if m.every > 0 and m.ntk and m.probe_size > x_tr.shape[0]:
         raise ConfigError(f"metrics.probe_size={m.probe_size} exceeds the {x_tr.shape[0]} training samples used")
+    _, _, x_va, y_va = hold_out(cfg, data)
+    val = (x_va.to(device, dtype), y_va.to(device)) if cfg.regime.val_size else (None, None)
     return TrainData(data, x_tr.to(device, dtype), y_tr.to(device), data.x_test.to(device, dtype),
-                     data.y_test.to(device), augment)
+                     data.y_test.to(device), augment, *val)
 
 
 class _Run:
@@ -285,6 +315,8 @@ class _Run:
         row["train_loss"], row["train_acc"] = evaluate(net, td.x_tr, td.y_tr, C, cfg.train.loss, cfg.train.eval_chunk,
                                                        head_logits=head)
         row["test_loss"], row["test_acc"] = evaluate(net, td.x_te, td.y_te, C, cfg.train.loss, cfg.train.eval_chunk)
+        if td.x_va is not None:
+            row["val_loss"], row["val_acc"] = evaluate(net, td.x_va, td.y_va, C, cfg.train.loss, cfg.train.eval_chunk)
         return reps
 
     def eval_row(self, epoch: int) -> dict[str, Any]:
