@@ -109,10 +109,11 @@ class MetricsConfig:
     probe_size: int = 100  # NTK probe set P (first training samples)
     cka_probe_size: int = 1024  # CKA probe set (first training samples; capped at the train size)
     # The paper's feature-space NTK sketch (ntk_feat_* columns): probe = first n training samples (capped at the
-    # train size; 0 = off), ū = mean of `ntk_feature_draws` Gaussian n×d draws seeded with `ntk_feature_seed`.
+    # train size; 0 = off); the alignment to init is Hutchinson's estimate over `ntk_feature_probes` Gaussian n×d
+    # probes, probe i seeded with `ntk_feature_seed` + i (one probe = the official code's single-probe cosine).
     ntk_feature_probe_size: int = 1024
     ntk_feature_seed: int = 0
-    ntk_feature_draws: int = 100
+    ntk_feature_probes: int = 8
     ntk: bool = True
     cka: str = "linear"  # linear | debiased | off
     weights: bool = True
@@ -185,7 +186,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}={val!r} is not one of {', '.join(allowed)}")
     positive_ints = ["model.n_blocks", "regime.n_samples", "regime.batch_size", "train.eval_every",
                      "train.eval_chunk", "train.checkpoint_every", "metrics.loss_change_every",
-                     "metrics.ntk_feature_draws", "optimizer.cg_iters", "optimizer.curvature_every"]
+                     "metrics.ntk_feature_probes", "optimizer.cg_iters", "optimizer.curvature_every"]
     for key in positive_ints:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")

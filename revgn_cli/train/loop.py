@@ -225,7 +225,7 @@ def build_tracker(cfg: Config, model: RevMLP, x_tr: Tensor) -> DiagnosticsTracke
     return DiagnosticsTracker(model, x_tr[: m.probe_size], x_tr[: min(m.cka_probe_size, x_tr.shape[0])],
                               ntk=m.ntk and m.probe_size > 0, cka=m.cka, weights=m.weights,
                               feature_x=x_tr[:n_feat] if n_feat > 0 else None, feature_seed=m.ntk_feature_seed,
-                              feature_draws=m.ntk_feature_draws)
+                              feature_probes=m.ntk_feature_probes)
 
 
 def prepare_data(cfg: Config, device: torch.device) -> TrainData:
