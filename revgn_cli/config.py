@@ -119,6 +119,10 @@ class MetricsConfig:
     weights: bool = True
     loss_change: bool = True  # per step: loss on the same batch after the update (one extra forward)
     loss_change_every: int = 1  # measure it after every k-th update (1 = each update, the paper's Fig. 3)
+    # per step: ‖J_Z Δθ‖/‖ε_Z‖ of the applied update on its batch (step rows: every update of the first
+    # `step_size_dense_epochs` epochs, then the first update of each epoch; NaN elsewhere)
+    step_size_ratio: bool = True
+    step_size_dense_epochs: int = 1
 
 
 @dataclass
@@ -191,7 +195,7 @@ def validate(cfg: Config) -> Config:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
     for key in ["train.epochs", "metrics.every", "metrics.probe_size", "metrics.cka_probe_size", "regime.val_size",
-                "metrics.ntk_feature_probe_size"]:
+                "metrics.ntk_feature_probe_size", "metrics.step_size_dense_epochs"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
     if cfg.model.hidden is not None and cfg.model.hidden < 1:

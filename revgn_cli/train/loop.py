@@ -22,6 +22,7 @@ from revgn_cli.config import Config, ConfigError, OptimizerConfig, preset_optimi
 from revgn_cli.data import Dataset, load_dataset, make_augment
 from revgn_cli.devices import to_device
 from revgn_cli.metrics import DiagnosticsTracker, loss_change_pct, loss_change_summary
+from revgn_cli.metrics.step_size import snapshot, step_size_ratio
 from revgn_cli.models import RevMLP
 from revgn_cli.optim import batch_loss, make_optimizer
 from revgn_cli.results.store import RunDir, atomic_write_bytes
@@ -277,6 +278,7 @@ class _Run:
         # Step rows whose after-update loss is still a device tensor: read back together (one host sync) before
         # the rows are summarised or written, so an update reads one number from the device, its loss (issue 17).
         self.pending: list[tuple[dict[str, Any], Tensor]] = []
+        self.pending_vals: list[tuple[dict[str, Any], str, Tensor]] = []  # (row, column, 0-d device tensor)
 
     def make_opt(self, phase: int) -> Any:
         opt_cfg = self.plan[phase].optimizer
@@ -288,6 +290,27 @@ class _Run:
                 row["batch_loss_after"] = after
                 row["loss_change_pct"] = loss_change_pct(row["batch_loss"], after)
             self.pending.clear()
+        if self.pending_vals:
+            vals = torch.stack([v.double().to("cpu") for _, _, v in self.pending_vals]).tolist()
+            for (row, key, _), v in zip(self.pending_vals, vals):
+                row[key] = v
+            self.pending_vals.clear()
+
+    def step_size_before(self, bi: int, xb: Tensor) -> tuple | None:
+        """What ``step_size_ratio`` needs from before the update, when this update is measured (every update of
+        the first ``metrics.step_size_dense_epochs`` epochs, then the first of each epoch), else None."""
+        m = self.cfg.metrics
+        if not m.step_size_ratio or not (self.st.epoch < m.step_size_dense_epochs or bi == 0):
+            return None
+        lin = getattr(self.opt, "linearisation_point", None)
+        if lin is None:
+            return snapshot(self.model), None, None
+        with torch.no_grad():  # f_lin: J at the anchor θ_s, Z = f_lin(θ_before)
+            return snapshot(self.model), lin(), eval_network(self.opt, self.model)(xb)
+
+    def step_size_after(self, before: tuple, xb: Tensor, tb: Tensor) -> Tensor:
+        theta, point, z = before
+        return step_size_ratio(self.model, xb, tb, theta, point=point, z_before=z, loss=self.cfg.train.loss)
 
     def save(self) -> None:
         self.read_back()
@@ -344,11 +367,15 @@ class _Run:
         xb, tb = td.x_tr[idx], _onehot(td.y_tr[idx], td.data.n_classes, self.dtype)
         if td.augment is not None:
             xb = td.augment(xb, epoch_generator(self.data_seed + 1, st.step))
+        before = self.step_size_before(bi, xb)
         loss_before = float(self.opt.step(xb, tb))
         st.step += 1
         st.batch = bi + 1
         row: dict[str, Any] = {"run_id": self.run.run_id, "epoch": st.epoch + (bi + 1) / n_batches,
                                "step": st.step, "split": "step", "batch_loss": loss_before}
+        if before is not None:
+            self.pending_vals.append((row, "step_size_ratio", self.step_size_after(before, xb, tb)))
+            row["step_size_ratio"] = math.nan  # read_back fills it
         if m.loss_change and st.step % m.loss_change_every == 0:
             with torch.no_grad():
                 self.pending.append((row, batch_loss(eval_network(self.opt, self.model)(xb), tb, cfg.train.loss)))
