@@ -126,6 +126,15 @@ class MetricsConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``revgn tune``'s protocol (revgn_cli/tune.py); never part of a run id (it does not change training)."""
+
+    grid: dict[str, list[float]] = field(default_factory=dict)  # optimizer name → learning rates to try
+    seeds: list[int] = field(default_factory=lambda: [42, 43, 44])
+    val_size: int = 1000  # training images held out for validation (regime.val_size of the tune runs)
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -134,6 +143,7 @@ class Config:
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     exp_name: str = "default"  # results/<exp_name>/<run_id>/ (presets in conf/experiment/ set it)
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
@@ -143,8 +153,9 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form tags for studies (kept in the run id)
 
 
-# Keys that name where output goes or how it is shown; they never change the numbers, so the run id ignores them.
-NON_IDENTITY_KEYS = ("results_dir", "device")
+# Keys that name where output goes or how it is shown, or how `revgn tune` picks rates (its runs set
+# optimizer.lr and regime.val_size themselves); they never change the numbers, so the run id ignores them.
+NON_IDENTITY_KEYS = ("results_dir", "device", "tune")
 
 
 def register_configs() -> None:
