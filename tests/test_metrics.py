@@ -356,13 +356,14 @@ def test_tracker_first_row_at_init_reuses_the_reference(monkeypatch):
     assert calls == {"ntk": 0, "prep": 0}
     for k in ("ntk_sim_init", "ntk_probe_sim", "cka_block1", "cka_block2"):
         assert reused[k] == pytest.approx(1.0, abs=1e-15), k
-    m2, _, _, tr2 = _tracker_setup()  # its construction computes Θ_0 and prepares 2L = 4 half-coupling states
-    assert calls == {"ntk": 1, "prep": 4}
+    # Its construction computes Θ_0 and prepares 2L = 4 half-coupling states and 2L = 4 residual-branch outputs.
+    m2, _, _, tr2 = _tracker_setup()
+    assert calls == {"ntk": 1, "prep": 8}
     with torch.no_grad():
         for p in m2.trainable():
             p.add_(0.0)  # same values, new version: the tracker must recompute
     recomputed = tr2.compute(m2, 0.0)
-    assert calls == {"ntk": 2, "prep": 8}
+    assert calls == {"ntk": 2, "prep": 16}
     for k, v in reused.items():
         assert v == pytest.approx(recomputed[k], abs=1e-12) or (math.isnan(v) and math.isnan(recomputed[k])), k
     m3, _, _, tr3 = _tracker_setup()
@@ -508,11 +509,22 @@ def test_tracker_feature_ntk_and_half_coupling_cka_against_dense_references():
             out.append(h)
         return out
 
-    k0, s0 = dense_ku(), [s.detach() for s in states()]
+    def branches():  # naive residual-branch outputs F_k(x2), G_k(y1), by the half-layers' own weights
+        out, h = [], cka_x
+        for blk in m.blocks:
+            a, b = h[:, :4], h[:, 4:]
+            f = blk.F(b)
+            g = blk.G(a + f)
+            out += [f.detach(), g.detach()]
+            h = torch.cat([a + f, b + g], 1)
+        return out
+
+    k0, s0, b0 = dense_ku(), [s.detach() for s in states()], branches()
     row = tr.compute(m, 0.0)
     assert "ntk_feat_sim_init" in tr.columns() and list(row) == tr.columns()
     assert row["ntk_feat_sim_init"] == pytest.approx(1.0, abs=1e-12) and math.isnan(row["ntk_feat_velocity"])
     assert [row[f"cka_{h}{k}"] for k in (1, 2) for h in "FG"] == pytest.approx([1.0] * 4, abs=1e-12)
+    assert [row[f"cka_res{h}{k}"] for k in (1, 2) for h in "FG"] == pytest.approx([1.0] * 4, abs=1e-12)
     _perturb(m, 11)
     k1 = dense_ku()
     row = tr.compute(m, 2.0)
@@ -520,9 +532,11 @@ def test_tracker_feature_ntk_and_half_coupling_cka_against_dense_references():
     per = [float(k0[:, i] @ k1[:, i] / (k0[:, i].norm() * k1[:, i].norm())) for i in range(3)]
     assert row["ntk_feat_sim_spread"] == pytest.approx(statistics.stdev(per), rel=1e-8)
     assert row["ntk_feat_velocity"] == pytest.approx((1 - cos(k0, k1)) / 2.0, rel=1e-8)
-    now = states()
+    now, now_b = states(), branches()
     for i, (h, k) in enumerate((h, k) for k in (1, 2) for h in "FG"):
         assert row[f"cka_{h}{k}"] == pytest.approx(naive_cka(s0[i], now[i].detach()), rel=1e-10), (h, k)
+        assert row[f"cka_res{h}{k}"] == pytest.approx(naive_cka(b0[i], now_b[i]), rel=1e-10), (h, k)
+        assert row[f"cka_res{h}{k}"] < 1 - 1e-6  # the perturbation moved every branch
     assert [row[f"cka_block{k}"] for k in (1, 2)] == [row["cka_G1"], row["cka_G2"]]  # G's state = block output
     torch.testing.assert_close(half_coupling_outputs(m, cka_x)[1::2], m.block_outputs(cka_x), rtol=0, atol=0)
     _perturb(m, 12)

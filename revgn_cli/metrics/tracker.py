@@ -14,9 +14,23 @@ from revgn_cli.metrics.ntk_feature import feature_ntk_apply, feature_probes as d
 from revgn_cli.metrics.weights import half_layer_names, initial_weights, weight_similarity
 from revgn_cli.models.stamp import Stamp
 
-__all__ = ["DiagnosticsTracker", "half_coupling_outputs"]
+__all__ = ["DiagnosticsTracker", "half_coupling_outputs", "residual_branch_outputs"]
 
 CKAMode = Literal["linear", "debiased", "off"]
+
+
+def residual_branch_outputs(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """The residual-branch outputs of every coupling block, F_k(x₂) and G_k(y₁) (y₁ = x₁ + F_k(x₂)): 2L tensors
+    [n, d/2] in the order F1, G1, F2, G2, … — what each branch adds, not the state it adds it to."""
+    outs = []
+    for blk in model.blocks:
+        a, b = x[:, : blk.half], x[:, blk.half:]
+        f = blk.F(b)
+        y1 = a + f
+        g = blk.G(y1)
+        outs += [f, g]
+        x = torch.cat([y1, b + g], dim=1)
+    return outs
 
 
 def half_coupling_outputs(model: nn.Module, x: Tensor) -> list[Tensor]:
@@ -90,6 +104,8 @@ class DiagnosticsTracker:
             self.theta0 = empirical_ntk(model, self.probe_x) if self.ntk else None
             self.reps0 = [r.detach().clone() for r in half_coupling_outputs(model, self.cka_x)] \
                 if self.cka_x is not None else []
+            self.branch0 = [r.detach().clone() for r in residual_branch_outputs(model, self.cka_x)] \
+                if self.cka_x is not None else []
         self.feat0 = self._feature_kernel(model) if self.feat_x is not None else None
         self.feat_prev: Tensor | None = None
         self.feat_epoch_prev: float | None = None
@@ -116,6 +132,7 @@ class DiagnosticsTracker:
     def _prepare(self) -> None:
         # Derived, cached state (centred float64 init reps and their self terms) — rebuilt on load_state_dict.
         self._cka_ref = [prepare_cka(r) for r in self.reps0]
+        self._branch_ref = [prepare_cka(r) for r in self.branch0]
 
     def columns(self) -> list[str]:
         """The keys ``compute`` returns, in order."""
@@ -125,6 +142,7 @@ class DiagnosticsTracker:
         if self.cka != "off":
             ks = range(1, self.n_blocks + 1)
             cols += [f"cka_block{k}" for k in ks] + [f"cka_{h}{k}" for k in ks for h in "FG"]
+            cols += [f"cka_res{h}{k}" for k in ks for h in "FG"]
         if self.weights:
             cols += [f"wcos_{n}" for n in self._hl_names] + [f"wnorm_ratio_{n}" for n in self._hl_names]
         return cols
@@ -147,7 +165,8 @@ class DiagnosticsTracker:
         and K_t over the feature probes (``hutchinson_alignment``), ntk_feat_sim_spread = the SD of the per-probe
         cosines, ntk_feat_velocity = (1 − alignment(K_prev, K_t)) per epoch between logged points;
         cka_F{k} / cka_G{k} = CKA(state after block k's F / G half-coupling now, at init) on cka_x, and
-        cka_block{k} = cka_G{k} (the block output X_k); wcos_/wnorm_ratio_{F,G}{k} per half-layer W. Updates the
+        cka_block{k} = cka_G{k} (the block output X_k); cka_resF{k} / cka_resG{k} = CKA(F_k(x₂) / G_k(y₁) now, at
+        init), the residual branches themselves; wcos_/wnorm_ratio_{F,G}{k} per half-layer W. Updates the
         "previous Θ" state.
 
         reps: ``cka_outputs(model)`` if the caller already ran it at the current parameters, else None.
@@ -188,6 +207,11 @@ class DiagnosticsTracker:
                     row[f"cka_block{k}"] = vals[2 * k - 1]  # the G state of block k is its output X_k
                 for i, v in enumerate(vals):
                     row[f"cka_{'FG'[i % 2]}{i // 2 + 1}"] = v
+                # Residual branches: one more forward on the CKA probe (the states above do not contain F(x₂), G(y₁)).
+                now_b = self._branch_ref if at_init else [prepare_cka(r) for r in
+                                                          residual_branch_outputs(model, self.cka_x)]
+                for i, (ref, r) in enumerate(zip(self._branch_ref, now_b)):
+                    row[f"cka_res{'FG'[i % 2]}{i // 2 + 1}"] = cka_prepared(ref, r, debiased=debiased)
             if self.weights:
                 row.update(weight_similarity(model, self.w0))
         return row
@@ -215,6 +239,7 @@ class DiagnosticsTracker:
             "epoch_prev": self.epoch_prev,
             "u": c(self.u),
             "reps0": [c(r) for r in self.reps0],
+            "branch0": [c(r) for r in self.branch0],
             "w0": [c(w) for w in self.w0],
         }
 
@@ -243,6 +268,9 @@ class DiagnosticsTracker:
         self.feat_prev = same(self.feat_u, state["feat_prev"], "feat_prev")
         self.feat_epoch_prev = None if state["feat_epoch_prev"] is None else float(state["feat_epoch_prev"])
         self.reps0 = [same(o, n, f"reps0[{i}]") for i, (o, n) in enumerate(zip(self.reps0, state["reps0"]))]
+        if len(state.get("branch0", [])) != len(self.branch0):
+            raise ValueError("saved tracker state has no residual-branch reference (saved by an older version)")
+        self.branch0 = [same(o, n, f"branch0[{i}]") for i, (o, n) in enumerate(zip(self.branch0, state["branch0"]))]
         self.w0 = [same(o, n, f"w0[{i}]") for i, (o, n) in enumerate(zip(self.w0, state["w0"]))]
         self._at_init = None  # a restored reference is not necessarily the model's current parameters
         self._prepare()
