@@ -197,3 +197,37 @@ def test_plan_prints_cells_runs_and_estimate(tmp_path):
     assert "paper_n1024" in r.output and "total ~" in r.output and not (tmp_path / "m.csv").exists()
     r = runner.invoke(app, ["study", "run", "scaling", "--plan", "--budget", "soon"])
     assert r.exit_code == 2 and "--budget" in r.output
+
+
+class FakeTuner:
+    """Stands in for revgn_cli.tune: no record until run() is called, then fixed rates per cell."""
+
+    def __init__(self):
+        self.tuned: dict[str, dict[str, float]] = {}
+
+    def rates(self, cell):
+        return self.tuned.get(cell.name)
+
+    def run(self, cell):
+        self.tuned[cell.name] = {"gn": 0.3, "adam": 3e-5}
+        return self.tuned[cell.name]
+
+
+def test_tuned_rates_are_tuned_once_then_trained_and_recorded(tmp_path, monkeypatch):
+    res, csv = tmp_path / "results", tmp_path / "margins.csv"
+    (tmp_path / "d.yaml").write_text(DESIGN.replace("rates: paper", "rates: tuned\ntune: {grid: {gn: [0.1, 0.3], "
+                                                    "adam: [3.0e-5, 1.0e-4]}, seeds: [42], val_size: 1000}"))
+    d = load_design(tmp_path / "d.yaml")
+    tuner = FakeTuner()
+    plan = plan_study(d, [], str(res), budget_s=1e9, tuner=tuner)
+    assert all(c.tuned and c.tune_s > 0 for c in plan.cells)  # not tuned yet: tuning is planned and costed
+    launched = []
+    monkeypatch.setattr(sweep, "launch", lambda ov, force=False, quiet=False, jobs=None: launched.append(ov) or [])
+    run_study(d, plan, [], str(res), csv, tuner=tuner)
+    assert set(tuner.tuned) == {"quick", "wide"}
+    lrs = {o for ov in launched for o in ov if o.startswith("optimizer.lr=")}
+    assert lrs == {"optimizer.lr=0.3", "optimizer.lr=3e-05"}
+    df = read_margins(csv)
+    assert set(df["lr"]) == {"gn=0.3 adam=3e-05"} and set(df["rates"]) == {"tuned"}
+    # a second plan finds the records: no tuning planned
+    assert not any(c.tuned for c in plan_study(d, [], str(res), budget_s=1e9, tuner=tuner).cells)

@@ -376,7 +376,9 @@ def measure_cell(design: Design, cp: CellPlan, results_dir: str) -> pd.DataFrame
     from revgn_cli.train.runner import run_dir_for
 
     ids = sorted({run_id(r.cfg) for r in cp.runs})
-    df = load_runs(results_dir, {"run_id": ids}, statuses=("done", "diverged"))
+    # No results dir yet (nothing trained, e.g. every job failed): the cell is measured as not run.
+    df = (load_runs(results_dir, {"run_id": ids}, statuses=("done", "diverged"))
+          if Path(results_dir).expanduser().is_dir() else pd.DataFrame())
     if not df.empty and "status" in df.columns:
         df = df[df["status"].isin(["done", "diverged"])]
     done = int(df["run_id"].nunique()) if not df.empty else 0
