@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from revgn_cli import sweep
 from revgn_cli.cli import app
 from revgn_cli.stats import judge, trend
-from revgn_cli.studies import scaling
 from revgn_cli.studies.scaling import (
     MARGIN_COLUMNS, CellPlan, RunPlan, fit_budget, load_design, merge_overrides, plan_study, run_study, train_images,
     updates_of,
