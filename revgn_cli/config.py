@@ -73,6 +73,9 @@ class RegimeConfig:
     # Validation images held out of the TRAINING set (never the test set): seeded (VAL_SEED), stratified; the run
     # trains on the rest (full_batch takes its N from the rest) and logs val_loss / val_acc. 0 = no hold-out.
     val_size: int = 0
+    # Training images used (after the hold-out): a seeded, class-stratified subset whose smaller sizes are prefixes of
+    # the larger (revgn_cli.data.split.nested_stratified_order), the test set untouched. None = every image.
+    train_size: Optional[int] = None
 
 
 @dataclass
@@ -209,6 +212,8 @@ def validate(cfg: Config) -> Config:
                 "metrics.ntk_feature_probe_size", "metrics.step_size_dense_epochs"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
+    if cfg.regime.train_size is not None and cfg.regime.train_size < 1:
+        raise ConfigError(f"regime.train_size must be >= 1 or null (every image), got {cfg.regime.train_size}")
     if cfg.model.hidden is not None and cfg.model.hidden < 1:
         raise ConfigError(f"model.hidden must be >= 1 or null, got {cfg.model.hidden}")
     if cfg.metrics.ntk and cfg.metrics.every > 0 and cfg.metrics.probe_size == 0:  # it used to drop the NTK silently
@@ -315,6 +320,9 @@ def run_id(cfg: Config) -> str:
     # valid; solver=eigh gets ids of its own (for damping on a float32 model it changes the step, docs/gn.md).
     if d["optimizer"].get("solver") == "auto":
         d["optimizer"] = {k: v for k, v in d["optimizer"].items() if k != "solver"}
+    # regime.train_size=null (every image, the default) likewise hashes as absent: ids made before it stay valid.
+    if d["regime"].get("train_size") is None:
+        d["regime"] = {k: v for k, v in d["regime"].items() if k != "train_size"}
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

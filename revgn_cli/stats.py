@@ -170,3 +170,32 @@ def diverged_text(counts: Mapping[str, tuple[int, int]]) -> str:
     if not any(k for k, _ in counts.values()):
         return ""
     return "; ".join(f"{lab} {k} of {n} diverged" for lab, (k, n) in counts.items())
+
+
+@dataclass(frozen=True)
+class Trend:
+    """An OLS slope of y on x with its 95 % t half-width (n − 2 degrees of freedom); NaN where undefined."""
+
+    slope: float
+    half: float
+    intercept: float
+    n: int
+
+    def describe(self, fmt=lambda v: f"{v:+.3g}") -> str:
+        if self.n == 0 or not math.isfinite(self.slope):
+            return "—"
+        return fmt(self.slope) if not math.isfinite(self.half) else f"{fmt(self.slope)} ± {self.half:.2g}"
+
+
+def trend(x: Iterable[float], y: Iterable[float], level: float = LEVEL) -> Trend:
+    """Slope of y on x (``scipy.stats.linregress``) over the pairs where both are finite, with the t-interval
+    slope ± t_{(1+level)/2, n−2}·SE. Needs ≥ 2 distinct x for a slope and ≥ 3 pairs for an interval."""
+    xv, yv = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
+    ok = np.isfinite(xv) & np.isfinite(yv)
+    xv, yv = xv[ok], yv[ok]
+    n = int(xv.size)
+    if n < 2 or np.unique(xv).size < 2:
+        return Trend(math.nan, math.nan, math.nan, n)
+    fit = _st.linregress(xv, yv)
+    half = float(_st.t.ppf(0.5 + level / 2, n - 2) * fit.stderr) if n > 2 else math.nan
+    return Trend(float(fit.slope), half, float(fit.intercept), n)

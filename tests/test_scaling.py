@@ -1,73 +1,232 @@
-"""The scale ladder (`revgn study run scaling`): rungs from conf/study, training only what is missing, per-seed
-margins into ladder.parquet, the verdict per rung and the figure — on synthetic runs (no training)."""
+"""The scale study (`revgn study run scaling` / `revgn study report scaling`): the declared design, the plan and its
+budget, training only what is missing, the margins CSV, the trend and the report — on synthetic runs (no training)."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as st
 from typer.testing import CliRunner
 
 from revgn_cli import sweep
 from revgn_cli.cli import app
-from revgn_cli.studies import scaling
-from revgn_cli.studies.scaling import CLAIM_IDS, Ladder, ladder_path, ladder_table, load_ladder, read_ladder
+from revgn_cli.stats import judge, trend
+from revgn_cli.studies.scaling import (
+    MARGIN_COLUMNS, CellPlan, RunPlan, fit_budget, load_design, merge_overrides, plan_study, run_study, train_images,
+    updates_of,
+)
+from revgn_cli.studies.scaling_report import axis_trends, cell_verdicts, read_margins
 from test_figures import write_preset
 
 runner = CliRunner()
 
 
-def test_the_declared_ladder():
-    lad = load_ladder("quick")
-    rungs = lad.rungs()
-    assert [(r.axis, r.value) for r in rungs[:3]] == [("length", 1.0), ("batch", 1024.0), ("hidden", 2048.0)]
-    assert {(r.axis, r.value) for r in rungs} == {("length", v) for v in (1, 4, 16)} | {
-        ("hidden", v) for v in (1024, 2048, 4096, 8000)} | {("batch", v) for v in (256, 1024)}
-    # the x1 rungs of every axis are the quick setting itself: the same runs, trained once
-    quick = [r for r in rungs if (r.axis, r.value) in {("length", 1.0), ("hidden", 1024.0), ("batch", 256.0)}]
-    assert len(quick) == 3 and all(r.overrides == () for r in quick)
-    jobs = sweep.expand(lad.overrides(lad.rung("length", 16)))
-    assert len(jobs) == 6 and {j.cfg.train.epochs for j in jobs} == {192}
-    assert {(j.cfg.optimizer.name, j.cfg.seed) for j in jobs} == {(o, s) for o in ("gn", "adam") for s in (42, 43, 44)}
-    assert lad.axes["hidden"]["paper"] == 8000
-    from revgn_cli.config import ConfigError
+def test_the_declared_design_expands_to_the_expected_cells():
+    d = load_design()
+    assert set(d.cells) == {"quick", "paper", "paper_h1024", "paper_e12", "paper_b256_epochs", "paper_b256_updates",
+                            "paper_n1024", "paper_n2048"}
+    assert d.order[:2] == ("quick", "paper") and d.methods == ("gn", "adam") and d.min_seeds >= 5
+    assert all(c.seeds >= 5 for c in d.cells.values())
+    # leave-one-axis-out: every axis holds the paper corner and cells that differ from it on that axis only
+    for a in d.axes.values():
+        assert d.axes[a.name].cells[a.paper] == "paper"
+    cfg = {}
+    for name, cell in d.cells.items():
+        cfg[name] = sweep.expand(d.run_overrides(cell, "gn", [42], None))[0].cfg
+    p = cfg["paper"]
+    assert (p.model.hidden, p.regime.batch_size, p.train.epochs, train_images(p), updates_of(p)) == (
+        8000, 1024, 100, 4000, 400)
+    q = cfg["quick"]
+    assert (q.model.hidden, q.regime.batch_size, q.train.epochs, updates_of(q)) == (1024, 256, 12, 192)
+    assert cfg["paper_h1024"].model.hidden == 1024 and updates_of(cfg["paper_h1024"]) == 400
+    assert updates_of(cfg["paper_e12"]) == 48
+    # batch at a fixed number of epochs and at a fixed number of updates
+    assert (cfg["paper_b256_epochs"].train.epochs, updates_of(cfg["paper_b256_epochs"])) == (100, 1600)
+    assert (cfg["paper_b256_updates"].regime.batch_size, updates_of(cfg["paper_b256_updates"])) == (256, 400)
+    assert [train_images(cfg[c]) for c in ("paper_n1024", "paper_n2048")] == [1024, 2048]
+    assert [cfg[c].model.hidden for c in ("paper_n1024", "paper_n2048")] == [8000, 8000]
+    assert d.axes_of("paper") == [(a, d.axes[a].paper) for a in d.axes]
+    # each method's tuning overrides name the cell's setting plus the declared grid
+    t = d.tune_overrides(d.cells["paper_n1024"])
+    assert "regime.train_size=1024" in t and "tune.grid.gn=[0.03,0.1,0.3]" in t
 
-    with pytest.raises(ConfigError, match="no scale ladder"):
-        load_ladder("paper")
+
+def test_merge_overrides_later_keys_win_in_place():
+    assert merge_overrides(["a=1", "b=2"], ["a=3", "c=4"]) == ("a=3", "b=2", "c=4")
 
 
-def test_study_run_scaling_trains_missing_rungs_and_writes_the_ladder(tmp_path, monkeypatch):
-    res, out = tmp_path / "results", tmp_path / "figs"
-    lad = Ladder(base=("experiment=minibatch_quick",), grid={"optimizer": ["gn", "adam"], "seed": [42, 43, 44]},
-                 axes={"batch": {"label": "batch", "paper": 1024, "rungs": {256: [], 1024: ["regime.batch_size=1024"]}},
-                       "hidden": {"label": "h", "paper": 8000, "rungs": {1024: [], 2048: ["model.hidden=2048"]}}},
-                 order=(("batch", 256.0), ("batch", 1024.0), ("hidden", 2048.0)))
-    write_preset(res, "minibatch_quick")  # quick setting: paper-like in every seed
-    write_preset(res, "minibatch_quick", flip=True, overrides=("regime.batch_size=1024",))  # every seed disagrees
+DESIGN = """
+base: [experiment=scaling_quick]
+methods: [gn, adam]
+seeds: [42, 43, 44, 45, 46, 47]
+min_seeds: 5
+rates: paper
+claims: [fig2.test_loss, fig4.cka_last]
+cells:
+  quick: {overrides: [], seeds: 5}
+  wide: {overrides: [model.hidden=2048], seeds: 6}
+axes:
+  width: {label: width, quick: 1024, paper: 2048, cells: {1024: quick, 2048: wide}}
+order: [quick, wide]
+cost:
+  update_fixed_s: {gn: 0.15, adam: 0.06}
+  update_scaled_s: {gn: 0.75, adam: 0.31}
+  eval_s: 1.0
+  eval_floor_s: 0.1
+  diag_s: 10.0
+  diag_floor_s: 1.0
+  run_overhead_s: 5.0
+"""
+
+
+def test_only_missing_runs_are_launched_and_the_csv_is_written_per_cell(tmp_path, monkeypatch):
+    res, csv = tmp_path / "results", tmp_path / "margins.csv"
+    (tmp_path / "d.yaml").write_text(DESIGN)
+    d = load_design(tmp_path / "d.yaml")
+    write_preset(res, "scaling_quick", overrides=("seed=42,43,44,45,46",))  # the quick cell: every run finished
+    write_preset(res, "scaling_quick", overrides=("seed=42", "model.hidden=2048"))  # wide: one seed per method
+    plan = plan_study(d, [], str(res), budget_s=1e9)
+    assert [len(c.todo()) for c in plan.cells] == [0, 10]
     launched = []
-    monkeypatch.setattr(scaling, "load_ladder", lambda scale: lad)
     monkeypatch.setattr(sweep, "launch", lambda ov, force=False, quiet=False, jobs=None: launched.append(ov) or [])
-    r = runner.invoke(app, ["--quiet", "study", "run", "scaling", "scale=quick", "--results", str(res), "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    # only the rung with missing runs (h = 2048) is launched, with the joblib launcher by default
-    assert len(launched) == 1 and "model.hidden=2048" in launched[0] and "hydra/launcher=joblib" in launched[0]
-    df, meta = read_ladder(ladder_path(res))
-    assert meta["hidden"] == {"label": "h", "paper": 8000}
-    assert set(df["claim"]) == set(CLAIM_IDS)
-    t = ladder_table(df).set_index(["claim", "axis", "value"])
-    assert t.loc[("fig2.test_loss", "batch", 256.0), "verdict"] == "PASS"
-    assert t.loc[("fig2.test_loss", "batch", 1024.0), "verdict"] == "FAIL"
-    assert t.loc[("fig2.test_loss", "hidden", 2048.0), "verdict"] == "MISSING"
-    assert t.loc[("fig4.ntk_lazy", "batch", 256.0), "n"] == 3
-    # margins are the claims' own per-seed margins (paired by seed)
-    base = df[(df["axis"] == "batch") & (df["value"] == 256.0) & (df["claim"] == "fig2.test_loss")]
-    assert sorted(base["seed"]) == [42, 43, 44] and (base["margin"] > 0).all()
-    assert (out / "scaling.png").exists() and "not run" not in r.output
-    assert "fig2.test_loss" in r.output and "PASS" in r.output and "FAIL" in r.output
-    # the figure: one row per claim, one column per axis; a point per rung with finished runs
-    from revgn_cli.figures.registry import render
+    assert run_study(d, plan, [], str(res), csv) == 0
+    assert len(launched) == 2  # wide only, one multirun per method, without the finished seed 42
+    assert all("seed=43,44,45,46,47" in ov and "model.hidden=2048" in ov for ov in launched)
+    assert {o for ov in launched for o in ov if o.startswith("optimizer=")} == {"optimizer=gn", "optimizer=adam"}
+    df = read_margins(csv)
+    assert list(df.columns) == list(MARGIN_COLUMNS)
+    q = df[df.cell == "quick"]
+    assert set(q.claim) == {"fig2.test_loss", "fig4.cka_last"} and sorted(set(q.seed)) == [42, 43, 44, 45, 46]
+    assert (q.runs_done == 10).all() and (q.runs_expected == 10).all() and (q["axes"] == "width=1024").all()
+    w = df[df.cell == "wide"]
+    assert (w.runs_done == 2).all() and (w.runs_expected == 12).all() and set(w.seed) == {42}
+    # rerunning measures again and replaces the cells' rows rather than appending
+    run_study(d, plan_study(d, [], str(res), budget_s=1e9), [], str(res), csv)
+    assert len(read_margins(csv)) == len(df)
 
-    fig = render("scaling", res, None, "quick").figure
-    assert len(fig.axes) == len(CLAIM_IDS) * 2
-    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
-    assert texts.count("not run") == len(CLAIM_IDS)  # h = 2048 in every claim's row
+
+def _cell(name: str, seeds: int, per_run_s: float, done: int = 0) -> CellPlan:
+    from revgn_cli.studies.scaling import Cell
+
+    runs = [RunPlan(m, s, None, i < done, per_run_s) for m in ("gn", "adam") for i, s in enumerate(range(42, 52))]
+    return CellPlan(Cell(name, (), seeds), seeds, None, False, 0.0, runs)
+
+
+def test_the_budget_cuts_seeds_before_cells():
+    cells = [_cell("a", 10, 60.0), _cell("b", 10, 60.0)]  # 2 × 20 runs × 1 min
+    cut = fit_budget(cells, budget_s=25 * 60, min_seeds=5)  # both at 5 seeds: 20 min, fits
+    assert [c.seeds for c in cells] == [5, 5] and cut == ["b: 10 → 5 seeds", "a: 10 → 5 seeds"]
+    cells = [_cell("a", 10, 60.0), _cell("b", 10, 60.0)]
+    cut = fit_budget(cells, budget_s=12 * 60, min_seeds=5)  # even 5 seeds each overruns: the last cell goes
+    assert [c.cell.name for c in cells] == ["a"] and cells[0].seeds == 5 and cut[-1].startswith("b: not run")
+    cells = [_cell("a", 10, 60.0, done=10)]  # finished runs cost nothing: nothing to cut
+    assert fit_budget(cells, budget_s=1.0, min_seeds=5) == [] and cells[0].seeds == 10
+
+
+def test_trend_matches_a_hand_computation():
+    x = np.log2([1024, 1024, 2048, 2048, 4000, 4000])
+    y = np.array([0.10, 0.14, 0.05, 0.09, -0.02, 0.03])
+    t = trend(x, y)
+    xm, ym = x.mean(), y.mean()
+    sxx = ((x - xm) ** 2).sum()
+    slope = ((x - xm) * (y - ym)).sum() / sxx
+    resid = y - (ym + slope * (x - xm))
+    se = math.sqrt((resid ** 2).sum() / (len(x) - 2) / sxx)
+    assert t.slope == pytest.approx(slope, rel=1e-12) and t.intercept == pytest.approx(ym - slope * xm)
+    assert t.half == pytest.approx(st.t.ppf(0.975, 4) * se, rel=1e-12) and t.n == 6
+    # non-finite pairs are left out; one x value has no slope
+    assert trend([0, 1, 2, 3], [0.0, 1.0, 2.0, math.inf]).n == 3
+    assert math.isnan(trend([1, 1, 1], [0.0, 1.0, 2.0]).slope)
+
+
+def _csv_rows() -> pd.DataFrame:
+    rng = np.random.RandomState(0)
+    rows = []
+    cells = {"quick": ("", 1024), "paper": ("width=8000 train_images=4000", None),
+             "paper_h1024": ("width=1024", None), "paper_n1024": ("train_images=1024", None)}
+    shift = {"quick": 0.0, "paper": 0.3, "paper_h1024": 0.1, "paper_n1024": -0.3}
+    for cell, (axes, _) in cells.items():
+        for claim, sesoi in (("fig2.test_loss", 0.01), ("fig4.cka_last", 0.01)):
+            for s in range(42, 47):
+                rows.append({"cell": cell, "axes": axes, "claim": claim, "seed": s,
+                             "margin": shift[cell] + 0.001 * rng.randn(), "sesoi": sesoi, "rates": "tuned",
+                             "lr": "gn=0.1 adam=0.0001", "runs_done": 10, "runs_expected": 10, "cell_wall_s": 600.0,
+                             "hidden": 8000, "batch": 1024, "epochs": 100, "updates": 400, "train_images": 4000})
+    return pd.DataFrame(rows, columns=list(MARGIN_COLUMNS))
+
+
+def test_report_redraws_table_and_figure_from_the_csv_alone(tmp_path):
+    csv = tmp_path / "m.csv"
+    df = _csv_rows()
+    df.to_csv(csv, index=False)
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- scaling:begin -->\nold\n<!-- scaling:end -->\nafter\n")
+    r = runner.invoke(app, ["study", "report", "scaling", "--from", str(csv), "--out", str(tmp_path / "img"),
+                            "--doc", str(doc)])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "img" / "scaling.png").stat().st_size > 0
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    v = cell_verdicts(read_margins(csv)).set_index(["cell", "claim"])
+    assert v.loc[("paper", "fig2.test_loss"), "verdict"] == "HOLDS"
+    assert v.loc[("paper_n1024", "fig2.test_loss"), "verdict"] == "REVERSED"
+    assert v.loc[("quick", "fig2.test_loss"), "verdict"] == "NEGLIGIBLE"
+    m = df[(df.cell == "paper") & (df.claim == "fig2.test_loss")].margin
+    assert v.loc[("paper", "fig2.test_loss"), "mean"] == pytest.approx(judge(m, 0.01).mean)
+    # the trend per axis: the per-seed margins of its cells on log2(value), as computed by hand
+    t = axis_trends(read_margins(csv)).set_index(["axis", "claim"])
+    sel = df[df.claim == "fig2.test_loss"]
+    x = np.r_[np.full(5, math.log2(4000)), np.full(5, math.log2(1024))]
+    y = np.r_[sel[sel.cell == "paper"].margin, sel[sel.cell == "paper_n1024"].margin]
+    assert t.loc[("train_images", "fig2.test_loss"), "slope"] == pytest.approx(trend(x, y).slope)
+    assert f"{trend(x, y).slope:+.3g}" in text and "**HOLDS**" in text
+    # a file that is not a margins CSV: one line, exit 2
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    r = runner.invoke(app, ["study", "report", "scaling", "--from", str(tmp_path / "bad.csv"), "--out",
+                            str(tmp_path / "img")])
+    assert r.exit_code == 2 and "not a scale-study margins file" in r.output
+
+
+def test_plan_prints_cells_runs_and_estimate(tmp_path):
+    r = runner.invoke(app, ["study", "run", "scaling", "--plan", "--budget", "1000h", "--results",
+                            str(tmp_path / "res"), "--margins", str(tmp_path / "m.csv")])
+    assert r.exit_code == 0, r.output
+    assert "paper_n1024" in r.output and "total ~" in r.output and not (tmp_path / "m.csv").exists()
+    r = runner.invoke(app, ["study", "run", "scaling", "--plan", "--budget", "soon"])
+    assert r.exit_code == 2 and "--budget" in r.output
+
+
+class FakeTuner:
+    """Stands in for revgn_cli.tune: no record until run() is called, then fixed rates per cell."""
+
+    def __init__(self):
+        self.tuned: dict[str, dict[str, float]] = {}
+
+    def rates(self, cell):
+        return self.tuned.get(cell.name)
+
+    def run(self, cell):
+        self.tuned[cell.name] = {"gn": 0.3, "adam": 3e-5}
+        return self.tuned[cell.name]
+
+
+def test_tuned_rates_are_tuned_once_then_trained_and_recorded(tmp_path, monkeypatch):
+    res, csv = tmp_path / "results", tmp_path / "margins.csv"
+    (tmp_path / "d.yaml").write_text(DESIGN.replace("rates: paper", "rates: tuned\ntune: {grid: {gn: [0.1, 0.3], "
+                                                    "adam: [3.0e-5, 1.0e-4]}, seeds: [42], val_size: 1000}"))
+    d = load_design(tmp_path / "d.yaml")
+    tuner = FakeTuner()
+    plan = plan_study(d, [], str(res), budget_s=1e9, tuner=tuner)
+    assert all(c.tuned and c.tune_s > 0 for c in plan.cells)  # not tuned yet: tuning is planned and costed
+    launched = []
+    monkeypatch.setattr(sweep, "launch", lambda ov, force=False, quiet=False, jobs=None: launched.append(ov) or [])
+    run_study(d, plan, [], str(res), csv, tuner=tuner)
+    assert set(tuner.tuned) == {"quick", "wide"}
+    lrs = {o for ov in launched for o in ov if o.startswith("optimizer.lr=")}
+    assert lrs == {"optimizer.lr=0.3", "optimizer.lr=3e-05"}
+    df = read_margins(csv)
+    assert set(df["lr"]) == {"gn=0.3 adam=3e-05"} and set(df["rates"]) == {"tuned"}
+    # a second plan finds the records: no tuning planned
+    assert not any(c.tuned for c in plan_study(d, [], str(res), budget_s=1e9, tuner=tuner).cells)

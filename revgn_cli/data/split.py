@@ -44,3 +44,23 @@ def split_dataset(name: str, x: np.ndarray, y: np.ndarray, n_test: int, seed: in
     normalise = fit_normaliser(x[tr])
     return Dataset(name=name, x_train=normalise(x[tr]), y_train=torch.from_numpy(y[tr].astype(np.int64)),
                    x_test=normalise(x[te]), y_test=torch.from_numpy(y[te].astype(np.int64)), n_classes=10)
+
+
+def nested_stratified_order(y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """An order of all indices of ``y`` whose every prefix is a stratified sample: the first n indices hold each
+    class within ±1 of its proportional share n·n_c/N, and the first n are a subset of the first n' > n.
+
+    Each class is shuffled (legacy ``RandomState(seed)``, frozen across numpy versions); its k-th member gets the
+    key (k + ½)/n_c, and all indices are sorted by (key, class) — the order in which a proportional quota of every
+    class fills up. So ``regime.train_size`` = 1,000 / 2,000 / 4,000 train on nested sets of images.
+    """
+    y = np.asarray(y)
+    rng = np.random.RandomState(seed)
+    idx, keys, cls = [], [], []
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        idx.append(members)
+        keys.append((np.arange(members.size) + 0.5) / members.size)
+        cls.append(np.full(members.size, c))
+    idx, keys, cls = np.concatenate(idx), np.concatenate(keys), np.concatenate(cls)
+    return idx[np.lexsort((cls, keys))]

@@ -70,6 +70,9 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         for name, spec in study_figures().items():
             t.add_row(name, spec.title, ", ".join(spec.presets_for("quick")), ", ".join(spec.presets_for("paper")),
                       f"revgn study run {name} scale=quick")
+        t.add_row("scaling", "Scale study: GN vs Adam at the quick and the paper's corner, one axis at a time, tuned "
+                  "rates per cell (design: conf/study/scaling.yaml)", "scaling_quick", "(cells of the design)",
+                  "revgn study run scaling")
         out.print(t)
 
     @study.command("spawn", context_settings=EXTRA)
@@ -121,15 +124,29 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
     @study.command("run", context_settings=EXTRA)
     @guarded
     def run(name: str = typer.Argument(..., help="linearisation_phase | data_dependent_ntk | barrier | kernel_dynamics | "
-                                            "scaling"),
+                                            "gn_family | scaling"),
             args: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper, then Hydra overrides"),
             results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
             out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where <name>.png / .pdf go."),
-            force: bool = typer.Option(False, "--force", help="Retrain finished runs too.")) -> None:
+            force: bool = typer.Option(False, "--force", help="Retrain finished runs too (not for scaling)."),
+            budget: str = typer.Option("4h", "--budget", help="scaling: wall-time budget (e.g. 4h, 90m, 3600s); "
+                                       "over it, cells lose seeds (not below the design's min_seeds), then cells."),
+            margins: Path = typer.Option(Path("docs/data/scaling_margins.csv"), "--margins",
+                                         help="scaling: the per-seed margins CSV it rewrites after each cell."),
+            cost_factor: float = typer.Option(1.0, "--cost-factor", help="scaling: multiply the cost model's "
+                                              "estimate (it is calibrated on a quiet 2-core CPU)."),
+            plan_only: bool = typer.Option(False, "--plan", help="scaling: print the plan and its estimate, train "
+                                           "nothing.")) -> None:
         """Train a study's runs at a scale (finished runs are skipped), render its figure and print its numbers.
 
         Example: [bold]revgn study run linearisation_phase scale=quick --results /tmp/res[/]
+
+        [bold]revgn study run scaling[/] follows conf/study/scaling.yaml (scale= is not used): it prints the planned
+        cells, runs and estimated wall time, then per cell tunes the rates, trains the missing runs and rewrites the
+        margins CSV; the table and figure come from `revgn study report scaling --from <csv>`.
         """
+        if name == "scaling":
+            return run_scaling(args, results, out_dir, budget, margins, cost_factor, plan_only)
         from revgn_cli import sweep as sw
         from revgn_cli.config import ConfigError
         from revgn_cli.figures.commands import split_args
@@ -141,18 +158,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         sc, ov, res = split_args(args, None, results)
         t0 = time.time()
         presets = specs[name].presets_for(sc)
-        if name == "scaling":
-            from revgn_cli.studies.scaling import load_ladder, measure, train_ladder, write_ladder
-
-            ladder = load_ladder(sc)
-            failed = train_ladder(ladder, ov, res, force=force, quiet=bool(state.get("quiet")),
-                                  log=lambda s: out.print(s, highlight=False, soft_wrap=True))
-            path = write_ladder(measure(ladder, ov, res), res, ladder)
-            out.print(f"ladder → {path}", highlight=False)
-            if failed:
-                raise typer.Exit(1)
-            ov = [o for o in ov if not o.startswith(("hydra/", "hydra."))]
-        elif name == "barrier":
+        if name == "barrier":
             from revgn_cli.studies.spawn import run_spawn_study
 
             run_spawn_study([f"experiment={presets[0]}", *ov, f"results_dir={res}"], force=force,
@@ -169,3 +175,69 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                 raise typer.Exit(1)
         render_and_summarise(name, res, out_dir, sc, ov)
         out.print(f"study {name} ({sc}): {time.time() - t0:.0f} s", highlight=False)
+
+    def say(s: str) -> None:
+        out.print(s, highlight=False, soft_wrap=True)
+
+    def run_scaling(args: Optional[list[str]], results: Optional[Path], out_dir: Path, budget: str, margins: Path,
+                    cost_factor: float, plan_only: bool) -> None:
+        from revgn_cli.figures.commands import split_args
+        from revgn_cli.studies import scaling as sc
+        from revgn_cli.studies.scaling_report import report
+
+        _, ov, res = split_args(args, None, results)
+        design = sc.load_design()
+        tuner = sc.RevgnTuner(design, res) if design.rates == "tuned" else None
+        plan = sc.plan_study(design, ov, res, budget_s=parse_duration(budget), factor=cost_factor, tuner=tuner)
+        say(f"scale study ({design.rates} rates, results {res}, margins {margins}):")
+        for line in sc.describe_plan(plan):
+            say(line)
+        if plan_only:
+            return
+        if tuner is not None and any(c.tuned for c in plan.cells):
+            tuner._api()  # no tuner in this build: say so before anything trains
+        t0 = time.time()
+        failed = sc.run_study(design, plan, ov, res, margins, tuner=tuner, quiet=bool(state.get("quiet")), log=say)
+        if margins.exists():
+            table, paths = report(margins, out_dir)
+            out.print(table, highlight=False, soft_wrap=True)
+            say(f"figure: {' '.join(map(str, paths))}")
+        say(f"study scaling: {time.time() - t0:.0f} s")
+        if failed:
+            raise typer.Exit(1)
+
+    @study.command("report")
+    @guarded
+    def report_cmd(name: str = typer.Argument(..., help="scaling"),
+                   source: Path = typer.Option(Path("docs/data/scaling_margins.csv"), "--from",
+                                               help="The margins CSV `revgn study run scaling` wrote."),
+                   out_dir: Path = typer.Option(Path("docs/img"), "--out", help="Where scaling.png / .pdf go."),
+                   doc: Optional[Path] = typer.Option(None, "--doc", help="Also write the table into this markdown "
+                                                      "file's <!-- scaling:begin/end --> block.")) -> None:
+        """Redraw a study's table and figure from its saved numbers, without training.
+
+        Example: [bold]revgn study report scaling --from docs/data/scaling_margins.csv --out docs/img --doc docs/studies.md[/]
+        """
+        from revgn_cli.config import ConfigError
+        from revgn_cli.studies.scaling_report import report
+
+        if name != "scaling":
+            raise ConfigError(f"`revgn study report` knows the scaling study only, not {name!r}")
+        table, paths = report(source, out_dir, doc)
+        out.print(table, highlight=False, soft_wrap=True)
+        say(f"figure: {' '.join(map(str, paths))}" + (f"; table → {doc}" if doc else ""))
+
+
+def parse_duration(text: str) -> float:
+    """"4h", "90m", "3600s" or "3600" → seconds."""
+    from revgn_cli.config import ConfigError
+
+    t = text.strip().lower()
+    unit = {"h": 3600.0, "m": 60.0, "s": 1.0}.get(t[-1:], None)
+    try:
+        v = float(t[:-1] if unit else t) * (unit or 1.0)
+    except ValueError:
+        raise ConfigError(f"--budget {text!r}: give a duration like 4h, 90m or 3600s") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise ConfigError(f"--budget {text!r} must be a positive duration")
+    return v

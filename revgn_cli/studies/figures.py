@@ -32,7 +32,7 @@ from revgn_cli.figures.style import (
     OPT_COLOURS, OPT_LABELS, finish, label_axes, legend, new_figure, order_optimizers, sequential_colours, style,
 )
 
-STUDY_NAMES = ("linearisation_phase", "data_dependent_ntk", "barrier", "kernel_dynamics", "scaling", "gn_family")
+STUDY_NAMES = ("linearisation_phase", "data_dependent_ntk", "barrier", "kernel_dynamics", "gn_family")
 INF = math.inf
 
 
@@ -442,14 +442,6 @@ def _specs() -> dict[str, object]:
             {"quick": ("minibatch_quick",), "paper": ("minibatch_paper_mnist", "minibatch_paper_cifar")},
             plot_kernel_dynamics),
         FigureSpec(
-            "scaling", "Scale ladder: each claim's margin as one axis moves toward the paper's setting",
-            "From the quick mini-batch setting (mnist5k, h = 1024, batch 256, 192 updates), one axis at a time: "
-            "training length, width h, batch size. Per main-text mini-batch claim (rows), its margin (> 0: the "
-            "paper's side; mean ± 95 % t-interval over seeds 42–44; green PASS, red FAIL, orange INCONCLUSIVE) vs "
-            "the axis; dotted: the paper's value. Reads results/scaling/ladder.parquet (`revgn study run scaling`).",
-            {"quick": ("minibatch_quick",), "paper": ("minibatch_quick",)},
-            _plot_scaling),
-        FigureSpec(
             "gn_family", "Exact GN vs damped, inexact GN (GGN-CG, K-FAC) vs Adam/SGD",
             "Is poor generalisation a property of exact GN or of Gauss-Newton methods? Exact GN (truncated pinv), "
             "GGN-CG (conjugate gradient on GGN mat-vecs, at most cg_iters iterations) at two dampings λ, K-FAC, Adam and "
@@ -458,12 +450,6 @@ def _specs() -> dict[str, object]:
             {"quick": ("gn_family_quick", "gn_family_cg_quick"), "paper": ("gn_family_paper", "gn_family_cg_paper")},
             plot_gn_family),
     ]}
-
-
-def _plot_scaling(df: pd.DataFrame, ctx: PlotContext) -> Figure:
-    from revgn_cli.studies.scaling import plot_scaling
-
-    return plot_scaling(df, ctx)
 
 
 _CACHE: dict[str, object] = {}
@@ -525,10 +511,6 @@ def summary(name: str, df: pd.DataFrame) -> pd.DataFrame:
                          "ntk_velocity_last": float(v.iloc[-1]) if len(v) else math.nan,
                          "test_acc_end": float(g["test_acc"].dropna().iloc[-1]) if g["test_acc"].notna().any() else math.nan})
         return pd.DataFrame(rows)
-    if name == "scaling":
-        from revgn_cli.studies.scaling import summary_table
-
-        return summary_table(df)
     if name == "gn_family":
         return gn_family_table(df)
     raise KeyError(name)

@@ -1,269 +1,467 @@
-"""The scale ladder (``revgn study run scaling scale=quick``): how each mini-batch main-text claim's margin moves
-as the quick setting is moved toward the paper's, one axis at a time (issue 12).
+"""The scale study (``revgn study run scaling``): GN vs Adam at the quick and the paper's corner, one axis at a time
+set back from the paper's corner, and a data-size axis — every cell with its own tuned rates.
 
-The ladder is declared in ``conf/study/scaling_<scale>.yaml`` (not a Hydra group: the study reads it): the base
-overrides (``experiment=minibatch_quick``), the grid every rung runs (GN and Adam × seeds 42, 43, 44), and per axis
-(training length, width h, batch size) its rungs as override lists and the paper's value. Rungs train in the
-declared ``order`` (cheapest first) through the sweep machinery (Hydra multirun; the joblib launcher with
-``hydra.launcher.n_jobs=2`` unless the caller picks another), so finished runs are skipped and a rerun resumes.
+The design lives in ``conf/study/scaling.yaml`` (not in code): the base preset, the methods, the seeds, the cells
+(override lists; a cell may start ``from`` another), the axes (value → cell) and the training order, plus the cost
+model of the plan's wall-time estimate. This module
 
-``measure`` turns the finished runs of every rung into one row per (axis, value, claim, seed) with the claim's
-margin (``revgn_cli.figures.claims``: > 0 is the paper's side), written to ``<results>/scaling/ladder.parquet``;
-``ladder_table`` reduces it to mean ± 95 % t-interval and verdict per (claim, axis, value).
+* expands the design into cells and their run overrides (``load_design``, ``Design.run_overrides``);
+* plans the work: which runs are missing, their estimated wall time, and — when that overruns ``--budget`` — fewer
+  seeds (never below ``min_seeds``) before fewer cells (``plan_study``);
+* runs it cell by cell: tune the rates (``revgn_cli.tune`` through ``Tuner``), train the missing runs (the sweep
+  machinery; finished runs are skipped), measure every claim's per-seed margin (``revgn_cli.figures.claims``) and
+  rewrite the margins CSV after each cell (``run_study``), so an interrupted study keeps what finished.
+
+``revgn_cli.studies.scaling_report`` turns the CSV alone into the table, the trends and the figure.
 """
 from __future__ import annotations
 
+import functools
 import io
-import json
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import pandas as pd
 
-from revgn_cli.config import ConfigError, conf_dir
+from revgn_cli.config import Config, ConfigError, conf_dir
 
-LADDER_DIR, LADDER_FILE = "scaling", "ladder.parquet"
-# The claims the ladder tracks: the main-text claims measured on mini-batch runs (fig1 is full batch).
-CLAIM_IDS = ("fig2.test_loss", "fig2.test_acc", "fig2.train_saturates", "fig2.fast_start", "fig3.batch_drop_early",
-             "fig3.batch_drop_late", "fig4.ntk_lazy", "fig4.ntk_lazy_logit", "fig4.cka_last")
-LADDER_COLUMNS = ("axis", "value", "claim", "seed", "margin", "runs_done", "runs_expected", "wall_s")
+DESIGN_FILE = "scaling.yaml"
+DEFAULT_MARGINS = Path("docs/data/scaling_margins.csv")
 DEFAULT_LAUNCHER = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
-
-
-@dataclass(frozen=True)
-class Rung:
-    axis: str
-    value: float
-    overrides: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Ladder:
-    base: tuple[str, ...]
-    grid: dict[str, list[Any]]
-    axes: dict[str, dict[str, Any]]  # axis → {label, paper, rungs: {value: [overrides]}}
-    order: tuple[tuple[str, float], ...]
-
-    def rung(self, axis: str, value: float) -> Rung:
-        rungs = self.axes[axis]["rungs"]
-        key = next((k for k in rungs if float(k) == float(value)), None)
-        if key is None:
-            raise ConfigError(f"scaling ladder: axis {axis!r} has no rung {value:g}")
-        return Rung(axis, float(value), tuple(str(o) for o in rungs[key] or ()))
-
-    def rungs(self) -> list[Rung]:
-        """Every rung, in training order (the declared ``order``, then any rung it leaves out)."""
-        seen, out = set(), []
-        listed = [(a, float(v)) for a, v in self.order]
-        rest = [(a, float(v)) for a, ax in self.axes.items() for v in ax["rungs"]]
-        for a, v in listed + rest:
-            if (a, v) not in seen:
-                seen.add((a, v))
-                out.append(self.rung(a, v))
-        return out
-
-    def overrides(self, rung: Rung) -> list[str]:
-        grid = [f"{k}={','.join(str(v) for v in vals)}" for k, vals in self.grid.items()]
-        return [*self.base, *grid, *rung.overrides]
-
-
-def load_ladder(scale: str) -> Ladder:
-    """The ladder declared in conf/study/scaling_<scale>.yaml."""
-    from omegaconf import OmegaConf
-
-    path = conf_dir() / "study" / f"scaling_{scale}.yaml"
-    if not path.exists():
-        have = sorted(p.stem.split("_", 1)[1] for p in (conf_dir() / "study").glob("scaling_*.yaml"))
-        raise ConfigError(f"no scale ladder for scale={scale} (have: {', '.join(have)}); the ladder starts at quick "
-                          "scale and moves toward the paper's")
-    d = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return Ladder(tuple(d["base"]), dict(d["grid"]), dict(d["axes"]),
-                  tuple((str(a), float(v)) for a, v in d.get("order", [])))
-
+# One row per (cell, claim, seed); a cell with no measured seed for a claim has one row with seed −1, margin NaN.
+MARGIN_COLUMNS = ("cell", "axes", "claim", "seed", "margin", "sesoi", "rates", "lr", "runs_done", "runs_expected",
+                  "cell_wall_s", "hidden", "batch", "epochs", "updates", "train_images")
 
 Log = Callable[[str], None]
 
 
-def train_ladder(ladder: Ladder, extra: list[str], results_dir: str, *, force: bool = False, quiet: bool = False,
-                 log: Log | None = None) -> int:
-    """Train every rung's missing runs in order; returns the number of failed jobs. ``extra`` = the caller's
-    overrides (a ``hydra/launcher=...`` there replaces the default joblib launcher)."""
-    from revgn_cli import sweep as sw
-
-    log = log or (lambda s: None)
-    launcher = [] if any(o.startswith(("hydra/launcher", "hydra.launcher")) for o in extra) else list(DEFAULT_LAUNCHER)
-    failed = 0
-    for r in ladder.rungs():
-        ov = [*ladder.overrides(r), *extra, *launcher, f"results_dir={results_dir}"]
-        jobs = sw.expand(ov)
-        todo = force or any(_status(results_dir, j.cfg) != "done" for j in jobs)
-        log(f"rung {r.axis} = {r.value:g} ({' '.join(r.overrides) or 'the quick setting'}): "
-            f"{'training' if todo else 'all runs done'}")
-        if todo:
-            failed += len(sw.report_failures(sw.launch(ov, force=force, quiet=quiet, jobs=jobs)))
-    return failed
+class TuneUnavailable(ConfigError):
+    """The design asks for tuned rates but this build has no rate tuner."""
 
 
-def _status(results_dir: str, cfg) -> str | None:
+# ---------------------------------------------------------------------------------------------------------------
+# the design
+
+
+def merge_overrides(*lists: Sequence[str]) -> tuple[str, ...]:
+    """Concatenate override lists; a later ``key=value`` replaces an earlier one of the same key (in its place)."""
+    out: dict[str, str] = {}
+    for ov in lists:
+        for o in ov:
+            out[o.split("=", 1)[0]] = o
+    return tuple(out.values())
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    overrides: tuple[str, ...]  # relative to the design's base, `from` chain resolved
+    seeds: int  # how many of the design's seeds the cell runs
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    label: str
+    quick: float
+    paper: float
+    cells: dict[float, str]  # value → cell name
+
+
+@dataclass(frozen=True)
+class Design:
+    base: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    min_seeds: int
+    rates: str  # tuned | paper
+    tune: dict[str, Any]
+    claims: tuple[str, ...]
+    cells: dict[str, Cell]
+    axes: dict[str, Axis]
+    order: tuple[str, ...]
+    cost: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def experiment(self) -> str:
+        """The base preset's name (``experiment=<name>`` in ``base``): the tuner's experiment."""
+        for o in self.base:
+            if o.lstrip("+").startswith("experiment="):
+                return o.split("=", 1)[1]
+        raise ConfigError("conf/study/scaling.yaml: base names no experiment=<preset>")
+
+    def ordered(self) -> list[Cell]:
+        return [self.cells[n] for n in self.order]
+
+    def axes_of(self, cell: str) -> list[tuple[str, float]]:
+        """Every (axis, value) the cell stands at."""
+        return [(a.name, v) for a in self.axes.values() for v, c in a.cells.items() if c == cell]
+
+    def run_overrides(self, cell: Cell, method: str, seeds: Sequence[int], lr: float | None) -> list[str]:
+        """The multirun overrides of one method's seeds in a cell (``lr`` None: the preset's rate)."""
+        ov = [*self.base, *cell.overrides, f"optimizer={method}", f"seed={','.join(str(s) for s in seeds)}"]
+        return ov + ([f"optimizer.lr={lr!r}"] if lr is not None else [])
+
+    def tune_overrides(self, cell: Cell) -> list[str]:
+        """The overrides that define a cell's tuning setting: its own and the design's grid, seeds and hold-out."""
+        t = self.tune
+        grid = [f"tune.grid.{m}=[{','.join(repr(float(v)) for v in t['grid'][m])}]" for m in self.methods]
+        return [*cell.overrides, *grid, f"tune.seeds=[{','.join(str(s) for s in t['seeds'])}]",
+                f"tune.val_size={int(t['val_size'])}"]
+
+
+def load_design(path: Path | None = None) -> Design:
+    """The design declared in conf/study/scaling.yaml (or ``path``), checked for dangling names."""
+    from omegaconf import OmegaConf
+
+    path = path or conf_dir() / "study" / DESIGN_FILE
+    if not path.exists():
+        raise ConfigError(f"no scale-study design at {path}")
+    d = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    raw = dict(d["cells"])
+
+    def resolve(name: str, seen: tuple[str, ...] = ()) -> tuple[str, ...]:
+        if name not in raw:
+            raise ConfigError(f"{path.name}: unknown cell {name!r}" + (f" (from {seen[-1]!r})" if seen else ""))
+        if name in seen:
+            raise ConfigError(f"{path.name}: cell {name!r} starts from itself ({' → '.join(seen + (name,))})")
+        c = raw[name]
+        parent = resolve(c["from"], seen + (name,)) if c.get("from") else ()
+        return merge_overrides(parent, [str(o) for o in c.get("overrides") or ()])
+
+    seeds = tuple(int(s) for s in d["seeds"])
+    min_seeds = int(d.get("min_seeds", 5))
+    cells = {n: Cell(n, resolve(n), int(c.get("seeds", min_seeds))) for n, c in raw.items()}
+    for c in cells.values():
+        if not min_seeds <= c.seeds <= len(seeds):
+            raise ConfigError(f"{path.name}: cell {c.name} runs {c.seeds} seeds, not in [{min_seeds}, {len(seeds)}]")
+    axes = {}
+    for a, ax in d["axes"].items():
+        vals = {float(v): str(c) for v, c in ax["cells"].items()}
+        for c in vals.values():
+            resolve(c)
+        axes[a] = Axis(a, str(ax.get("label", a)), float(ax["quick"]), float(ax["paper"]), vals)
+    order = tuple(str(n) for n in d.get("order") or raw)
+    for n in order:
+        resolve(n)
+    order += tuple(n for n in raw if n not in order)
+    rates = str(d.get("rates", "tuned"))
+    if rates not in ("tuned", "paper"):
+        raise ConfigError(f"{path.name}: rates must be tuned or paper, got {rates!r}")
+    return Design(tuple(d["base"]), tuple(d["methods"]), seeds, min_seeds, rates, dict(d.get("tune") or {}),
+                  tuple(d["claims"]), cells, axes, order, dict(d.get("cost") or {}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cost model and plan
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset_sizes(name: str, root: str | None) -> tuple[int, int]:
+    from revgn_cli.data import load_dataset
+
+    data = load_dataset(name, root)
+    return int(data.x_train.shape[0]), int(data.x_test.shape[0])
+
+
+def train_images(cfg: Config) -> int:
+    """How many images a run trains on (after the hold-out and ``regime.train_size``)."""
+    n_train, _ = _dataset_sizes(cfg.dataset.name, cfg.dataset.root)
+    n = n_train - cfg.regime.val_size
+    n = min(n, cfg.regime.train_size) if cfg.regime.train_size is not None else n
+    return min(n, cfg.regime.n_samples) if cfg.regime.name == "full_batch" else n
+
+
+def updates_of(cfg: Config) -> int:
+    n = train_images(cfg)
+    per_epoch = 1 if cfg.regime.name == "full_batch" else math.ceil(n / cfg.regime.batch_size)
+    return cfg.train.epochs * per_epoch
+
+
+def estimate_run_s(cfg: Config, cost: dict[str, Any], factor: float = 1.0) -> float:
+    """Seconds one run takes under the design's cost model (see conf/study/scaling.yaml's ``cost``)."""
+    name = cfg.optimizer.name
+    if name not in cost["update_fixed_s"]:
+        raise ConfigError(f"the scale study's cost model has no update cost for optimizer {name!r}")
+    h = (cfg.model.hidden or 8000) / 8000
+    b = (cfg.regime.n_samples if cfg.regime.name == "full_batch" else cfg.regime.batch_size) / 1024
+    _, n_test = _dataset_sizes(cfg.dataset.name, cfg.dataset.root)
+    images = (train_images(cfg) + n_test + cfg.regime.val_size) / 5000
+    e, every = cfg.train.epochs, cfg.metrics.every
+    evals = e // cfg.train.eval_every + 1 + (e % cfg.train.eval_every != 0)
+    diags = 0 if every == 0 else e // every + 1 + (e % every != 0)
+    s = (cost["run_overhead_s"]
+         + updates_of(cfg) * (cost["update_fixed_s"][name] + cost["update_scaled_s"][name] * b * h)
+         + evals * (cost["eval_s"] * h * images + cost["eval_floor_s"])
+         + diags * (cost["diag_s"] * h + cost["diag_floor_s"]))
+    return factor * s
+
+
+class Tuner(Protocol):
+    """The rate tuner as the study uses it (``RevgnTuner``: revgn_cli.tune)."""
+
+    def rates(self, cell: Cell) -> dict[str, float] | None:
+        """The chosen rate per method, or None when the cell was not tuned yet."""
+
+    def run(self, cell: Cell) -> dict[str, float]:
+        """Tune the cell (finished tuning runs are skipped) and return its rates."""
+
+
+class RevgnTuner:
+    """``run_tune`` / ``tuned_rates`` of revgn_cli.tune for the design's experiment, per cell."""
+
+    def __init__(self, design: Design, results_dir: str) -> None:
+        self.design, self.results_dir = design, results_dir
+
+    def _api(self):
+        try:
+            from revgn_cli import tune
+        except ImportError as e:
+            raise TuneUnavailable("the scale study's design asks for tuned rates, but this build has no rate tuner "
+                                  "(revgn_cli/tune.py): set `rates: paper` in conf/study/scaling.yaml") from e
+        return tune
+
+    def available(self) -> bool:
+        try:
+            self._api()
+        except TuneUnavailable:
+            return False
+        return True
+
+    def rates(self, cell: Cell) -> dict[str, float] | None:
+        if not self.available():  # the plan still prints; tuning then says what is missing
+            return None
+        tune = self._api()
+        try:
+            r = tune.tuned_rates(self.results_dir, self.design.experiment, self.design.tune_overrides(cell))
+        except tune.TuneMissing:
+            return None
+        return {m: float(r[m]) for m in self.design.methods}
+
+    def run(self, cell: Cell) -> dict[str, float]:
+        self._api().run_tune(self.design.experiment, self.design.tune_overrides(cell), self.results_dir)
+        rates = self.rates(cell)
+        if rates is None:
+            raise ConfigError(f"tuning cell {cell.name} left no tune record")
+        return rates
+
+
+@dataclass
+class RunPlan:
+    method: str
+    seed: int
+    cfg: Config
+    done: bool
+    est_s: float
+
+
+@dataclass
+class CellPlan:
+    cell: Cell
+    seeds: int  # planned (the budget may have cut it)
+    rates: dict[str, float] | None  # None: the preset's (rates: paper) or not tuned yet
+    tuned: bool  # whether tuning still has to run
+    tune_s: float
+    runs: list[RunPlan]  # every declared seed's run (the plan trains the first `seeds` that are missing)
+
+    def todo(self) -> list[RunPlan]:
+        keep = set(self.cell_seeds()[: self.seeds])
+        return [r for r in self.runs if not r.done and r.seed in keep]
+
+    def cell_seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.runs})
+
+    @property
+    def est_s(self) -> float:
+        return self.tune_s + sum(r.est_s for r in self.todo())
+
+
+@dataclass
+class Plan:
+    cells: list[CellPlan]
+    cut: list[str]  # what the budget cut, in words
+    budget_s: float
+
+    @property
+    def est_s(self) -> float:
+        return sum(c.est_s for c in self.cells)
+
+
+def _status(cfg: Config) -> str | None:
     from revgn_cli.train.runner import run_dir_for
 
     return run_dir_for(cfg).read_meta().get("status")
 
 
-def _rung_runs(ladder: Ladder, rung: Rung, extra: list[str], results_dir: str) -> tuple[pd.DataFrame, int, float]:
-    """The rung's finished rows (done / diverged), how many runs it expects, and their summed wall time (s)."""
-    from revgn_cli.config import run_id
-    from revgn_cli.results import load_runs
+def plan_cell(design: Design, cell: Cell, extra: Sequence[str], results_dir: str, tuner: Tuner | None,
+              factor: float) -> CellPlan:
+    """A cell's runs (finished or not) with their estimated cost, and its tuning cost if it was not tuned yet."""
     from revgn_cli.sweep import expand
-    from revgn_cli.train.runner import run_dir_for
 
-    jobs = expand([*ladder.overrides(rung), *extra, f"results_dir={results_dir}"])
-    ids = sorted({run_id(j.cfg) for j in jobs})
-    wall = sum(float(run_dir_for(j.cfg).read_meta().get("wall_s") or 0.0) for j in jobs)
-    df = load_runs(results_dir, {"run_id": ids}, statuses=("done", "diverged"))
-    if not df.empty and "status" in df.columns:  # only finished runs count, whatever the loader lets through
-        df = df[df["status"].isin(["done", "diverged"])]
-    return df, len(ids), wall
-
-
-def measure(ladder: Ladder, extra: list[str], results_dir: str) -> pd.DataFrame:
-    """One row per (axis, value, claim, seed): the claim's margin on that rung's finished runs (LADDER_COLUMNS);
-    a rung with no finished run gives one row per claim with seed −1 and NaN margin (so the table shows it)."""
-    from revgn_cli.figures.claims import CLAIMS, NotMeasurable
-
-    claims = [c for c in CLAIMS if c.id in CLAIM_IDS]
-    rows: list[dict[str, Any]] = []
-    cache: dict[tuple[str, ...], tuple[pd.DataFrame, int, float]] = {}
-    for r in ladder.rungs():
-        key = r.overrides
-        if key not in cache:
-            cache[key] = _rung_runs(ladder, r, extra, results_dir)
-        df, expected, wall = cache[key]
-        done = int(df["run_id"].nunique()) if not df.empty else 0
-        base = {"axis": r.axis, "value": r.value, "runs_done": done, "runs_expected": expected, "wall_s": wall}
-        for c in claims:
-            try:
-                margins = c.check(df).margins if done else {}
-            except NotMeasurable:
-                margins = {}
-            if not margins:
-                rows.append({**base, "claim": c.id, "seed": -1, "margin": math.nan})
-            for s, m in sorted(margins.items()):
-                rows.append({**base, "claim": c.id, "seed": int(s), "margin": float(m)})
-    return pd.DataFrame(rows, columns=list(LADDER_COLUMNS))
+    tail = [*extra, f"results_dir={results_dir}"]
+    rates = tuner.rates(cell) if design.rates == "tuned" and tuner is not None else None
+    must_tune = design.rates == "tuned" and rates is None
+    tune_s = 0.0
+    if must_tune:
+        t = design.tune
+        for m in design.methods:
+            probe = expand([*design.run_overrides(cell, m, [t["seeds"][0]], None), *tail,
+                            f"regime.val_size={int(t['val_size'])}"])[0].cfg
+            tune_s += len(t["grid"][m]) * len(t["seeds"]) * estimate_run_s(probe, design.cost, factor)
+    runs = []
+    seeds = design.seeds[: cell.seeds]
+    for m in design.methods:
+        lr = rates.get(m) if rates else None
+        for job in expand([*design.run_overrides(cell, m, seeds, lr), *tail]):
+            # Before tuning the rate is unknown: the runs are all missing; their cost does not depend on it.
+            done = not must_tune and _status(job.cfg) in ("done", "diverged")
+            runs.append(RunPlan(m, job.cfg.seed, job.cfg, done, estimate_run_s(job.cfg, design.cost, factor)))
+    return CellPlan(cell, cell.seeds, rates, must_tune, tune_s, runs)
 
 
-def ladder_path(results_dir: str | Path) -> Path:
-    return Path(results_dir).expanduser() / LADDER_DIR / LADDER_FILE
+def fit_budget(cells: list[CellPlan], budget_s: float, min_seeds: int) -> list[str]:
+    """Cut the plan to the budget: seeds first (the last cells in the order first, never below ``min_seeds``), then
+    whole cells from the end of the order. Mutates ``cells``; returns what was cut, in words."""
+    cut: list[str] = []
+
+    def total() -> float:
+        return sum(c.est_s for c in cells)
+
+    for c in reversed(cells):
+        if total() <= budget_s:
+            break
+        if c.seeds > min_seeds and c.todo():
+            before, c.seeds = c.seeds, min_seeds
+            cut.append(f"{c.cell.name}: {before} → {min_seeds} seeds")
+    while cells and total() > budget_s:
+        c = cells.pop()
+        if c.est_s > 0:
+            cut.append(f"{c.cell.name}: not run this time (~{c.est_s / 60:.0f} min)")
+    return cut
 
 
-def write_ladder(df: pd.DataFrame, results_dir: str | Path, ladder: Ladder) -> Path:
-    """Atomically write ladder.parquet; the axes' labels and paper values ride along in the parquet metadata."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from revgn_cli.results.store import atomic_write_bytes
-
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = {k: {"label": v["label"], "paper": v["paper"]} for k, v in ladder.axes.items()}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"revgn_axes": json.dumps(meta).encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    path = ladder_path(results_dir)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+def plan_study(design: Design, extra: Sequence[str], results_dir: str, *, budget_s: float = 4 * 3600,
+               factor: float = 1.0, tuner: Tuner | None = None) -> Plan:
+    cells = [plan_cell(design, c, extra, results_dir, tuner, factor) for c in design.ordered()]
+    cut = fit_budget(cells, budget_s, design.min_seeds)
+    return Plan(cells, cut, budget_s)
 
 
-def read_ladder(path: Path) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(path)
-    meta = json.loads((t.schema.metadata or {}).get(b"revgn_axes", b"{}"))
-    return t.to_pandas(), meta
-
-
-def ladder_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (claim, axis, value): n seeds, mean margin, 95 % t half-width, verdict, runs done / expected."""
-    from revgn_cli.figures.verdict import seed_interval
-
-    out = []
-    for (claim, axis, value), g in df.groupby(["claim", "axis", "value"], sort=False):
-        iv = seed_interval(g.loc[g["seed"] >= 0, "margin"])
-        out.append({"claim": claim, "axis": axis, "value": value, "n": iv.n, "margin": iv.mean, "half": iv.half,
-                    "verdict": iv.verdict, "runs": f"{int(g['runs_done'].iloc[0])}/{int(g['runs_expected'].iloc[0])}",
-                    "wall_s": float(g["wall_s"].iloc[0])})
-    return pd.DataFrame(out)
+def describe_plan(plan: Plan) -> list[str]:
+    """The lines `revgn study run scaling` prints before it starts."""
+    lines = []
+    for c in plan.cells:
+        todo = c.todo()
+        tune = f", tuning ~{c.tune_s / 60:.0f} min" if c.tuned else ""
+        rates = "" if c.rates is None else ", rates " + " ".join(f"{m} {v:g}" for m, v in c.rates.items())
+        lines.append(f"  {c.cell.name:<20} {c.seeds:>2} seeds, {len(todo):>3} runs to train{tune}{rates}: "
+                     f"~{c.est_s / 60:.0f} min  ({' '.join(c.cell.overrides) or 'the quick corner'})")
+    lines.append(f"  total ~{plan.est_s / 3600:.1f} h estimated (budget {plan.budget_s / 3600:.1f} h)")
+    lines += [f"  budget cut: {c}" for c in plan.cut]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# figure
+# running and measuring
 
 
-def ladder_of_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
-    """ladder.parquet of the results dir the figure's base runs live in (their ``path`` column)."""
-    from revgn_cli.figures.data import MissingRunsError
-    from revgn_cli.figures.plots import col
+def measure_cell(design: Design, cp: CellPlan, results_dir: str) -> pd.DataFrame:
+    """MARGIN_COLUMNS rows of one cell: every claim's per-seed margin over the cell's finished runs."""
+    from revgn_cli.config import run_id
+    from revgn_cli.figures.claims import CLAIMS, NotMeasurable
+    from revgn_cli.results import load_runs
+    from revgn_cli.train.runner import run_dir_for
 
-    roots = sorted({Path(p).parent.parent for p in col(df, "path").dropna().unique()})
-    for root in roots:
-        if ladder_path(root).exists():
-            return read_ladder(ladder_path(root))
-    raise MissingRunsError(f"scaling: no {LADDER_DIR}/{LADDER_FILE} in {', '.join(map(str, roots)) or 'the results'}"
-                           " — run `revgn study run scaling scale=quick`")
-
-
-def plot_scaling(df: pd.DataFrame, ctx) -> Any:
-    """Rows: claims; columns: axes. Mean margin ± 95 % t-interval over seeds vs the axis (log₂), zero line, the
-    paper's value dotted; a rung with no seed measured yet is marked 'not run' or with its finished runs ('2/6')."""
-    import numpy as np
-
-    from revgn_cli.figures.style import finish, new_figure, style
-
-    lad, meta = ladder_of_runs(df)
-    tab = ladder_table(lad)
-    claims = [c for c in CLAIM_IDS if c in set(tab["claim"])]
-    axes_names = list(dict.fromkeys(tab["axis"]))
-    colours = {"PASS": "tab:green", "FAIL": "tab:red", "INCONCLUSIVE": "tab:orange", "MISSING": "grey"}
-    with style():
-        fig, axes = new_figure(len(claims), len(axes_names), panel=(2.9, 1.9))
-        for r, cid in enumerate(claims):
-            for c, axis in enumerate(axes_names):
-                ax = axes[r, c]
-                t = tab[(tab["claim"] == cid) & (tab["axis"] == axis)].sort_values("value")
-                x = t["value"].to_numpy(float)
-                for _, row in t.iterrows():
-                    if row["n"] == 0:  # nothing to pair yet: say how far the rung got
-                        done = row["runs"].split("/")[0]
-                        ax.annotate("not run" if done == "0" else f"{row['runs']} runs", (row["value"], 0), fontsize=6,
-                                    color="grey", rotation=90, ha="center", va="bottom")
-                        continue
-                    half = row["half"] if np.isfinite(row["half"]) else 0.0
-                    ax.errorbar([row["value"]], [row["margin"]], yerr=[[half], [half]], fmt="o", ms=3.5, capsize=2.5,
-                                color=colours[row["verdict"]])
-                done = t[t["n"] > 0]
-                ax.plot(done["value"], done["margin"], color="0.5", lw=0.8, zorder=0)
-                ax.axhline(0.0, color="black", lw=0.6)
-                paper = (meta.get(axis) or {}).get("paper")
-                if paper is not None:
-                    ax.axvline(float(paper), color="tab:purple", ls=":", lw=1.0)
-                ax.set_xscale("log", base=2)
-                ax.set_xticks(x, [f"{v:g}" for v in x])
-                lo, hi = min(x.min(), paper or x.min()), max(x.max(), paper or x.max())
-                ax.set_xlim(lo / 1.4, hi * 1.4)
-                if r == 0:
-                    ax.set_title(f"{(meta.get(axis) or {}).get('label', axis)}\n(dotted: paper {paper:g})",
-                                 fontsize=8)
-                if c == 0:
-                    ax.set_ylabel(f"{cid}\nmargin", fontsize=7)
-        return finish(fig, ctx.title)
+    ids = sorted({run_id(r.cfg) for r in cp.runs})
+    # No results dir yet (nothing trained, e.g. every job failed): the cell is measured as not run.
+    df = (load_runs(results_dir, {"run_id": ids}, statuses=("done", "diverged"))
+          if Path(results_dir).expanduser().is_dir() else pd.DataFrame())
+    if not df.empty and "status" in df.columns:
+        df = df[df["status"].isin(["done", "diverged"])]
+    done = int(df["run_id"].nunique()) if not df.empty else 0
+    wall = sum(float(run_dir_for(r.cfg).read_meta().get("wall_s") or 0.0) for r in cp.runs)
+    cfg = cp.runs[0].cfg
+    lr = {r.method: float(r.cfg.optimizer.lr) for r in cp.runs}
+    base = {"cell": cp.cell.name, "axes": " ".join(f"{a}={v:g}" for a, v in design.axes_of(cp.cell.name)),
+            "rates": design.rates if cp.rates is not None or design.rates == "paper" else "untuned",
+            "lr": " ".join(f"{m}={v:g}" for m, v in lr.items()), "runs_done": done, "runs_expected": len(ids),
+            "cell_wall_s": wall, "hidden": cfg.model.hidden, "batch": cfg.regime.batch_size,
+            "epochs": cfg.train.epochs, "updates": updates_of(cfg), "train_images": train_images(cfg)}
+    by_id = {c.id: c for c in CLAIMS}
+    rows: list[dict[str, Any]] = []
+    for cid in design.claims:
+        c = by_id.get(cid)
+        try:
+            margins = c.check(df).margins if (c is not None and done) else {}
+        except NotMeasurable:
+            margins = {}
+        sesoi = float(getattr(c, "sesoi", math.nan)) if c is not None else math.nan
+        row = {**base, "claim": cid, "sesoi": sesoi}
+        if not margins:
+            rows.append({**row, "seed": -1, "margin": math.nan})
+        for s, m in sorted(margins.items()):
+            rows.append({**row, "seed": int(s), "margin": float(m)})
+    return pd.DataFrame(rows, columns=list(MARGIN_COLUMNS))
 
 
-def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The ladder's numbers (``revgn study run scaling`` prints them; docs/studies.md quotes them)."""
-    lad, _ = ladder_of_runs(df)
-    t = ladder_table(lad)
-    return t.assign(margin_ci=[("—" if n == 0 else f"{m:.3g} ± {h:.2g}") for n, m, h in
-                               zip(t["n"], t["margin"], t["half"])])[
-        ["claim", "axis", "value", "n", "margin_ci", "verdict", "runs", "wall_s"]]
+def write_margins(path: Path, cell_rows: pd.DataFrame) -> pd.DataFrame:
+    """Replace the rows of ``cell_rows``'s cells in the CSV at ``path`` (other cells kept); atomic."""
+    from revgn_cli.results.store import atomic_write_bytes
+    from revgn_cli.studies.scaling_report import read_margins
+
+    old = read_margins(path) if path.exists() else pd.DataFrame(columns=list(MARGIN_COLUMNS))
+    keep = old[~old["cell"].isin(set(cell_rows["cell"]))]
+    df = pd.concat([keep, cell_rows], ignore_index=True) if not keep.empty else cell_rows.reset_index(drop=True)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.6g")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return df
+
+
+def train_cell(design: Design, cp: CellPlan, extra: Sequence[str], results_dir: str, *, quiet: bool = False,
+               log: Log) -> int:
+    """Launch the cell's missing runs (one multirun per method: its rate); returns the number of failed jobs."""
+    from revgn_cli import sweep as sw
+
+    launcher = [] if any(o.startswith(("hydra/launcher", "hydra.launcher")) for o in extra) else list(DEFAULT_LAUNCHER)
+    failed = 0
+    for m in design.methods:
+        seeds = sorted(r.seed for r in cp.todo() if r.method == m)
+        if not seeds:
+            continue
+        lr = cp.rates.get(m) if cp.rates else None
+        log(f"  {m}: seeds {','.join(map(str, seeds))}" + (f" at lr {lr:g}" if lr is not None else ""))
+        ov = [*design.run_overrides(cp.cell, m, seeds, lr), *extra, *launcher, f"results_dir={results_dir}"]
+        failed += len(sw.report_failures(sw.launch(ov, quiet=quiet)))
+    return failed
+
+
+def run_study(design: Design, plan: Plan, extra: Sequence[str], results_dir: str, margins: Path, *,
+              tuner: Tuner | None = None, quiet: bool = False, log: Log | None = None) -> int:
+    """Tune, train and measure the plan's cells in order, rewriting ``margins`` after each; returns failed jobs."""
+    log = log or (lambda s: None)
+    failed = 0
+    for cp in plan.cells:
+        t0 = time.time()
+        log(f"cell {cp.cell.name} ({' '.join(cp.cell.overrides) or 'the quick corner'})")
+        if cp.tuned:
+            assert tuner is not None, "a tuned design needs a tuner"
+            log("  tuning …")
+            cp.rates = tuner.run(cp.cell)
+            cp = replace_rates(design, cp, extra, results_dir, tuner)
+        if cp.todo():
+            failed += train_cell(design, cp, extra, results_dir, quiet=quiet, log=log)
+        write_margins(margins, measure_cell(design, cp, results_dir))
+        log(f"  → {margins} ({time.time() - t0:.0f} s)")
+    return failed
+
+
+def replace_rates(design: Design, cp: CellPlan, extra: Sequence[str], results_dir: str, tuner: Tuner) -> CellPlan:
+    """The cell re-planned once its rates are known (the run ids depend on them), keeping the planned seeds."""
+    fresh = plan_cell(design, cp.cell, extra, results_dir, tuner, 1.0)
+    fresh.seeds = cp.seeds
+    return fresh

@@ -126,13 +126,31 @@ def hold_out(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor, Tensor, Tensor
     return data.x_train[rest], data.y_train[rest], data.x_train[val], data.y_train[val]
 
 
+# Seed of the training subset (regime.train_size): one nested family of subsets, the same for every seed and
+# optimiser, so a data-size axis compares methods on the same images and larger sizes contain the smaller.
+SUBSET_SEED = 0
+
+
+def train_subset(x: Tensor, y: Tensor, n: int, what: str) -> tuple[Tensor, Tensor]:
+    """The first ``n`` images of ``nested_stratified_order`` (stratified, prefix-stable), in their original order."""
+    from revgn_cli.data.split import nested_stratified_order
+
+    if n > x.shape[0]:
+        raise ConfigError(f"regime.train_size={n} exceeds the {x.shape[0]} training samples of {what}")
+    idx = torch.from_numpy(np.sort(nested_stratified_order(y.numpy(), SUBSET_SEED)[:n]))
+    return x[idx], y[idx]
+
+
 def select_train(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor]:
     """The samples training sees: the fixed subset of N (full batch) or the whole train set (mini-batch), both
-    after the validation hold-out (``hold_out``) is removed."""
+    after the validation hold-out (``hold_out``) is removed and within ``regime.train_size`` (``train_subset``)."""
     x, y, _, _ = hold_out(cfg, data)
-    n_all = x.shape[0]
     r = cfg.regime
     rest = f" left after regime.val_size={r.val_size}" if r.val_size else ""
+    if r.train_size is not None:
+        x, y = train_subset(x, y, r.train_size, f"{data.name}{rest}")
+        rest = f" of regime.train_size={r.train_size}"
+    n_all = x.shape[0]
     if r.name == "full_batch":
         if r.n_samples > n_all:
             raise ConfigError(f"regime.n_samples={r.n_samples} exceeds the {n_all} training samples of {data.name}"
