@@ -181,7 +181,8 @@ def test_compare_by_prints_one_verdict_that_agrees_with_scipy(sweep):
     assert rec["verdict"] == ("HOLDS" if rec["p"] < 0.05 and p_tost >= 0.05 and d.mean() > 0 else "?")
     assert (rec["a"], rec["b"], rec["n_pairs"], rec["seeds"]) == (0.1, 0.3, 3, [1, 2, 3])
     # The row in the table shows that difference, with the p-value
-    row = next(ln for ln in text.splitlines() if ln.startswith("0.3"))
+    assert "optimizer.lr: A = 0.1, B = 0.3" in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("test loss"))
     assert f"{mean:.4g} ± {half:.2g}" in row and f"{rec['p']:.2g}" in row
 
 
@@ -239,6 +240,27 @@ def test_three_groups_each_against_the_first_holm_adjusted_and_a_missing_seed_na
     assert "seed 4" in miss and "lr=0.3" in miss and lone[:8] in miss and "no lr=0.03 run with seed 4" in miss
     text = ok("compare", "--by", "optimizer.lr", "exp_name=lr", "--results", str(res))
     assert "unpaired: seed 4" in text and "Holm-adjusted over the 2 comparisons" in text
+
+
+def test_compare_table_fits_80_columns_with_every_value_whole(sweep, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from revgn_cli import cli
+
+    res = tmp_path / "results"
+    shutil.copytree(sweep, res)
+    write_setting(res, "sgd", 0.03)
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buf, width=80))
+    r = runner.invoke(app, ["compare", "--by", "optimizer.lr", "exp_name=lr", "--metric", "test_loss,test_acc",
+                            "--results", str(res)])
+    assert r.exit_code == 0, r.output
+    text = buf.getvalue()
+    assert max(len(ln.rstrip()) for ln in text.splitlines()) <= 80 and "…" not in text
+    recs = json.loads(ok("compare", "--by", "optimizer.lr", "exp_name=lr", "--metric", "test_loss,test_acc",
+                         "--format", "json", "--results", str(res)))["comparisons"]
+    for c in recs:  # each difference appears whole in its row
+        assert any(f"{c['diff_b_minus_a']:.4g} ± {c['ci95']:.2g}" in ln for ln in text.splitlines())
 
 
 def test_compare_markdown_is_a_table_ready_to_paste(sweep):

@@ -82,7 +82,7 @@ def _p(v: float) -> str:
     return "<0.0001" if v < 1e-4 else f"{v:.2g}"
 
 
-COMPARE_HEAD = ("B", "metric", "A", "B mean", "pairs", "B − A", "p", "verdict")
+COMPARE_HEAD = ("B", "metric", "A", "B mean", "n", "B − A", "p", "verdict")  # n: seed pairs judged
 
 
 def compare_rows(res: CompareResult) -> list[list[str]]:
@@ -103,8 +103,9 @@ def compare_notes(res: CompareResult) -> list[str]:
     base = label(res.baseline.values)
     directions = sorted({f"{c.metric.replace('_', ' ')}: {c.better} is better" for c in res.comparisons})
     sesoi = sorted({f"{c.metric} {c.verdict.sesoi:g}" for c in res.comparisons})
-    notes = [f"A = {base} (baseline); B = each other {res.key} value; runs paired by seed; "
-             f"A and B mean over the paired seeds",
+    others = [label(g.values) for g in res.groups if g is not res.baseline]
+    bs = others[0] if len(others) == 1 else f"each other {res.key} value"
+    notes = [f"A = {base} (baseline); B = {bs}; runs paired by seed; A and B mean over the paired seeds",
              f"B − A in the metric's units ({'; '.join(directions)}); HOLDS = B better beyond seed noise, "
              f"REVERSED = A better, NEGLIGIBLE = within ±SESOI ({', '.join(sesoi)})"]
     if res.family > 1:
@@ -119,12 +120,20 @@ def compare_notes(res: CompareResult) -> list[str]:
 
 
 def compare_table(res: CompareResult) -> Table:
-    t = _table(f"{res.key}: A = {short_label(res.baseline.values)} against "
-               f"{', '.join(short_label(g.values) for g in res.groups if g is not res.baseline)}")
-    for h in COMPARE_HEAD:
-        t.add_column(h, justify="left" if h in ("B", "metric", "verdict") else "right", no_wrap=h != "verdict")
-    for row in compare_rows(res):
-        t.add_row(*row)
+    """The terminal table; the B column only when there are several B groups (the title names a lone one). Every
+    value is shown whole (adjacent paddings collapse to fit 80 columns); only the verdict wraps if it must."""
+    others = [short_label(g.values) for g in res.groups if g is not res.baseline]
+    t = _table(f"{res.key}: A = {short_label(res.baseline.values)}, B = {', '.join(others)}")
+    t.collapse_padding = True
+    rows = compare_rows(res)
+    keep = [i for i, h in enumerate(COMPARE_HEAD) if h != "B" or len(others) > 1]
+    for i in keep:
+        h = COMPARE_HEAD[i]
+        width = max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+        t.add_column(h, justify="left" if h in ("B", "metric", "verdict") else "right",
+                     min_width=None if h == "verdict" else width, no_wrap=h != "verdict")
+    for row in rows:
+        t.add_row(*[row[i] for i in keep])
     return t
 
 
@@ -225,4 +234,4 @@ def compare_listing(rows: list[dict[str, Any]], by: str, metric: str, sesoi: lis
     else:
         console.print(compare_table(res), highlight=False)
         for n in compare_notes(res):
-            console.print(n, highlight=False, markup=False, soft_wrap=True)
+            console.print(n, highlight=False, markup=False)
