@@ -250,6 +250,8 @@ def test_compare_table_fits_80_columns_with_every_value_whole(sweep, tmp_path, m
     res = tmp_path / "results"
     shutil.copytree(sweep, res)
     write_setting(res, "sgd", 0.03)
+    recs = json.loads(ok("compare", "--by", "optimizer.lr", "exp_name=lr", "--metric", "test_loss,test_acc",
+                         "--format", "json", "--results", str(res)))["comparisons"]
     buf = io.StringIO()
     monkeypatch.setattr(cli, "out", Console(file=buf, width=80))
     r = runner.invoke(app, ["compare", "--by", "optimizer.lr", "exp_name=lr", "--metric", "test_loss,test_acc",
@@ -257,8 +259,6 @@ def test_compare_table_fits_80_columns_with_every_value_whole(sweep, tmp_path, m
     assert r.exit_code == 0, r.output
     text = buf.getvalue()
     assert max(len(ln.rstrip()) for ln in text.splitlines()) <= 80 and "…" not in text
-    recs = json.loads(ok("compare", "--by", "optimizer.lr", "exp_name=lr", "--metric", "test_loss,test_acc",
-                         "--format", "json", "--results", str(res)))["comparisons"]
     for c in recs:  # each difference appears whole in its row
         assert any(f"{c['diff_b_minus_a']:.4g} ± {c['ci95']:.2g}" in ln for ln in text.splitlines())
 
