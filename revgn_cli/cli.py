@@ -344,10 +344,13 @@ def compare(run_ids: Optional[list[str]] = typer.Argument(None, help="Two or mor
 
         compare_listing(_summaries(res, parse_filters(ids)), by, metric, sesoi or [], baseline, fmt, out)
         return
-    if len(ids) < 2:
-        from revgn_cli.config import ConfigError
+    from revgn_cli.config import ConfigError
 
-        raise ConfigError("compare needs two or more run ids (see `revgn runs`)")
+    if fmt != "table" or sesoi or baseline or metric != "test_loss":
+        raise ConfigError("--metric, --sesoi, --baseline and --format go with --by KEY (e.g. revgn compare --by "
+                          "optimizer.lr exp_name=NAME)")
+    if len(ids) < 2:
+        raise ConfigError("compare needs two or more run ids (see `revgn runs`), or --by KEY")
     every = _summaries(res)
     chosen = [resolve_run(every, i) for i in ids]
     keys = differing_keys(chosen, ignore=NOT_COMPARED)

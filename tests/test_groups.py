@@ -218,6 +218,7 @@ def test_compare_by_refuses_runs_differing_in_another_key(sweep):
     ids = [next(s["run_id"] for s in _summaries(sweep) if s["optimizer.lr"] == lr and s["seed"] == 1
                 and s["experiment"] == "lr") for lr in (0.1, 0.3)]
     assert "optimizer.lr" in ok("compare", *ids, "--results", str(sweep))
+    one_error(invoke("compare", *ids, "--format", "md", "--results", str(sweep)), "go with --by KEY")
 
 
 def test_three_groups_each_against_the_first_holm_adjusted_and_a_missing_seed_named(sweep, tmp_path):
