@@ -244,13 +244,17 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
          sort: Optional[str] = typer.Option(None, "--sort", help="KEY or KEY:desc, e.g. test_acc:desc."),
          fmt: str = typer.Option("table", "--format", help="table | csv | json (csv/json: full run ids, all "
                                  "varying keys, raw values)."),
+         group_by: Optional[str] = typer.Option(None, "--group-by", help="KEY[,KEY]: one row per group, each metric's "
+                                                "mean ± 95 % t-interval over its seeds; --sort by a group mean."),
+         fold_seeds: bool = typer.Option(False, "--fold-seeds", help="Group runs that differ only in the seed."),
          check: bool = typer.Option(False, "--check", help="Validate every run dir; report corrupt/orphaned ones."),
          clean: bool = typer.Option(False, "--clean", help="Delete what --check flags (asks first)."),
          yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before --clean deletes.")) -> None:
     """Table of the runs in results/: the keys that differ among them, status, progress, last metrics.
 
     Examples: [bold]revgn runs exp_name=lr_sweep --sort test_acc:desc[/] · [bold]revgn runs --format csv > runs.csv[/] ·
-    [bold]revgn runs show 3f2a9c1b[/] (one run in full) · [bold]revgn compare ID ID[/] (what differs)
+    [bold]revgn runs show 3f2a9c1b[/] (one run in full) · [bold]revgn compare ID ID[/] (what differs) ·
+    [bold]revgn runs exp_name=lr_sweep --group-by optimizer.lr --sort test_loss[/] (mean ± interval over seeds)
     """
     from revgn_cli.overrides import parse_filters, pop_results
     from revgn_cli.results.query import check_results_dir
@@ -276,6 +280,11 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
 
             raise ConfigError("usage: revgn runs show RUN_ID (the id or its first characters, from `revgn runs`)")
         _show_run(res, args[1])
+        return
+    if group_by or fold_seeds:
+        from revgn_cli.results.group_views import group_listing
+
+        group_listing(_summaries(res, parse_filters(args)), res, group_by, columns, sort, fmt, out)
         return
     _runs_listing(res, parse_filters(args), columns, sort, fmt)
 
@@ -310,7 +319,7 @@ def _runs_listing(results: str, flt: dict[str, Any], columns: Optional[str], sor
     hidden: list[str] = []
     if columns:
         cols = tb.parse_columns(columns, rows)
-        cols = cols if "run_id" in cols or fmt != "table" else ["run_id", *cols]
+        cols = cols if "run_id" in cols else ["run_id", *cols]  # csv/json too: a row must say which run it is
     elif fmt == "table":
         cols, hidden = tb.default_columns(rows, filtered=flt)
         cols, dropped = tb.fit(rows, cols, tb.varying_keys(rows), out.width)  # readable at 80 columns
@@ -342,21 +351,41 @@ def _show_run(results: str, ident: str) -> None:
 
 @app.command(context_settings=EXTRA)
 @guarded
-def compare(run_ids: list[str] = typer.Argument(..., help="Two or more run ids (or their first characters)."),
-            results: Optional[Path] = typer.Option(None, "--results", help=RESULTS_HELP)) -> None:
-    """Runs side by side: the config keys that differ, then status and final metrics.
+def compare(run_ids: Optional[list[str]] = typer.Argument(None, help="Two or more run ids (or their first "
+                                                          "characters); with --by: key=value filters."),
+            results: Optional[Path] = typer.Option(None, "--results", help=RESULTS_HELP),
+            by: Optional[str] = typer.Option(None, "--by", help="KEY: compare the groups of runs that differ only in "
+                                             "KEY and the seed, paired by seed, with a verdict."),
+            metric: str = typer.Option("test_loss", "--metric", help="--by: metrics, comma list."),
+            sesoi: Optional[list[str]] = typer.Option(None, "--sesoi", help="--by: METRIC=VALUE, the smallest "
+                                                      "difference that matters (default: losses 0.01, accuracies "
+                                                      "0.005)."),
+            baseline: Optional[str] = typer.Option(None, "--baseline", help="--by: the KEY value the others are "
+                                                   "compared with (default: the first)."),
+            fmt: str = typer.Option("table", "--format", help="--by: table | md | csv | json.")) -> None:
+    """Runs side by side — or, with --by, groups of runs compared over seeds with a verdict.
 
-    Example: [bold]revgn compare 3f2a9c1b 7d01e4aa[/] (ids from `revgn runs`)
+    Examples: [bold]revgn compare 3f2a9c1b 7d01e4aa[/] (ids from `revgn runs`) ·
+    [bold]revgn compare --by optimizer.lr exp_name=lr_sweep --metric test_loss,test_acc[/]
     """
     from revgn_cli.overrides import pop_results
     from revgn_cli.results.query import differing_keys, resolve_run
     from revgn_cli.results.views import NOT_COMPARED, compare_table
 
     ids, res = pop_results(run_ids, results)
-    if len(ids) < 2:
-        from revgn_cli.config import ConfigError
+    if by is not None:
+        from revgn_cli.overrides import parse_filters
+        from revgn_cli.results.group_views import compare_listing
 
-        raise ConfigError("compare needs two or more run ids (see `revgn runs`)")
+        compare_listing(_summaries(res, parse_filters(ids)), by, metric, sesoi or [], baseline, fmt, out)
+        return
+    from revgn_cli.config import ConfigError
+
+    if fmt != "table" or sesoi or baseline or metric != "test_loss":
+        raise ConfigError("--metric, --sesoi, --baseline and --format go with --by KEY (e.g. revgn compare --by "
+                          "optimizer.lr exp_name=NAME)")
+    if len(ids) < 2:
+        raise ConfigError("compare needs two or more run ids (see `revgn runs`), or --by KEY")
     every = _summaries(res)
     chosen = [resolve_run(every, i) for i in ids]
     keys = differing_keys(chosen, ignore=NOT_COMPARED)

@@ -167,7 +167,7 @@ def test_runs_sort_and_columns(cmp_results):
     assert list(csv("--sort", "optimizer.lr:desc")["optimizer.lr"]) == [0.1, 0.05]
     by_loss = csv("--sort", "test_loss:desc")
     assert list(by_loss.test_loss) == sorted(by_loss.test_loss, reverse=True)
-    assert list(csv("--columns", "seed,test_acc").columns) == ["seed", "test_acc"]
+    assert list(csv("--columns", "seed,test_acc").columns) == ["run_id", "seed", "test_acc"]  # csv keeps run_id
     r = invoke("runs", "--results", str(cmp_results), "--columns", "seed,test_acc")
     assert r.exit_code == 0, r.output
     assert next(ln for ln in r.output.splitlines() if ln.startswith("run id")).split() == ["run", "id", "seed",

@@ -168,6 +168,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
              hue: Optional[str] = typer.Option("optimizer.name", "--hue", help="runs: config key → one colour per value."),
              col_key: Optional[str] = typer.Option(None, "--col", help="runs: config key → one panel column per value."),
              style_key: Optional[str] = typer.Option(None, "--style", help="runs: config key → one line style per value."),
+             average_over: Optional[str] = typer.Option(None, "--average-over", help="runs: KEY[,KEY] a curve may "
+                                                        "average over besides the seed (otherwise an error)."),
              allow_partial: bool = typer.Option(False, "--allow-partial", help=PARTIAL_HELP)) -> None:
         """Draw paper figures from finished runs — or any runs of yours (never trains).
 
@@ -178,7 +180,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             from revgn_cli.figures.user import plot_user_runs
 
             plot_user_runs(overrides or [], results, out_dir, x=x, y=y, hue=hue, col_key=col_key, style_key=style_key,
-                           allow_partial=allow_partial)
+                           allow_partial=allow_partial,
+                           average_over=[k.strip() for k in (average_over or "").split(",") if k.strip()])
             return
         out_dir = out_dir or DEFAULT_OUT
         sc, ov, res = split_args(overrides, scale, results)

@@ -116,15 +116,16 @@ def _check_key(key: str | None, known: set[str], what: str) -> None:
 
 
 def plot_user_runs(args: list[str], results: Any, out: Any, *, x: str, y: str, hue: str | None, col_key: str | None,
-                   style_key: str | None, allow_partial: bool = False) -> list[Any]:
+                   style_key: str | None, allow_partial: bool = False, average_over: Sequence[str] = ()) -> list[Any]:
     """The ``revgn plot runs`` command: filters → ``load_runs`` → ``plot_runs`` → PNG + PDF; returns the paths.
 
     Figures go to ``<results>/plots/`` unless ``--out`` says otherwise: a user's figures never land in the
-    repository's ``figures/`` by accident.
+    repository's ``figures/`` by accident. A curve is a mean over seeds: one that would also average runs differing
+    in another key is an error naming it, unless ``average_over`` lists that key.
     """
     from pathlib import Path
 
-    from revgn_cli.console import err, out as stdout
+    from revgn_cli.console import out as stdout
     from revgn_cli.figures.data import PLOT_STATUSES
     from revgn_cli.figures.style import save
     from revgn_cli.overrides import parse_filters, pop_results
@@ -155,11 +156,14 @@ def plot_user_runs(args: list[str], results: Any, out: Any, *, x: str, y: str, h
     for s in summaries:
         if s["status"] in PLOT_STATUSES:
             groups.setdefault(tuple(str(s.get(k)) for k in (hue, col_key, style_key)), []).append(s)
-    # Keys that differ inside one curve (other than the seed): the mean would mix settings.
+    # Keys that differ inside one curve (other than the seed): the mean would mix settings, unless --average-over.
     mixed = sorted({k for g in groups.values() for k in varying_keys(g) if k not in ("seed", "experiment")})
-    if mixed:
-        err.print(f"note: each curve averages runs that also differ in {', '.join(mixed)} "
-                  f"(split them with --hue / --style / --col)", highlight=False, soft_wrap=True)
+    for key in average_over:
+        _check_key(key, known, "--average-over key")
+    left = [k for k in mixed if k not in average_over]
+    if left:
+        raise QueryError(f"each curve would average runs that differ in {', '.join(left)}: split them with --hue / "
+                         f"--style / --col, filter them, or say --average-over {','.join(left)}")
     fig = plot_runs(df, x=x, ys=ys, hue=hue, col_key=col_key, style_key=style_key,
                     title=" ".join(filters) or f"runs in {res}")
     target = Path(out).expanduser() if out is not None else Path(res).expanduser() / "plots"
