@@ -118,7 +118,7 @@ def test_design_declares_every_method_and_its_runs_compose():
         ids |= {run_id(c) for c in cfgs}
     assert len(ids) == len(d.methods) * len(d.seeds)  # GN sum/mean and both GGN-CG Hessians are distinct runs
     ov = gf.tune_overrides(d, d.methods["K-FAC"], 0.1)
-    assert "optimizer.damping=0.1" in ov and "tune.grid.kfac=[0.3,1]" in ov and "tune.val_size=1000" in ov
+    assert "optimizer.damping=0.1" in ov and "tune.grid.kfac=[0.3,1]" in ov and "tune.val_size=1000" in ov and "metrics.every=0" in ov
 
 
 def _fake_tuner(val):
