@@ -121,7 +121,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
     @study.command("run", context_settings=EXTRA)
     @guarded
     def run(name: str = typer.Argument(..., help="linearisation_phase | data_dependent_ntk | barrier | kernel_dynamics | "
-                                            "scaling"),
+                                            "scaling | gn_family"),
             args: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper, then Hydra overrides"),
             results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
             out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where <name>.png / .pdf go."),
