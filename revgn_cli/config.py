@@ -62,6 +62,7 @@ class OptimizerConfig:
     cg_iters: int = 50  # ggn_cg: at most this many CG iterations (GGN mat-vecs) per step
     cg_tol: float = 1.0e-4  # ggn_cg: stop CG once ‖r‖ <= cg_tol·‖g‖
     curvature_every: int = 1  # kfac: recompute the Kronecker factors every this many steps
+    kfac_step: str = "rescale"  # kfac: plain (θ − lr·Δθ) | rescale (M&G §6.4 quadratic-model α) | momentum (α, μ, §7)
 
 
 @dataclass
@@ -170,6 +171,7 @@ register_configs()
 CHOICES = {
     "optimizer.name": ("gn", "adam", "sgd", "linearised", "ggn_cg", "kfac"),
     "optimizer.damping_schedule": ("fixed", "lm"),
+    "optimizer.kfac_step": ("plain", "rescale", "momentum"),
     "optimizer.combine": ("sum", "mean"),
     "optimizer.loss_hessian": ("identity", "exact"),
     "optimizer.solver": ("auto", "eigh"),

@@ -164,11 +164,103 @@ def test_levenberg_marquardt_raises_damping_after_a_bad_step_and_lowers_it_after
     assert good.stats["lm_rho_last"] > 0.75 and good.damping == pytest.approx(5e-3)
 
 
+@pytest.mark.parametrize("lr, dtype", [(1e4, D), (1e38, torch.float32)])
+def test_levenberg_marquardt_rejects_a_step_that_raises_the_loss_and_restores_the_parameters_bit_identically(lr, dtype):
+    """lr 1e4 along a descent direction must raise the batch loss (ρ < 0); lr 1e38 in float32 overflows the logits
+    (the loss after the step is not finite, ρ is NaN). Both are rejected: θ's bits are unchanged and λ grows by ω."""
+    x, t = _batch(16, 8, 4)
+    model = RevMLP(8, 1, 8, n_classes=4, init_std=0.1, seed=8).to(dtype)
+    before = [p.detach().clone() for p in model.trainable()]
+    opt = GGNCG(model, lr=lr, damping=1e-2, damping_schedule="lm", lm_factor=2.0)
+    loss0 = opt.step(x.to(dtype), t.to(dtype))
+    assert all(torch.equal(a, b) for a, b in zip(model.trainable(), before))
+    assert opt.stats["lm_rejected"] == 1 and opt.damping == pytest.approx(2e-2)
+    assert not opt.stats["lm_rho_last"] > 0  # negative or NaN
+    with torch.no_grad():
+        assert float(batch_loss(model(x.to(dtype)), t.to(dtype))) == loss0
+    ok = GGNCG(RevMLP(8, 1, 8, n_classes=4, init_std=0.1, seed=8).double(), lr=0.05, damping=1e-2,
+               damping_schedule="lm")
+    ok.step(x, t)
+    assert ok.stats["lm_rejected"] == 0
+
+
+LM_EXACT = ["dataset=digits", "model=tiny", "regime=mini_batch", "regime.batch_size=64", "train.epochs=2",
+            "optimizer=ggn_cg", "optimizer.loss_hessian=exact", "optimizer.damping=1e-3",
+            "optimizer.damping_schedule=lm", "optimizer.lr=1", "optimizer.cg_iters=10", "seed=42", "metrics.every=0",
+            "metrics.loss_change=false", "device=cpu"]
+
+
+def test_levenberg_marquardt_with_the_exact_hessian_trains_where_accepting_every_step_diverges(tmp_path, monkeypatch):
+    """The small twin of `revgn train dataset=mnist5k model=quick regime.batch_size=256 … optimizer.loss_hessian=exact
+    optimizer.damping=1e-3 optimizer.damping_schedule=lm optimizer.cg_iters=10` (which diverged at step 4 when every
+    step was applied): digits, h = 64, batch 64 (45 updates, seconds). Accepting every finite step diverges; with
+    rejections the run finishes with its train loss well below the initial one."""
+    import revgn_cli.optim.damped as damped
+
+    monkeypatch.setattr(damped, "LM_ACCEPT", -float("inf"))  # accept every step with a finite ρ (the old rule)
+    r = runner.invoke(app, ["--quiet", "train", *LM_EXACT, f"results_dir={tmp_path / 'old'}"])
+    assert r.exit_code == 3, r.output  # diverged
+    monkeypatch.setattr(damped, "LM_ACCEPT", 0.0)
+    r = runner.invoke(app, ["--quiet", "train", *LM_EXACT, f"results_dir={tmp_path / 'new'}"])
+    assert r.exit_code == 0, r.output
+    (run,) = run_summaries(tmp_path / "new")
+    ep = pd.read_parquet(Path(run["path"]) / "metrics.parquet").query("split == 'epoch'")
+    assert run["status"] == "done" and ep.train_loss.iloc[-1] < 0.6 * ep.train_loss.iloc[0]
+    assert ep.lm_rejected.iloc[-1] >= 1 and ep.damping.iloc[-1] > 1e-3
+
+
+def _dense_kfac_direction(model, x, t, damping):
+    """(g, Δθ = (sK + λI)⁻¹g, G) as dense float64 matrices from curvlinops' K-FAC and the dense GGN."""
+    params = model.trainable()
+    with torch.enable_grad():
+        g = flat(torch.autograd.grad(batch_loss(model(x), t), params))
+    op, scale = kfac_operator(KFACView(model), params, x, t)
+    eye = torch.eye(g.numel(), dtype=D)
+    k = torch.stack([flat(op @ unflat(e, params)) for e in eye], dim=1) * scale
+    return g, torch.linalg.solve(k + damping * eye, g), dense_ggn(model, x, "identity")
+
+
+def test_kfac_rescaled_and_momentum_steps_equal_a_dense_float64_computation():
+    """step_rule rescale: θ₁ = θ₀ − lr·α*Δθ with α* = gᵀΔθ / (Δθᵀ(G + λI)Δθ) (M&G 2015 §6.4, Δ = −Δθ);
+    momentum: the second update δ = αΔ + μδ₀ minimises the damped quadratic model over span{Δ, δ₀} (§7)."""
+    lam, lr = 0.1, 0.7
+    eye = None
+    m_r = RevMLP(8, 2, 6, n_classes=4, init_std=0.3, seed=11).double()
+    m_m = RevMLP(8, 2, 6, n_classes=4, init_std=0.3, seed=11).double()
+    x, t = _batch(12, 8, 4)
+    g, d, gg = _dense_kfac_direction(m_r, x, t, lam)
+    eye = torch.eye(g.numel(), dtype=D)
+    alpha = float(g @ d / (d @ (gg + lam * eye) @ d))
+    theta0 = flat([p.detach() for p in m_r.trainable()])
+    rescale = KFAC(m_r, lr=lr, damping=lam, step_rule="rescale")
+    rescale.step(x, t)
+    assert rel(flat(m_r.trainable()) - theta0, -lr * alpha * d) < 1e-10
+    assert rescale.stats["kfac_alpha_last"] == pytest.approx(alpha, rel=1e-10) and abs(alpha - 1) > 0.05
+
+    mom = KFAC(m_m, lr=lr, damping=lam, step_rule="momentum")
+    mom.step(x, t)  # no previous update yet: the rescaled step
+    theta1 = flat([p.detach() for p in m_m.trainable()])
+    assert rel(theta1 - theta0, -lr * alpha * d) < 1e-10
+    x2, t2 = _batch(12, 8, 4, seed=5)
+    g2, d2, gg2 = _dense_kfac_direction(m_m, x2, t2, lam)
+    c = gg2 + lam * eye
+    basis = torch.stack([-d2, theta1 - theta0], dim=1)  # Δ and δ₀ (the last update, lr included)
+    am = torch.linalg.solve(basis.T @ c @ basis, -basis.T @ g2)
+    mom.step(x2, t2)
+    assert rel(flat(m_m.trainable()) - theta1, lr * basis @ am) < 1e-9
+    assert mom.stats["kfac_mu_last"] == pytest.approx(float(am[1]), rel=1e-8) and abs(float(am[1])) > 1e-3
+    # The model's own value along the step is minimal at (α, μ): the quadratic model is lower there than at ±1 %.
+    q = lambda v: float(g2 @ v + 0.5 * v @ c @ v)  # noqa: E731
+    best = basis @ am
+    assert all(q(best) < q(basis @ (am * f)) for f in (0.99, 1.01))
+
+
 @pytest.mark.parametrize("name", ["kfac", "ggn_cg"])
 def test_state_dict_round_trip_continues_identically(name):
     """Two copies: one steps on, the other is rebuilt from the first's state_dict (incl. K-FAC factors)."""
     x, t = _batch(16, 8, 4)
-    spec = {"name": name, "lr": 0.5, "damping": 1e-2, "curvature_every": 3, "damping_schedule": "lm" if name == "ggn_cg" else "fixed"}
+    spec = {"name": name, "lr": 0.5, "damping": 1e-2, "curvature_every": 3, "damping_schedule": "lm" if name == "ggn_cg" else "fixed",
+            "kfac_step": "momentum"}
     m1 = RevMLP(8, 2, 8, n_classes=4, init_std=0.1, seed=9).double()
     o1 = make_optimizer(m1, spec, None)
     for i in range(2):
@@ -208,6 +300,7 @@ def test_train_runs_and_is_listed(tiny, results, opt):
 @pytest.mark.parametrize("bad", [["optimizer=ggn_cg", "optimizer.cg_iters=0"], ["optimizer=ggn_cg", "optimizer.damping=-1"],
                                  ["optimizer=kfac", "optimizer.damping=-0.1"], ["optimizer=kfac", "optimizer.curvature_every=0"],
                                  ["optimizer=kfac", "optimizer.damping_schedule=lm"],
+                                 ["optimizer=kfac", "optimizer.kfac_step=sometimes"],
                                  ["optimizer=ggn_cg", "optimizer.damping_schedule=sometimes"]])
 def test_bad_settings_are_one_error_line(tiny, results, bad):
     r = runner.invoke(app, ["--quiet", "train", *bad, *tiny])

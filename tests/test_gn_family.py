@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
+
+import pandas as pd
 
 import pytest
 import yaml
@@ -25,11 +28,13 @@ def _jobs(presets=QUICK):
 
 def test_presets_cover_every_method_and_seed_once():
     cfgs = _jobs()
-    methods = sorted({(c.optimizer.name, c.optimizer.damping if c.optimizer.name == "ggn_cg" else None) for c in cfgs},
-                     key=str)
-    assert methods == sorted([("adam", None), ("ggn_cg", 1e-3), ("ggn_cg", 1.0), ("gn", None), ("kfac", None),
-                              ("sgd", None)], key=str)
-    assert len(cfgs) == 6 * 3 and {c.seed for c in cfgs} == {42, 43, 44}
+    methods = sorted({(c.optimizer.name, c.optimizer.loss_hessian if c.optimizer.name == "ggn_cg" else None)
+                      for c in cfgs}, key=str)
+    assert methods == sorted([("adam", None), ("ggn_cg", "identity"), ("ggn_cg", "exact"), ("gn", None),
+                              ("kfac", None), ("sgd", None)], key=str)
+    assert len(cfgs) == 6 * 5 and {c.seed for c in cfgs} == {42, 43, 44, 45, 46}
+    assert {c.train.epochs for c in cfgs} == {12} and {c.optimizer.kfac_step for c in cfgs} == {"momentum"}
+    assert {(c.optimizer.cg_tol, c.optimizer.cg_iters) for c in cfgs} == {(1e-3, 500)}
     assert len({run_id(c) for c in cfgs}) == len(cfgs) and {c.exp_name for c in cfgs} == {"gn_family_quick"}
     assert all(c.regime.name == "mini_batch" and c.regime.batch_size == 256 and c.metrics.every == 1 for c in cfgs)
     lr = {c.optimizer.name: c.optimizer.lr for c in cfgs}
@@ -43,7 +48,7 @@ def synth(tmp_path_factory):
     res = tmp_path_factory.mktemp("gn_family") / "results"
     for cfg in _jobs():
         o = cfg.optimizer.name
-        acc = FINAL_ACC[o] + (0.02 if o == "ggn_cg" and cfg.optimizer.damping == 1.0 else 0.0) + (cfg.seed - 43) * 0.01
+        acc = FINAL_ACC[o] + (0.02 if o == "ggn_cg" and cfg.optimizer.loss_hessian == "exact" else 0.0) + (cfg.seed - 44) * 0.01
         run = RunDir(res / cfg.exp_name / run_id(cfg))
         run.path.mkdir(parents=True, exist_ok=True)
         run.config_path.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
@@ -62,12 +67,12 @@ def test_figure_draws_every_method_in_every_panel(synth, tmp_path):
     assert [p.name for p in r.paths] == ["gn_family.png", "gn_family.pdf"] and all(p.exists() for p in r.paths)
     axes = r.figure.axes
     assert len(axes) == 5
-    want = ["GN", "Adam", "SGD", "GGN-CG λ=0.001", "GGN-CG λ=1", "K-FAC λ=0.1"]
+    want = ["GN", "Adam", "SGD", "GGN-CG λ=0.1", "GGN-CG exact H λ=0.1", "K-FAC λ=0.1"]
     for ax in axes:
         assert list({ln.get_label(): ln for ln in visible_lines(ax)}) == want
     acc = {ln.get_label(): ln for ln in visible_lines(axes[2])}
     assert acc["Adam"].get_ydata()[-1] == pytest.approx(90.0)  # mean over seeds, in %
-    assert acc["GGN-CG λ=1"].get_ydata()[-1] == pytest.approx(84.0)
+    assert acc["GGN-CG exact H λ=0.1"].get_ydata()[-1] == pytest.approx(84.0)
     assert "logit kernel" in axes[3].get_title() and "last block (2)" in axes[4].get_title()
 
 
@@ -76,19 +81,174 @@ def test_table_places_each_method_between_gn_and_adam(synth):
 
     df, _ = load_figure_runs("gn_family", "quick", QUICK, synth)
     t = summary("gn_family", df).set_index("method")
-    assert list(t.index) == ["GN", "Adam", "SGD", "GGN-CG λ=0.001", "GGN-CG λ=1", "K-FAC λ=0.1"]
-    assert t.loc["Adam", "test_acc"] == "0.9000 ± 0.0100" and (t["seeds"] == 3).all()
+    assert list(t.index) == ["GN", "Adam", "SGD", "GGN-CG λ=0.1", "GGN-CG exact H λ=0.1", "K-FAC λ=0.1"]
+    assert t.loc["Adam", "test_acc"] == "0.9000 ± 0.0158" and (t["seeds"] == 5).all()
     pos = t["test_acc GN→Adam"]
     assert pos["GN"] == 0 and pos["Adam"] == 1 and pos["K-FAC λ=0.1"] == pytest.approx(0.5)
-    assert pos["GGN-CG λ=1"] == pytest.approx(0.4)
+    assert pos["GGN-CG exact H λ=0.1"] == pytest.approx(0.4)
     assert (t["wall_s/run"] == 10.0).all()
 
 
-def test_study_run_trains_nothing_when_finished_and_prints_the_table(synth, tmp_path):
-    out = CliRunner().invoke(app, ["--quiet", "study", "run", "gn_family", "scale=quick", "--results", str(synth),
-                                   "--out", str(tmp_path)])
+def test_plot_draws_the_presets_runs_without_training(synth, tmp_path):
+    out = CliRunner().invoke(app, ["--quiet", "plot", "gn_family", "--results", str(synth), "--out", str(tmp_path)])
     assert out.exit_code == 0, out.output
-    assert (tmp_path / "gn_family.png").exists() and "K-FAC λ=0.1" in out.output
+    assert (tmp_path / "gn_family.png").exists()
     metas = [json.loads(p.read_text()) for p in synth.rglob("meta.json")]
-    assert all(m["status"] == "done" and m["wall_s"] == 10.0 for m in metas)  # skipped, not retrained
-    assert len(metas) == 18
+    assert all(m["status"] == "done" and m["wall_s"] == 10.0 for m in metas)  # nothing retrained
+    assert len(metas) == 30
+
+
+# --- the tuned study (revgn_cli/studies/gn_family.py) ---------------------------------------------------------------
+
+from revgn_cli.studies import gn_family as gf  # noqa: E402
+
+
+def test_design_declares_every_method_and_its_runs_compose():
+    d = gf.load_design("quick")
+    assert list(d.methods) == ["GN sum", "GN mean", "GGN-CG", "GGN-CG exact H", "K-FAC", "Adam", "SGD"]
+    assert len(d.seeds) >= 5 and all(3 <= len(m.lr) <= 5 or m.damping for m in d.methods.values())
+    assert {m.optimizer for m in d.methods.values() if m.damping} == {"ggn_cg", "kfac"}
+    assert {c.at for c in d.claims} == {"final", "matched"} and all(c.sesoi > 0 for c in d.claims)
+    ids = set()
+    for lab, m in d.methods.items():
+        s = gf.Setting(m.lr[0], m.damping[0] if m.damping else None)
+        cfgs = [j.cfg for j in expand(gf.run_overrides(d, m, s))]
+        assert sorted(c.seed for c in cfgs) == list(d.seeds) and {c.train.epochs for c in cfgs} == {12}
+        assert {c.optimizer.lr for c in cfgs} == {m.lr[0]} and {c.optimizer.name for c in cfgs} == {m.optimizer}
+        ids |= {run_id(c) for c in cfgs}
+    assert len(ids) == len(d.methods) * len(d.seeds)  # GN sum/mean and both GGN-CG Hessians are distinct runs
+    ov = gf.tune_overrides(d, d.methods["K-FAC"], 0.1)
+    assert "optimizer.damping=0.1" in ov and "tune.grid.kfac=[0.3,1]" in ov and "tune.val_size=1000" in ov and "metrics.every=0" in ov
+
+
+def _fake_tuner(val):
+    """run_tune/tuned_rates over a table {(optimizer, damping or None, lr): [val_loss per seed]}."""
+    def lam_of(ov):
+        return next((float(o.split("=")[1]) for o in ov if o.startswith("optimizer.damping=")), None)
+
+    def opt_of(ov):
+        return next(o.split("=")[1] for o in ov if o.startswith("optimizer="))
+
+    def entry(ov):
+        o, lam = opt_of(ov), lam_of(ov)
+        per = {lr: {str(42 + i): v for i, v in enumerate(vs)} for (oo, ll, lr), vs in val.items() if (oo, ll) == (o, lam)}
+        means = {lr: (sum(v.values()) / len(v)) for lr, v in per.items()}
+        return {o: {"chosen": min(means, key=means.get), "grid": sorted(per), "val_loss": per}}
+
+    calls = []
+
+    def run_tune(exp, ov, res):
+        calls.append(list(ov))
+        return entry(ov)
+
+    def tuned_rates(res, exp, ov=()):
+        return {k: v["chosen"] for k, v in entry(ov).items()}
+
+    return gf.TuneCalls(run_tune, tuned_rates), calls
+
+
+def _small_design(tmp_path):
+    import yaml as _y
+
+    d = {"base": ["experiment=gn_family_quick", "dataset=digits", "model=tiny", "train.epochs=2"],
+         "seeds": [42, 43, 44], "tune": {"seeds": [42, 43], "val_size": 200},
+         "methods": {"GN sum": {"overrides": ["optimizer=gn"], "lr": [0.1, 0.3]},
+                     "K-FAC": {"overrides": ["optimizer=kfac"], "lr": [0.3, 1.0], "damping": [0.01, 0.1]}},
+         "claims": [{"id": "m", "a": "GN sum", "b": "K-FAC", "metric": "test_loss", "at": "matched", "sesoi": 0.02},
+                    {"id": "f", "a": "GN sum", "b": "K-FAC", "metric": "test_loss", "at": "final", "sesoi": 0.02}]}
+    path = tmp_path / "design.yaml"
+    path.write_text(_y.safe_dump(d, sort_keys=False))
+    return gf.load_design(path=path)
+
+
+def test_tuning_picks_each_methods_lambda_by_its_lowest_validation_loss(tmp_path):
+    d = _small_design(tmp_path)
+    calls, seen = _fake_tuner({("gn", None, 0.1): [0.5, 0.6], ("gn", None, 0.3): [0.4, 0.45],
+                               ("kfac", 0.01, 0.3): [0.35, 0.35], ("kfac", 0.01, 1.0): [0.2, float("inf")],
+                               ("kfac", 0.1, 0.3): [0.33, 0.31], ("kfac", 0.1, 1.0): [0.6, 0.7]})
+    st = gf.tune(d, tmp_path, calls)
+    assert st["GN sum"] == gf.Setting(0.3, None, pytest.approx(0.425))
+    # λ 0.01: its tuned rate is 0.3 (lr 1 diverged on a seed: +∞), val 0.35; λ 0.1 at lr 0.3 has 0.32: chosen.
+    assert st["K-FAC"] == gf.Setting(0.3, 0.1, pytest.approx(0.32))
+    assert len(seen) == 3 and all(any(o.startswith("tune.grid.") for o in ov) for ov in seen)
+
+
+def test_test_loss_at_matched_train_loss_is_interpolated_between_epoch_rows():
+    ep = pd.DataFrame({"epoch": [0.0, 1, 2, 3], "train_loss": [2.0, 1.0, 0.6, 0.5], "test_loss": [2.1, 1.3, 1.1, 1.2]})
+    assert gf.at_train_loss(ep, 0.8) == pytest.approx(1.3 + 0.5 * (1.1 - 1.3))
+    assert gf.at_train_loss(ep, 1.0) == pytest.approx(1.3) and gf.at_train_loss(ep, 3.0) == pytest.approx(2.1)
+    assert math.isnan(gf.at_train_loss(ep, 0.1))
+
+
+def _runs(spec):
+    """Rows of synthetic runs: {(method, seed): (train losses, test losses, status)} per epoch 0..E."""
+    rows = []
+    for (m, seed), (tr, te, status) in spec.items():
+        rid = f"{m}-{seed}"
+        for e, (a, b) in enumerate(zip(tr, te)):
+            rows.append({"run_id": rid, "method": m, "seed": seed, "split": "epoch", "epoch": float(e), "step": e,
+                         "train_loss": a, "test_loss": b, "test_acc": 1 - b / 3, "status": status,
+                         "optimizer.lr": 0.1, "optimizer.damping": 0.1, "experiment": "x"})
+        rows.append({"run_id": rid, "method": m, "seed": seed, "split": "step", "epoch": 0.5, "step": 1,
+                     "step_size_ratio": 0.2 if m == "A" else 1.0, "status": status, "optimizer.lr": 0.1,
+                     "optimizer.damping": 0.1, "experiment": "x"})
+    return pd.DataFrame(rows)
+
+
+def test_claims_are_judged_per_seed_at_matched_train_loss_and_at_the_final_epoch():
+    # A trains slower (final train loss 0.8) than B (0.4); at B's train loss 0.8 (epoch 1) B's test loss is 1.0 + δ_s,
+    # A's 1.2: d_s = 0.2 − δ_s at matched loss. At the final epoch A's test loss 1.2 vs B's 0.9 + δ_s.
+    spec, deltas = {}, {42: 0.0, 43: 0.01, 44: -0.01, 45: 0.02, 46: 0.0}
+    for s, dl in deltas.items():
+        spec[("A", s)] = ([2.0, 1.2, 0.8], [2.0, 1.5, 1.2], "done")
+        spec[("B", s)] = ([2.0, 0.8, 0.4], [2.0, 1.0 + dl, 0.9 + dl], "done")
+    spec[("B", 46)] = ([2.0, float("inf")], [2.0, float("inf")], "diverged")
+    runs = _runs(spec)
+    claims = (gf.Claim("m", "A", "B", "test_loss", "matched", 0.02), gf.Claim("f", "A", "B", "test_loss", "final", 0.02),
+              gf.Claim("n", "A", "A", "test_loss", "final", 0.05))
+    m = gf.claim_diffs(runs, claims[0])
+    assert {k: round(v, 12) for k, v in m.items() if k != 46} == {s: round(0.2 - dl, 12) for s, dl in deltas.items()
+                                                                   if s != 46} and math.isnan(m[46])
+    f = gf.claim_diffs(runs, claims[1])
+    assert f[42] == pytest.approx(0.3) and math.isnan(f[46])  # A finite − B diverged (+∞) is not evidence
+    t = gf.verdict_table(runs, claims).set_index("claim")
+    assert list(t["verdict"]) == ["HOLDS", "HOLDS", "NEGLIGIBLE"]
+    assert t.loc["m", "n"] == 4 and t.loc["m", "n_nonfinite"] == 1
+    assert t.loc["m", "mean"] == pytest.approx(0.2 - sum(v for k, v in deltas.items() if k != 46) / 4)
+    per = gf.per_seed_table(runs).set_index(["method", "seed"])
+    assert per.loc[("B", 46), "diverged"] and math.isinf(per.loc[("B", 46), "final_test_loss"])
+    assert per.loc[("A", 42), "final_train_loss"] == 0.8 and per.loc[("A", 42), "step_size_ratio_epoch1"] == 0.2
+
+
+def test_run_study_tunes_trains_only_through_the_sweep_and_writes_its_tables(tmp_path):
+    d = _small_design(tmp_path)
+    calls, _ = _fake_tuner({("gn", None, 0.1): [0.5, 0.5], ("gn", None, 0.3): [0.4, 0.4],
+                            ("kfac", 0.01, 0.3): [0.3, 0.3], ("kfac", 0.01, 1.0): [0.9, 0.9],
+                            ("kfac", 0.1, 0.3): [0.5, 0.5], ("kfac", 0.1, 1.0): [0.6, 0.6]})
+    res = tmp_path / "results"
+    launched = []
+
+    def fake_launch(ov, force=False, quiet=False):  # "trains" by writing finished synthetic runs
+        launched.append(list(ov))
+        for j in expand(ov):
+            cfg, o = j.cfg, j.cfg.optimizer.name
+            run = RunDir(res / cfg.exp_name / run_id(cfg))
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.config_path.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
+            slow = 1.0 if o == "gn" else 0.5
+            run.write_rows([{"run_id": run.run_id, "split": "epoch", "epoch": float(e), "step": e,
+                             "train_loss": 2.0 * slow ** e if o == "gn" else 2.0 * 0.3 ** e,
+                             "test_loss": 2.0 - 0.3 * e - (0.1 if o == "kfac" else 0.0) + 0.001 * cfg.seed,
+                             "test_acc": 0.5} for e in range(3)])
+            run.write_meta(status="done", run_id=run.run_id, experiment=cfg.exp_name, seed=cfg.seed, wall_s=1.0)
+        return [{"status": "done"} for _ in expand(ov)]
+
+    table, failed = gf.run_study("quick", [], res, tmp_path / "fig", calls=calls, launch=fake_launch,
+                                 log=lambda s: None, design=d)
+    assert failed == 0 and len(launched) == 2
+    assert "optimizer.lr=0.3" in launched[0] and {"optimizer.lr=0.3", "optimizer.damping=0.01"} <= set(launched[1])
+    assert any(o.startswith("hydra/launcher=joblib") for o in launched[0])
+    per = pd.read_csv(res / "gn_family_quick" / gf.PER_SEED_FILE)
+    assert len(per) == 6 and set(per["method"]) == {"GN sum", "K-FAC"} and set(per["seed"]) == {42, 43, 44}
+    assert list(table["claim"]) == ["m", "f"] and (table["n"] == 3).all()
+    assert (tmp_path / "fig" / "gn_family.png").exists()

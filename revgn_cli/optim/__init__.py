@@ -35,8 +35,8 @@ def make_optimizer(
 
     opt keys: name ∈ {gn, adam, sgd, linearised, ggn_cg, kfac}; lr; combine, loss_hessian, solver (gn); momentum (sgd);
     beta1, beta2, eps (adam); inner ∈ {sgd, adam} and relinearise_every (K, None = ∞) for linearised (+ the inner's
-    keys); loss_hessian, damping (+ damping_schedule, lm_factor, cg_iters, cg_tol for ggn_cg; curvature_every for
-    kfac).
+    keys); loss_hessian, damping (+ damping_schedule, lm_factor, cg_iters, cg_tol for ggn_cg; curvature_every,
+    kfac_step for kfac).
     Missing (or None) keys take conf/optimizer/<name>.yaml's values; unknown keys are ignored.
     reg keys: those of Regularizer. GN uses all of them. For the others only reg.name == "weight_decay" has an
     effect (torch's coupled `weight_decay=reg.weight_decay`, i.e. L2 added to the gradient); truncation, damping
@@ -61,7 +61,7 @@ def make_optimizer(
                      lm_factor=float(o["lm_factor"]), loss=loss, loss_hessian=str(o["loss_hessian"]), weight_decay=wd)
     if name == "kfac":
         return KFAC(model, lr=float(o["lr"]), damping=float(o["damping"]), curvature_every=int(o["curvature_every"]),
-                    loss=loss, loss_hessian=str(o["loss_hessian"]), weight_decay=wd)
+                    loss=loss, loss_hessian=str(o["loss_hessian"]), weight_decay=wd, step_rule=str(o["kfac_step"]))
     if name == "linearised":  # the inner SGD/Adam is built exactly like the plain ones below
         return LinearisedStepper(
             model, inner=str(o["inner"]), lr=float(o["lr"]), relinearise_every=o["relinearise_every"], loss=loss,

@@ -9,11 +9,20 @@ Hessian for ``exact``):
   ``damping_schedule="lm"`` adapts λ after every step, Levenberg–Marquardt style (Martens 2010 §4.1): with the
   reduction ratio ρ = (ℓ(θ − αΔ) − ℓ(θ)) / (q(−αΔ) − q(0)), q the undamped quadratic model
   q(δ) = ℓ + gᵀδ + ½ δᵀGδ on the same batch, λ ← λ·ω if ρ < ¼ and λ ← λ/ω if ρ > ¾ (ω = ``lm_factor``, 3/2 in the
-  paper).
+  paper). A step whose ρ is not finite or not above ``LM_ACCEPT`` (0: the batch loss did not fall; ρ := −1 when the
+  model predicts no decrease) is *rejected*: the parameters are restored bit-identically and λ ← λ·ω. ρ compares the loss
+  with q, so the schedule is meaningful when q is the loss's own second-order model, i.e. with
+  ``loss_hessian="exact"``; with the identity Hessian, q overestimates the curvature of cross-entropy (ρ ≈ 2 at every
+  step) and λ only shrinks.
 * ``KFAC`` replaces G by curvlinops' K-FAC approximation (per half-layer A ⊗ B on the joint [W, b] block,
   type-2 = exact-GGN factors), refreshed on the current batch every ``curvature_every`` steps, and applies
   (K + λI)⁻¹ exactly through the factors' eigendecompositions (curvlinops' KFACInverseLinearOperator with
-  ``use_exact_damping``), so λ means the same as for GGN-CG.
+  ``use_exact_damping``), so λ means the same as for GGN-CG. ``step_rule`` (Martens & Grosse 2015):
+  ``plain`` takes θ ← θ − αΔθ; ``rescale`` (§6.4, the default) scales the proposal Δ = −Δθ by the minimiser of the
+  damped quadratic model along it, α* = −gᵀΔ / (Δᵀ(G + λI)Δ), with G the exact GGN (one curvlinops mat-vec), so a
+  block-diagonal inverse that overshoots is pulled back; ``momentum`` (§7) minimises the same model over
+  span{Δ, δ₀}, δ₀ the previous update: δ = αΔ + μδ₀ with (α, μ) from a 2×2 system (two mat-vecs). The update is
+  θ ← θ + lr·δ (lr = 1 is M&G's step).
 
 With H = I, λ → 0 and CG run to convergence, G = (1/n) J_Zᵀ J_Z and g = (1/n) J_Zᵀ ε_Z, so Δθ = J_Z⁺ ε_Z — the
 minimum-norm solution of the logit-space GN equations J_Z Δ = ε_Z (tests/test_damped.py checks this against a dense
@@ -21,6 +30,7 @@ float64 Jacobian).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Mapping
 
@@ -32,9 +42,12 @@ from revgn_cli.optim.cg import conjugate_gradient
 from revgn_cli.optim.curvature import KFACView, flat, ggn_matvec, ggn_operator, kfac_operator, unflat
 from revgn_cli.optim.losses import LOSS_HESSIANS, batch_loss
 
-__all__ = ["GGNCG", "KFAC", "DAMPING_SCHEDULES", "loss_and_grad"]
+__all__ = ["GGNCG", "KFAC", "DAMPING_SCHEDULES", "KFAC_STEPS", "LM_ACCEPT", "loss_and_grad", "quadratic_step"]
 
 DAMPING_SCHEDULES = ("fixed", "lm")
+KFAC_STEPS = ("plain", "rescale", "momentum")
+# Levenberg-Marquardt accepts a step only when its reduction ratio ρ is finite and above this: the batch loss fell.
+LM_ACCEPT = 0.0
 
 
 def loss_and_grad(model: RevMLP, x: Tensor, t_onehot: Tensor, loss: str) -> tuple[Tensor, list[Tensor]]:
@@ -44,6 +57,31 @@ def loss_and_grad(model: RevMLP, x: Tensor, t_onehot: Tensor, loss: str) -> tupl
         ell = batch_loss(model(x), t_onehot, loss)
         grads = torch.autograd.grad(ell, params)
     return ell.detach(), list(grads)
+
+
+def quadratic_step(mv, g: Tensor, proposal: Tensor, damping: float,
+                   previous: Tensor | None = None) -> tuple[Tensor, float, float]:
+    """(δ, α, μ): the minimiser of the damped quadratic model M(δ) = gᵀδ + ½ δᵀ(G + λI)δ over span{Δ, δ₀}.
+
+    mv(v) = G v; g, Δ = ``proposal``, δ₀ = ``previous`` ∈ ℝ^p (flat). Without δ₀ (or when Δ and δ₀ are parallel, so
+    the 2×2 system is singular) δ = α*Δ with α* = −gᵀΔ / (Δᵀ(G + λI)Δ) (Martens & Grosse 2015 §6.4) and μ = 0; with
+    δ₀, (α, μ) solves [ΔᵀCΔ, ΔᵀCδ₀; δ₀ᵀCΔ, δ₀ᵀCδ₀](α, μ) = −(gᵀΔ, gᵀδ₀), C = G + λI (§7). The 2×2 algebra is in
+    float64 whatever the parameters' dtype.
+    """
+    c_d = mv(proposal) + damping * proposal
+    dcd, gd = float(torch.dot(proposal, c_d)), float(torch.dot(g, proposal))
+    alpha = -gd / dcd if dcd > 0 else 0.0
+    if previous is not None:
+        c_p = mv(previous) + damping * previous
+        a = torch.tensor([[dcd, float(torch.dot(proposal, c_p))], [float(torch.dot(previous, c_d)),
+                          float(torch.dot(previous, c_p))]], dtype=torch.float64)
+        b = -torch.tensor([gd, float(torch.dot(g, previous))], dtype=torch.float64)
+        # Singular (δ₀ ∥ Δ) or not positive definite through round-off: keep the one-dimensional rescaling.
+        if torch.linalg.det(a) > 1e-12 * float(a[0, 0] * a[1, 1]) and a[1, 1] > 0:
+            am = torch.linalg.solve(a, b)
+            alpha, mu = float(am[0]), float(am[1])
+            return alpha * proposal + mu * previous, alpha, mu
+    return alpha * proposal, alpha, 0.0
 
 
 class _Damped:
@@ -90,7 +128,8 @@ class GGNCG(_Damped):
     """Damped GN by CG on GGN mat-vecs (see the module docstring). ``.step(x, t) -> pre-update loss``.
 
     stats: ``damping`` (λ now), ``cg_iters_total`` (GGN mat-vecs in CG so far), ``cg_iters_last`` and
-    ``cg_rel_residual_last`` (the last solve), ``lm_rho_last`` (the last reduction ratio, ``lm`` only).
+    ``cg_rel_residual_last`` (the last solve), ``lm_rho_last`` (the last reduction ratio, NaN when it was not
+    finite) and ``lm_rejected`` (steps rejected so far), both ``lm`` only.
     """
 
     name = "ggn_cg"
@@ -108,6 +147,8 @@ class GGNCG(_Damped):
         self.cg_iters, self.cg_tol = int(cg_iters), float(cg_tol)
         self.damping_schedule, self.lm_factor = damping_schedule, float(lm_factor)
         self.stats.update(cg_iters_total=0.0, cg_iters_last=0.0, cg_rel_residual_last=0.0)
+        if damping_schedule == "lm":
+            self.stats["lm_rejected"] = 0.0
 
     def direction(self, x: Tensor, t_onehot: Tensor) -> tuple[list[Tensor], Tensor, dict[str, Any]]:
         """(Δθ ≈ (G + λI)⁻¹g in model.trainable()'s shapes, pre-update loss, {g, Gv, cg result})."""
@@ -122,19 +163,29 @@ class GGNCG(_Damped):
     def step(self, x: Tensor, t_onehot: Tensor) -> float:
         delta, ell, aux = self.direction(x, t_onehot)
         res = aux["cg"]
-        if self.damping_schedule == "lm":
+        lm = self.damping_schedule == "lm"
+        if lm:
             d = -self.lr * res.x  # the step actually taken (without weight decay)
             predicted = float(torch.dot(aux["g"], d) + 0.5 * torch.dot(d, aux["mv"](d)))
+            saved = [p.detach().clone() for p in self.model.trainable()]  # a rejected step restores these bits
         self._apply(delta)
         self.steps += 1
         self.stats["cg_iters_total"] += res.iters
         self.stats["cg_iters_last"] = float(res.iters)
         self.stats["cg_rel_residual_last"] = res.rel_residual
-        if self.damping_schedule == "lm":
+        if lm:
             with torch.no_grad():
                 after = float(batch_loss(self.model(aux["x"]), aux["t"], self.loss))
+            # A model that predicts no decrease gives ρ = −1, a NaN/inf loss after the step a NaN ρ: both rejected.
             rho = (after - float(ell)) / predicted if predicted < 0 else -1.0
-            if rho < 0.25:
+            rho = rho if math.isfinite(after) else math.nan
+            if not (math.isfinite(rho) and rho > LM_ACCEPT):
+                with torch.no_grad():
+                    for p, s in zip(self.model.trainable(), saved):
+                        p.copy_(s)
+                self.stats["lm_rejected"] = self.stats.get("lm_rejected", 0.0) + 1
+                self.damping *= self.lm_factor
+            elif rho < 0.25:
                 self.damping *= self.lm_factor
             elif rho > 0.75:
                 self.damping /= self.lm_factor
@@ -147,17 +198,23 @@ class KFAC(_Damped):
     """K-FAC preconditioned steps (see the module docstring). ``.step(x, t) -> pre-update loss``.
 
     The factors are recomputed on the current batch at steps 0, k, 2k, … (k = ``curvature_every``) and kept in the
-    checkpoint, so a resumed run preconditions with the same factors. stats: ``damping``, ``curvature_updates``.
+    checkpoint, so a resumed run preconditions with the same factors (and, for ``momentum``, the previous update).
+    stats: ``damping``, ``curvature_updates``; ``kfac_alpha_last`` and ``kfac_mu_last`` (the last step's α and μ;
+    1 and 0 for ``plain``).
     """
 
     name = "kfac"
 
     def __init__(self, model: RevMLP, lr: float = 1.0, damping: float = 1e-3, curvature_every: int = 1,
-                 loss: str = "ce", loss_hessian: str = "identity", weight_decay: float = 0.0):
+                 loss: str = "ce", loss_hessian: str = "identity", weight_decay: float = 0.0,
+                 step_rule: str = "rescale"):
         super().__init__(model, lr, damping, loss, loss_hessian, weight_decay)
         if int(curvature_every) < 1:
             raise ValueError(f"curvature_every must be >= 1, got {curvature_every}")
-        self.curvature_every = int(curvature_every)
+        if step_rule not in KFAC_STEPS:
+            raise ValueError(f"unknown K-FAC step rule {step_rule!r}; valid: {', '.join(KFAC_STEPS)}")
+        self.curvature_every, self.step_rule = int(curvature_every), step_rule
+        self._previous: Tensor | None = None  # δ₀, the last update (flat; ``momentum`` only)
         self.view = KFACView(model)
         self._op = None  # the K-FAC operator of the last refresh
         self._scale = 1.0  # G ≈ scale·K (curvature.kfac_operator)
@@ -165,7 +222,7 @@ class KFAC(_Damped):
         # Factors loaded from a checkpoint, on the model's device, turned into an operator at the first step that
         # needs them: curvlinops maps parameters by data_ptr, which a model without storage (meta) does not have.
         self._pending: dict[str, Any] | None = None
-        self.stats["curvature_updates"] = 0.0
+        self.stats.update(curvature_updates=0.0, kfac_alpha_last=1.0, kfac_mu_last=0.0)
 
     def _set_inverse(self) -> None:
         from curvlinops import KFACInverseLinearOperator
@@ -193,8 +250,8 @@ class KFAC(_Damped):
         self._set_inverse()
         self.stats["curvature_updates"] += 1
 
-    def direction(self, x: Tensor, t_onehot: Tensor) -> tuple[list[Tensor], Tensor]:
-        """(Δθ = (sK + λI)⁻¹ g, pre-update loss); refreshes the factors first when due."""
+    def direction(self, x: Tensor, t_onehot: Tensor) -> tuple[list[Tensor], Tensor, list[Tensor]]:
+        """(Δθ = (sK + λI)⁻¹ g, pre-update loss, g); refreshes the factors first when due."""
         if (self._op is None and self._pending is None) or self.steps % self.curvature_every == 0:
             self.refresh(x, t_onehot)
         elif self._pending is not None:
@@ -203,16 +260,30 @@ class KFAC(_Damped):
         ell, grads = loss_and_grad(self.model, x, t_onehot, self.loss)
         with torch.no_grad():
             delta = [d / self._scale for d in self._inverse @ grads]
-        return delta, ell
+        return delta, ell, grads
 
     def step(self, x: Tensor, t_onehot: Tensor) -> float:
-        delta, ell = self.direction(x, t_onehot)
+        delta, ell, grads = self.direction(x, t_onehot)
+        if self.step_rule != "plain":
+            xb, tb = self._batch(x, t_onehot)
+            params = self.model.trainable()
+            mv = ggn_matvec(ggn_operator(self.model, xb, tb, loss=self.loss, loss_hessian=self.loss_hessian), params)
+            prev = self._previous if self.step_rule == "momentum" else None
+            with torch.no_grad():
+                upd, alpha, mu = quadratic_step(mv, flat(grads), -flat(delta), self.damping, prev)
+            # _apply subtracts lr·(d + weight_decay·θ): d = −δ moves θ by +lr·δ.
+            delta = unflat(-upd, params)
+            self.stats["kfac_alpha_last"], self.stats["kfac_mu_last"] = alpha, mu
+            if self.step_rule == "momentum":
+                self._previous = self.lr * upd
         self._apply(delta)
         self.steps += 1
         return float(ell)
 
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
+        if self._previous is not None:
+            out["previous"] = self._previous
         if self._pending is not None:
             out["kfac"] = dict(self._pending)
         elif self._op is not None:
@@ -224,6 +295,8 @@ class KFAC(_Damped):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         self._op, self._inverse = None, None
+        prev = state.get("previous")
+        self._previous = None if prev is None else prev.to(self.model.readout.device)
         k = state.get("kfac")
         if k is None:
             self._pending = None

@@ -158,7 +158,21 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         sc, ov, res = split_args(args, None, results)
         t0 = time.time()
         presets = specs[name].presets_for(sc)
-        if name == "barrier":
+        if name == "gn_family":
+            import os
+
+            from revgn_cli.studies.gn_family import run_study
+
+            os.nice(10)  # background-friendly: the study runs for hours beside other work
+            table, failed = run_study(sc, ov, res, out_dir, force=force, quiet=bool(state.get("quiet")),
+                                      log=lambda s: out.print(s, highlight=False, soft_wrap=True))
+            print_frame(table[["claim", "n", "n_nonfinite", "mean", "half", "p_adj", "p_tost_adj", "verdict"]],
+                        f"gn_family ({sc}): verdicts (Holm over the family)")
+            out.print(f"study gn_family ({sc}): {time.time() - t0:.0f} s", highlight=False)
+            if failed:
+                raise typer.Exit(1)
+            return
+        elif name == "barrier":
             from revgn_cli.studies.spawn import run_spawn_study
 
             run_spawn_study([f"experiment={presets[0]}", *ov, f"results_dir={res}"], force=force,

@@ -12,8 +12,9 @@ Each is a ``FigureSpec`` (``revgn_cli.figures.registry``): the presets it reads 
   (rows from ``barriers.parquet``, written by ``revgn study spawn``).
 * ``kernel_dynamics`` — NTK distance to init and NTK velocity vs epoch, and distance vs test accuracy, every
   optimiser in one figure (the metrics columns ``ntk_dist_init``, ``ntk_velocity``).
-* ``gn_family`` — exact GN, GGN-CG at two dampings, K-FAC, Adam and SGD: train/test loss, test accuracy, NTK
-  similarity and last-block CKA to init vs epoch.
+* ``gn_family`` — exact GN, GGN-CG (identity and exact loss Hessian), K-FAC, Adam and SGD at their presets' rates:
+  train/test loss, test accuracy, NTK similarity and last-block CKA to init vs epoch (``revgn study run gn_family``
+  draws the tuned-rate version itself: revgn_cli/studies/gn_family.py).
 """
 from __future__ import annotations
 
@@ -312,12 +313,18 @@ DAMPED = ("ggn_cg", "kfac")  # optimisers whose damping λ tells their runs apar
 NTK_SIM_COLUMNS = ("ntk_feat_sim_init", "ntk_sim_init")
 
 
+def _damped_label(opt: str, lam: float, hessian: object) -> str:
+    """"GGN-CG λ=0.1", or "GGN-CG exact H λ=0.1" with the softmax loss Hessian."""
+    return f"{OPT_LABELS.get(opt, opt)}{' exact H' if str(hessian) == 'exact' else ''} λ={float(lam):g}"
+
+
 def method_labels(df: pd.DataFrame) -> pd.Series:
-    """Per row, the method it belongs to: the optimiser's label, with λ for the damped ones ("GGN-CG λ=0.001")."""
+    """Per row, the method it belongs to: the optimiser's label, with λ (and "exact H" for the softmax loss
+    Hessian) for the damped ones ("GGN-CG λ=0.001")."""
     names = col(df, "optimizer.name").astype(str)
-    lam = col(df, "optimizer.damping")
-    return pd.Series([f"{OPT_LABELS.get(n, n)} λ={float(v):g}" if n in DAMPED else OPT_LABELS.get(n, n)
-                      for n, v in zip(names, lam)], index=df.index)
+    lam, hess = col(df, "optimizer.damping"), col(df, "optimizer.loss_hessian")
+    return pd.Series([_damped_label(n, v, h) if n in DAMPED else OPT_LABELS.get(n, n)
+                      for n, v, h in zip(names, lam, hess)], index=df.index)
 
 
 def by_method(df: pd.DataFrame):
@@ -329,9 +336,9 @@ def by_method(df: pd.DataFrame):
         if opt not in DAMPED:
             yield Series(OPT_LABELS.get(opt, opt), OPT_COLOURS.get(opt, "#7f7f7f"), rows)
             continue
-        lam = col(rows, "optimizer.damping").astype(float)
-        for i, v in enumerate(sorted(lam.dropna().unique())):
-            yield Series(f"{OPT_LABELS[opt]} λ={v:g}", OPT_COLOURS[opt], rows[lam == v], ("-", "--", ":")[i % 3])
+        labels = method_labels(rows)
+        for i, lab in enumerate(sorted(labels.unique(), key=lambda s: ("exact H" in s, float(s.rsplit("=", 1)[1])))):
+            yield Series(lab, OPT_COLOURS[opt], rows[labels == lab], ("-", "--", ":")[i % 3])
 
 
 def _ntk_column(ep: pd.DataFrame) -> str:
@@ -444,8 +451,8 @@ def _specs() -> dict[str, object]:
         FigureSpec(
             "gn_family", "Exact GN vs damped, inexact GN (GGN-CG, K-FAC) vs Adam/SGD",
             "Is poor generalisation a property of exact GN or of Gauss-Newton methods? Exact GN (truncated pinv), "
-            "GGN-CG (conjugate gradient on GGN mat-vecs, at most cg_iters iterations) at two dampings λ, K-FAC, Adam and "
-            "SGD on the same mini-batches: train loss, test loss, test accuracy, NTK similarity to init and the last "
+            "GGN-CG (conjugate gradient on GGN mat-vecs, identity and exact loss Hessian), K-FAC, Adam and "
+            "SGD on the same mini-batches at the presets' rates: train loss, test loss, test accuracy, NTK similarity to init and the last "
             "block's CKA to init vs epoch (mean ± std over seeds).",
             {"quick": ("gn_family_quick", "gn_family_cg_quick"), "paper": ("gn_family_paper", "gn_family_cg_paper")},
             plot_gn_family),

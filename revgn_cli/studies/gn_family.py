@@ -1,0 +1,348 @@
+"""The GN-family study (``revgn study run gn_family``): exact GN, GGN-CG, K-FAC, Adam and SGD, each at the step size
+its validation split prefers, compared at the final epoch and at matched train loss (docs/studies.md §6).
+
+The design is declared in ``conf/study/gn_family_<scale>.yaml`` (not a Hydra group): the base overrides, the seeds,
+the tuner's seeds and validation size, per method its overrides, lr grid and damping grid, and the claims (pairs of
+methods, a metric, ``final`` or ``matched``, a SESOI). The study
+
+1. tunes: per method and damping λ, ``revgn_cli.tune.run_tune`` on the method's overrides (+ ``optimizer.damping=λ``
+   and its lr grid); the (λ, lr) with the lowest mean final val_loss is the method's setting;
+2. trains each method at its setting for every seed through the sweep machinery (joblib, 2 workers; finished runs
+   are skipped, so a rerun resumes);
+3. writes ``<results>/<exp_name>/gn_family_per_seed.csv`` (one row per method and seed) and
+   ``gn_family_verdicts.csv`` (one row per claim: mean ± 95 % interval, p, TOST p, Holm-adjusted verdict, from
+   ``revgn_cli.stats``), and the figure.
+
+Matched train loss, per seed and claim: L* = the larger of the two methods' final train losses (the level both
+reach); each method's test loss is taken at the first epoch row whose train loss is ≤ L*, linearly interpolated in
+train loss between that row and the one before. A diverged run gives a non-finite value (``stats`` counts it apart).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from revgn_cli.config import ConfigError, conf_dir
+from revgn_cli.stats import judge, judge_family
+
+PER_SEED_FILE, VERDICT_FILE = "gn_family_per_seed.csv", "gn_family_verdicts.csv"
+DEFAULT_LAUNCHER = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+AT = ("final", "matched")
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    overrides: tuple[str, ...]
+    lr: tuple[float, ...]
+    damping: tuple[float, ...] = ()  # empty: the method has no λ
+
+    @property
+    def optimizer(self) -> str:
+        return next(o.split("=", 1)[1] for o in self.overrides if o.startswith("optimizer="))
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    a: str
+    b: str
+    metric: str
+    at: str
+    sesoi: float
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Design:
+    base: tuple[str, ...]
+    seeds: tuple[int, ...]
+    tune_seeds: tuple[int, ...]
+    val_size: int
+    methods: dict[str, Method]
+    claims: tuple[Claim, ...]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A method's chosen setting: its lr, its λ (None without one) and the tuner's mean val_loss there."""
+
+    lr: float
+    damping: float | None = None
+    val_loss: float = math.nan
+
+
+@dataclass
+class TuneCalls:
+    """The tuner's Python API (``revgn_cli.tune``: ``run_tune(experiment, overrides, results_dir) -> record`` with
+    the record of the setting mapping optimizer → {chosen, grid, val_loss, …}, and ``tuned_rates``), injectable so
+    tests run the study without training."""
+
+    run_tune: Callable[[str, list[str], Any], Any]
+    tuned_rates: Callable[..., dict[str, float]]
+
+
+def default_calls() -> TuneCalls:
+    from revgn_cli import tune as t  # the validation-split rate tuner
+
+    return TuneCalls(t.run_tune, t.tuned_rates)
+
+
+def record_entry(record: Any, optimizer: str) -> Mapping[str, Any]:
+    """The optimizer's entry of a tune record (a mapping, or an object whose ``__dict__`` is one)."""
+    rec = record if isinstance(record, Mapping) else getattr(record, "__dict__", {})
+    if optimizer in rec:
+        return rec[optimizer]
+    inner = [v for v in rec.values() if isinstance(v, Mapping) and optimizer in v]  # {setting-key: {opt: …}}
+    return inner[0][optimizer] if len(inner) == 1 else {}
+
+
+def load_design(scale: str = "quick", path: Path | None = None) -> Design:
+    import yaml
+
+    path = path or conf_dir() / "study" / f"gn_family_{scale}.yaml"
+    if not path.exists():
+        raise ConfigError(f"no gn_family design for scale {scale!r} ({path})")
+    d = yaml.safe_load(path.read_text())
+    methods = {lab: Method(lab, tuple(m["overrides"]), tuple(float(v) for v in m["lr"]),
+                           tuple(float(v) for v in m.get("damping", ()) or ()))
+               for lab, m in d["methods"].items()}
+    claims = tuple(Claim(c["id"], c["a"], c["b"], c["metric"], c["at"], float(c["sesoi"]), c.get("text", ""))
+                   for c in d.get("claims", []))
+    for c in claims:
+        if c.a not in methods or c.b not in methods or c.at not in AT:
+            raise ConfigError(f"gn_family claim {c.id}: methods must be among {', '.join(methods)} and at one of "
+                              f"{', '.join(AT)}")
+    t = d.get("tune", {})
+    return Design(tuple(d["base"]), tuple(int(s) for s in d["seeds"]), tuple(int(s) for s in t.get("seeds", [42])),
+                  int(t.get("val_size", 1000)), methods, claims)
+
+
+def experiment(design: Design) -> str:
+    return next(o.split("=", 1)[1] for o in design.base if o.lstrip("+").startswith("experiment="))
+
+
+def tune_overrides(design: Design, m: Method, damping: float | None) -> list[str]:
+    """The overrides that define one tuned setting: the method's, its λ, and the tuner's grid, seeds and split.
+    Tuning runs log no diagnostics (``metrics.every=0``): only their val_loss counts, and on a 2-core CPU the
+    NTK/CKA diagnostics of an epoch cost as much as a hundred Adam steps."""
+    grid = ",".join(f"{v:g}" for v in m.lr)
+    seeds = ",".join(str(s) for s in design.tune_seeds)
+    out = [*design.base[1:], *m.overrides]
+    out += [f"optimizer.damping={damping:g}"] if damping is not None else []
+    return out + ["metrics.every=0", f"tune.grid.{m.optimizer}=[{grid}]", f"tune.seeds=[{seeds}]", f"tune.val_size={design.val_size}"]
+
+
+def mean_val_loss(entry: Mapping[str, Any], rate: float) -> float:
+    """Mean over seeds of a tune record entry's final val_loss at ``rate`` (∞ when a seed diverged or it is absent).
+
+    ``entry["val_loss"]`` maps a rate (number or its string) to per-seed values (a seed → value mapping or a list).
+    """
+    per_rate = entry.get("val_loss", {}) if isinstance(entry, Mapping) else {}
+    vals = next((v for k, v in per_rate.items() if math.isclose(float(k), rate, rel_tol=1e-9)), None)
+    if vals is None:
+        return math.inf
+    vals = list(vals.values()) if isinstance(vals, Mapping) else list(vals)
+    vals = [float(v) if v is not None else math.inf for v in vals]
+    return float(np.mean(vals)) if vals and all(math.isfinite(v) for v in vals) else math.inf
+
+
+def tune(design: Design, results_dir: Any, calls: TuneCalls, log: Callable[[str], None] = lambda s: None
+         ) -> dict[str, Setting]:
+    """Each method's setting: for every λ of its grid (or none), the tuner's rate; then the λ with the lowest mean
+    val_loss at its rate (the first λ when the record gives no val_loss)."""
+    exp = experiment(design)
+    out: dict[str, Setting] = {}
+    for m in design.methods.values():
+        best: Setting | None = None
+        for lam in m.damping or (None,):
+            ov = tune_overrides(design, m, lam)
+            rec = calls.run_tune(exp, ov, results_dir)
+            lr = float(calls.tuned_rates(results_dir, exp, ov)[m.optimizer])
+            s = Setting(lr, lam, mean_val_loss(record_entry(rec, m.optimizer), lr))
+            log(f"tuned {m.label}" + (f" λ={lam:g}" if lam is not None else "") + f": lr {lr:g} (val_loss {s.val_loss:.4g})")
+            if best is None or s.val_loss < best.val_loss:
+                best = s
+        if len(m.damping) > 1 and not math.isfinite(best.val_loss):
+            log(f"warning: {m.label}: no finite val_loss for any λ; keeping λ={best.damping:g}")
+        out[m.label] = best
+    return out
+
+
+def run_overrides(design: Design, m: Method, s: Setting, extra: list[str] = ()) -> list[str]:
+    """The sweep overrides of a method's final runs: full training set (no validation split), every seed."""
+    out = [*design.base, *m.overrides, f"optimizer.lr={s.lr:g}"]
+    out += [f"optimizer.damping={s.damping:g}"] if s.damping is not None else []
+    return out + [f"seed={','.join(str(x) for x in design.seeds)}", *extra]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# analysis (pure: rows in, tables out)
+
+
+def _epoch_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    ep = runs[runs["split"] == "epoch"] if "split" in runs.columns else runs
+    return ep.sort_values("epoch")
+
+
+def final_value(ep: pd.DataFrame, metric: str, diverged: bool) -> float:
+    """The last logged ``metric`` of one run's epoch rows; +∞ (losses) or NaN (accuracies) for a diverged run."""
+    if diverged:
+        return math.inf if "loss" in metric else math.nan
+    v = ep[metric].dropna() if metric in ep.columns else pd.Series(dtype=float)
+    return float(v.iloc[-1]) if len(v) else math.nan
+
+
+def at_train_loss(ep: pd.DataFrame, target: float, metric: str = "test_loss") -> float:
+    """``metric`` when the run's train loss first reaches ``target`` (≤), linearly interpolated in train loss
+    between that epoch row and the previous one; NaN when it never does."""
+    d = ep.dropna(subset=["train_loss", metric])
+    tl, mv = d["train_loss"].to_numpy(float), d[metric].to_numpy(float)
+    hit = np.flatnonzero(tl <= target)
+    if not math.isfinite(target) or hit.size == 0:
+        return math.nan
+    i = int(hit[0])
+    if i == 0 or tl[i - 1] == tl[i]:
+        return float(mv[i])
+    w = (tl[i - 1] - target) / (tl[i - 1] - tl[i])
+    return float(mv[i - 1] + w * (mv[i] - mv[i - 1]))
+
+
+def per_seed_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, seed) from the runs' rows (a ``method`` column, ``status``): lr, damping, final
+    train/test loss and test accuracy, epochs, diverged, and the median function-space step of its first epoch's
+    updates (``step_size_ratio``, NaN where not logged)."""
+    rows = []
+    for (meth, rid), r in runs.groupby(["method", "run_id"], sort=False):
+        ep = _epoch_rows(r)
+        div = str(r["status"].iloc[0]) == "diverged" if "status" in r.columns else False
+        st = r[(r["split"] == "step") & (r["epoch"] <= 1)] if "split" in r.columns else r.iloc[0:0]
+        ssr = st["step_size_ratio"].dropna() if "step_size_ratio" in st.columns else pd.Series(dtype=float)
+        rows.append({"method": meth, "seed": int(r["seed"].iloc[0]), "run_id": rid,
+                     "lr": float(r["optimizer.lr"].iloc[0]),
+                     "damping": float(r["optimizer.damping"].iloc[0]) if "optimizer.damping" in r.columns else math.nan,
+                     "epochs": float(ep["epoch"].max()), "diverged": div,
+                     **{f"final_{k}": final_value(ep, k, div) for k in ("train_loss", "test_loss", "test_acc")},
+                     "step_size_ratio_epoch1": float(ssr.median()) if len(ssr) else math.nan})
+    return pd.DataFrame(rows)
+
+
+def claim_diffs(runs: pd.DataFrame, claim: Claim) -> dict[int, float]:
+    """Per seed both methods ran: value(a) − value(b) (> 0: the claimed side)."""
+    out: dict[int, float] = {}
+    a, b = runs[runs["method"] == claim.a], runs[runs["method"] == claim.b]
+    for seed in sorted(set(a["seed"]) & set(b["seed"])):
+        ra, rb = a[a["seed"] == seed], b[b["seed"] == seed]
+        div = [str(r["status"].iloc[0]) == "diverged" if "status" in r.columns else False for r in (ra, rb)]
+        ea, eb = _epoch_rows(ra), _epoch_rows(rb)
+        if claim.at == "final":
+            va, vb = final_value(ea, claim.metric, div[0]), final_value(eb, claim.metric, div[1])
+        elif any(div):
+            va = vb = math.nan
+        else:
+            target = max(final_value(ea, "train_loss", False), final_value(eb, "train_loss", False))
+            va, vb = at_train_loss(ea, target, claim.metric), at_train_loss(eb, target, claim.metric)
+        d = va - vb
+        out[int(seed)] = d if math.isfinite(d) else math.nan
+    return out
+
+
+def verdict_table(runs: pd.DataFrame, claims: tuple[Claim, ...]) -> pd.DataFrame:
+    """One row per claim: n, diverged pairs, mean ± 95 % half-width, p, TOST p, Holm-adjusted p's and verdict."""
+    raw = [judge(claim_diffs(runs, c), c.sesoi) for c in claims]
+    fam = judge_family(raw)
+    return pd.DataFrame([{"claim": c.id, "text": c.text, "at": c.at, "metric": c.metric, "a": c.a, "b": c.b,
+                          "sesoi": c.sesoi, "n": v.n, "n_nonfinite": v.n_nonfinite, "mean": v.mean, "half": v.half,
+                          "p": v.p, "p_tost": v.p_tost, "p_adj": v.p_adj, "p_tost_adj": v.p_tost_adj,
+                          "verdict": v.verdict} for c, v in zip(claims, fam)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the study: tune, train, write
+
+
+def method_jobs(design: Design, settings: Mapping[str, Setting], extra: list[str], results_dir: Any
+                ) -> dict[str, list[str]]:
+    """method label → the run ids of its final runs (composed, not trained)."""
+    from revgn_cli.config import run_id
+    from revgn_cli.sweep import expand
+
+    return {lab: [run_id(j.cfg) for j in expand(run_overrides(design, m, settings[lab],
+                                                         [*extra, f"results_dir={results_dir}"]))]
+            for lab, m in design.methods.items()}
+
+
+def load_method_runs(results_dir: Any, jobs: Mapping[str, list[str]]) -> pd.DataFrame:
+    """The finished (done or diverged) runs' rows with a ``method`` column."""
+    from revgn_cli.results import load_runs
+
+    owner = {rid: lab for lab, ids in jobs.items() for rid in ids}
+    df = load_runs(results_dir, {"run_id": sorted(owner)}, statuses=("done", "diverged"), strict=False)
+    return df.assign(method=df["run_id"].map(owner)) if not df.empty else df.assign(method=[])
+
+
+def write_outputs(runs: pd.DataFrame, design: Design, out_dir: Path) -> tuple[Path, Path]:
+    """The per-seed table and the verdict table as CSV under ``out_dir`` (created)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per, ver = out_dir / PER_SEED_FILE, out_dir / VERDICT_FILE
+    per_seed_table(runs).to_csv(per, index=False)
+    verdict_table(runs, design.claims).to_csv(ver, index=False)
+    return per, ver
+
+
+def plot(runs: pd.DataFrame, design: Design, scale: str):
+    """Train loss, test loss, test accuracy, NTK similarity and last-block CKA to init vs epoch, per method."""
+    from revgn_cli.figures.plots import PlotContext, Series, metric_grid
+    from revgn_cli.figures.style import sequential_colours
+    from revgn_cli.studies.figures import _last_cka, _ntk_column
+
+    colours = sequential_colours(len(design.methods))
+
+    def series(df: pd.DataFrame):
+        for (lab, c) in zip(design.methods, colours):
+            rows = df[df["method"] == lab]
+            if not rows.empty:
+                yield Series(lab, c, rows)
+
+    ep = _epoch_rows(runs)
+    ntk, cka = _ntk_column(ep), _last_cka(ep)
+    return metric_grid(runs, PlotContext("gn_family", f"GN family, tuned rates ({scale})", scale),
+                       ["train_loss", "test_loss", "test_acc", ntk, cka], series=series,
+                       titles=["train loss", "test loss", "test accuracy", "NTK similarity to init",
+                               f"CKA to init, last block ({cka[9:]})"])
+
+
+def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path, *, force: bool = False,
+              quiet: bool = False, calls: TuneCalls | None = None, launch: Callable[..., list[dict]] | None = None,
+              log: Callable[[str], None] = print, design: Design | None = None) -> tuple[pd.DataFrame, int]:
+    """Tune, train the missing runs, write the tables and the figure; returns (verdict table, failed jobs)."""
+    from revgn_cli import sweep as sw
+
+    design = design or load_design(scale)
+    calls = calls or default_calls()
+    launch = launch or sw.launch
+    settings = tune(design, results_dir, calls, log)
+    extra = list(overrides) + [o for o in DEFAULT_LAUNCHER if not any(x.startswith("hydra/launcher") for x in overrides)]
+    failed = 0
+    for lab, m in design.methods.items():
+        log(f"{lab}: {settings[lab].lr:g}" + (f", λ {settings[lab].damping:g}" if settings[lab].damping is not None else ""))
+        records = launch(run_overrides(design, m, settings[lab], [*extra, f"results_dir={results_dir}"]), force=force,
+                         quiet=quiet)
+        failed += len(sw.report_failures(records))
+    plain = [o for o in overrides if not o.startswith(("hydra/", "hydra."))]
+    runs = load_method_runs(results_dir, method_jobs(design, settings, plain, results_dir))
+    if runs.empty:
+        raise ConfigError("gn_family: no finished run to summarise")
+    exp_dir = Path(results_dir) / runs["experiment"].iloc[0]
+    per, ver = write_outputs(runs, design, exp_dir)
+    fig = plot(runs, design, scale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        fig.savefig(out_dir / f"gn_family.{ext}")
+    log(f"per-seed table → {per}; verdicts → {ver}; figure → {out_dir / 'gn_family.png'}")
+    return pd.read_csv(ver), failed
