@@ -445,7 +445,8 @@ def _specs() -> dict[str, object]:
             "scaling", "Scale ladder: each claim's margin as one axis moves toward the paper's setting",
             "From the quick mini-batch setting (mnist5k, h = 1024, batch 256, 192 updates), one axis at a time: "
             "training length, width h, batch size. Per main-text mini-batch claim (rows), its margin (> 0: the "
-            "paper's side; mean ± 95 % t-interval over seeds 42–44; green PASS, red FAIL, orange INCONCLUSIVE) vs "
+            "paper's side; mean ± 95 % t-interval over seeds 42–44; green HOLDS, red REVERSED, blue NEGLIGIBLE, orange "
+            "INCONCLUSIVE, grey INSUFFICIENT; revgn_cli/stats.py with each claim's SESOI) vs "
             "the axis; dotted: the paper's value. Reads results/scaling/ladder.parquet (`revgn study run scaling`).",
             {"quick": ("minibatch_quick",), "paper": ("minibatch_quick",)},
             _plot_scaling),

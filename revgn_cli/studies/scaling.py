@@ -9,7 +9,7 @@ declared ``order`` (cheapest first) through the sweep machinery (Hydra multirun;
 
 ``measure`` turns the finished runs of every rung into one row per (axis, value, claim, seed) with the claim's
 margin (``revgn_cli.figures.claims``: > 0 is the paper's side), written to ``<results>/scaling/ladder.parquet``;
-``ladder_table`` reduces it to mean ± 95 % t-interval and verdict per (claim, axis, value).
+``ladder_table`` reduces it to mean ± 95 % t-interval and verdict (revgn_cli/stats.py) per (claim, axis, value).
 """
 from __future__ import annotations
 
@@ -185,14 +185,18 @@ def read_ladder(path: Path) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
 
 
 def ladder_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (claim, axis, value): n seeds, mean margin, 95 % t half-width, verdict, runs done / expected."""
-    from revgn_cli.figures.verdict import seed_interval
+    """Per (claim, axis, value): n finite pairs, mean margin, 95 % t half-width, verdict (``revgn_cli.stats.judge``
+    with the claim's SESOI; MISSING for a rung with no seed measured), runs done / expected."""
+    from revgn_cli.figures.claims import CLAIMS
+    from revgn_cli.stats import judge
 
+    sesoi = {c.id: c.sesoi for c in CLAIMS}
     out = []
     for (claim, axis, value), g in df.groupby(["claim", "axis", "value"], sort=False):
-        iv = seed_interval(g.loc[g["seed"] >= 0, "margin"])
-        out.append({"claim": claim, "axis": axis, "value": value, "n": iv.n, "margin": iv.mean, "half": iv.half,
-                    "verdict": iv.verdict, "runs": f"{int(g['runs_done'].iloc[0])}/{int(g['runs_expected'].iloc[0])}",
+        margins = g.loc[g["seed"] >= 0, "margin"]
+        v = judge(margins, sesoi[claim])
+        out.append({"claim": claim, "axis": axis, "value": value, "n": v.n, "margin": v.mean, "half": v.half,
+                    "verdict": v.verdict if len(margins) else "MISSING", "runs": f"{int(g['runs_done'].iloc[0])}/{int(g['runs_expected'].iloc[0])}",
                     "wall_s": float(g["wall_s"].iloc[0])})
     return pd.DataFrame(out)
 
@@ -225,7 +229,8 @@ def plot_scaling(df: pd.DataFrame, ctx) -> Any:
     tab = ladder_table(lad)
     claims = [c for c in CLAIM_IDS if c in set(tab["claim"])]
     axes_names = list(dict.fromkeys(tab["axis"]))
-    colours = {"PASS": "tab:green", "FAIL": "tab:red", "INCONCLUSIVE": "tab:orange", "MISSING": "grey"}
+    colours = {"HOLDS": "tab:green", "REVERSED": "tab:red", "NEGLIGIBLE": "tab:blue", "INCONCLUSIVE": "tab:orange",
+               "INSUFFICIENT": "grey", "MISSING": "grey"}
     with style():
         fig, axes = new_figure(len(claims), len(axes_names), panel=(2.9, 1.9))
         for r, cid in enumerate(claims):
