@@ -55,15 +55,15 @@ def test_study_run_scaling_trains_missing_rungs_and_writes_the_ladder(tmp_path, 
     assert meta["hidden"] == {"label": "h", "paper": 8000}
     assert set(df["claim"]) == set(CLAIM_IDS)
     t = ladder_table(df).set_index(["claim", "axis", "value"])
-    assert t.loc[("fig2.test_loss", "batch", 256.0), "verdict"] == "PASS"
-    assert t.loc[("fig2.test_loss", "batch", 1024.0), "verdict"] == "FAIL"
+    assert t.loc[("fig2.test_loss", "batch", 256.0), "verdict"] == "HOLDS"
+    assert t.loc[("fig2.test_loss", "batch", 1024.0), "verdict"] == "REVERSED"
     assert t.loc[("fig2.test_loss", "hidden", 2048.0), "verdict"] == "MISSING"
     assert t.loc[("fig4.ntk_lazy", "batch", 256.0), "n"] == 3
     # margins are the claims' own per-seed margins (paired by seed)
     base = df[(df["axis"] == "batch") & (df["value"] == 256.0) & (df["claim"] == "fig2.test_loss")]
     assert sorted(base["seed"]) == [42, 43, 44] and (base["margin"] > 0).all()
     assert (out / "scaling.png").exists() and "not run" not in r.output
-    assert "fig2.test_loss" in r.output and "PASS" in r.output and "FAIL" in r.output
+    assert "fig2.test_loss" in r.output and "HOLDS" in r.output and "REVERSED" in r.output
     # the figure: one row per claim, one column per axis; a point per rung with finished runs
     from revgn_cli.figures.registry import render
 
