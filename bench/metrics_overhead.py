@@ -94,8 +94,10 @@ def new_metrics(tracker, model, step: float, steps_per_epoch: float) -> str:
     epoch = step * steps_per_epoch
     out = []
     if tracker.feat_x is not None:
-        t = median_seconds(lambda: feature_ntk_apply(model, tracker.feat_x, tracker.feat_u), repeats=3)
-        out.append(f"feature-space NTK sketch (probe {tracker.feat_x.shape[0]}) {1e3 * t:.0f} ms/epoch = "
+        n_probes = tracker.feat_u.shape[0]  # one VJP + one JVP per probe: time one, count P
+        t = n_probes * median_seconds(lambda: feature_ntk_apply(model, tracker.feat_x, tracker.feat_u[0]), repeats=3)
+        out.append(f"feature-space NTK sketch (probe {tracker.feat_x.shape[0]}, {n_probes} probes) "
+                   f"{1e3 * t:.0f} ms/epoch = "
                    f"{100 * t / epoch:.0f}% of an epoch's steps")
     if tracker.cka_x is not None:
         reps = tracker.cka_outputs(model)

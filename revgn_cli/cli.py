@@ -156,6 +156,41 @@ def sweep(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_H
     _summarise_sweep(records, len(jobs))
 
 
+@app.command(context_settings=EXTRA)
+@guarded
+def tune(experiment: str = typer.Argument(..., help="A preset with a tune grid, e.g. fig1_quick or minibatch_quick."),
+         overrides: Optional[list[str]] = typer.Argument(None, help="Hydra overrides that define the setting "
+                                                         "(optimizer=NAME tunes that optimiser only)"),
+         results: Optional[Path] = typer.Option(None, "--results", help=RESULTS_HELP),
+         jobs: int = typer.Option(2, "--jobs", help="Parallel runs (the joblib launcher; 1 = one after another)."),
+         force: bool = typer.Option(False, "--force", help="Retrain finished tune runs too.")) -> None:
+    """Choose each optimiser's learning rate on a validation split held out of the training set.
+
+    Every rate of the preset's tune.grid × tune.seeds trains on the training images minus tune.val_size; the
+    chosen rate has the lowest mean final val_loss (a diverged seed counts as +inf). Finished runs are skipped.
+    Record: <results>/tune/<experiment>.json. Example: [bold]revgn tune minibatch_quick optimizer=adam[/]
+    """
+    from revgn_cli.overrides import check_overrides, pop_results
+    from revgn_cli.tune import run_tune
+
+    if jobs < 1:
+        from revgn_cli.config import ConfigError
+
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    rest, res = pop_results(overrides, results, default=None)
+    check_overrides(rest, "tune")
+    rec = run_tune(experiment, rest, res, n_jobs=jobs, force=force, quiet=STATE["quiet"])
+    t = Table(title=f"{experiment}{' · ' + rec.setting if rec.setting else ''}: mean final val_loss over seeds")
+    for col in ("optimizer", "rate", "mean val_loss", "diverged seeds", "chosen"):
+        t.add_column(col)
+    for opt, ot in rec.optimizers.items():
+        means, div = ot.mean_val_loss, ot.diverged
+        for r in ot.grid:
+            t.add_row(opt, f"{r:g}", f"{means[r]:.4f}", f"{div[r]}/{len(ot.seeds)}", "◀" if r == ot.chosen else "")
+    out.print(t)
+    out.print("chosen: " + "  ".join(f"{o}={r:g}" for o, r in rec.rates().items()))
+
+
 def _expand_with_progress(expand: Callable, overrides: list[str]) -> list:
     """``sweep.expand`` composes every job (≈0.1 s each): show a bar on stderr while it does, unless --quiet."""
     if STATE["quiet"]:

@@ -70,6 +70,9 @@ class RegimeConfig:
     n_samples: int = 1024  # full_batch: size N of the fixed training subset
     subset: str = "first"  # full_batch: first (paper) | random (seeded)
     batch_size: int = 1024  # mini_batch: B (drop_last false)
+    # Validation images held out of the TRAINING set (never the test set): seeded (VAL_SEED), stratified; the run
+    # trains on the rest (full_batch takes its N from the rest) and logs val_loss / val_acc. 0 = no hold-out.
+    val_size: int = 0
 
 
 @dataclass
@@ -106,15 +109,29 @@ class MetricsConfig:
     probe_size: int = 100  # NTK probe set P (first training samples)
     cka_probe_size: int = 1024  # CKA probe set (first training samples; capped at the train size)
     # The paper's feature-space NTK sketch (ntk_feat_* columns): probe = first n training samples (capped at the
-    # train size; 0 = off), ū = mean of `ntk_feature_draws` Gaussian n×d draws seeded with `ntk_feature_seed`.
+    # train size; 0 = off); the alignment to init is Hutchinson's estimate over `ntk_feature_probes` Gaussian n×d
+    # probes, probe i seeded with `ntk_feature_seed` + i (one probe = the official code's single-probe cosine).
     ntk_feature_probe_size: int = 1024
     ntk_feature_seed: int = 0
-    ntk_feature_draws: int = 100
+    ntk_feature_probes: int = 8
     ntk: bool = True
     cka: str = "linear"  # linear | debiased | off
     weights: bool = True
     loss_change: bool = True  # per step: loss on the same batch after the update (one extra forward)
     loss_change_every: int = 1  # measure it after every k-th update (1 = each update, the paper's Fig. 3)
+    # per step: ‖J_Z Δθ‖/‖ε_Z‖ of the applied update on its batch (step rows: every update of the first
+    # `step_size_dense_epochs` epochs, then the first update of each epoch; NaN elsewhere)
+    step_size_ratio: bool = True
+    step_size_dense_epochs: int = 1
+
+
+@dataclass
+class TuneConfig:
+    """``revgn tune``'s protocol (revgn_cli/tune.py); never part of a run id (it does not change training)."""
+
+    grid: dict[str, list[float]] = field(default_factory=dict)  # optimizer name → learning rates to try
+    seeds: list[int] = field(default_factory=lambda: [42, 43, 44])
+    val_size: int = 1000  # training images held out for validation (regime.val_size of the tune runs)
 
 
 @dataclass
@@ -126,6 +143,7 @@ class Config:
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     exp_name: str = "default"  # results/<exp_name>/<run_id>/ (presets in conf/experiment/ set it)
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
@@ -135,8 +153,9 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form tags for studies (kept in the run id)
 
 
-# Keys that name where output goes or how it is shown; they never change the numbers, so the run id ignores them.
-NON_IDENTITY_KEYS = ("results_dir", "device")
+# Keys that name where output goes or how it is shown, or how `revgn tune` picks rates (its runs set
+# optimizer.lr and regime.val_size themselves); they never change the numbers, so the run id ignores them.
+NON_IDENTITY_KEYS = ("results_dir", "device", "tune")
 
 
 def register_configs() -> None:
@@ -182,12 +201,12 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}={val!r} is not one of {', '.join(allowed)}")
     positive_ints = ["model.n_blocks", "regime.n_samples", "regime.batch_size", "train.eval_every",
                      "train.eval_chunk", "train.checkpoint_every", "metrics.loss_change_every",
-                     "metrics.ntk_feature_draws", "optimizer.cg_iters", "optimizer.curvature_every"]
+                     "metrics.ntk_feature_probes", "optimizer.cg_iters", "optimizer.curvature_every"]
     for key in positive_ints:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
-    for key in ["train.epochs", "metrics.every", "metrics.probe_size", "metrics.cka_probe_size",
-                "metrics.ntk_feature_probe_size"]:
+    for key in ["train.epochs", "metrics.every", "metrics.probe_size", "metrics.cka_probe_size", "regime.val_size",
+                "metrics.ntk_feature_probe_size", "metrics.step_size_dense_epochs"]:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
     if cfg.model.hidden is not None and cfg.model.hidden < 1:

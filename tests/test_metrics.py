@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+import statistics
 import warnings
 
 import pytest
@@ -355,13 +356,14 @@ def test_tracker_first_row_at_init_reuses_the_reference(monkeypatch):
     assert calls == {"ntk": 0, "prep": 0}
     for k in ("ntk_sim_init", "ntk_probe_sim", "cka_block1", "cka_block2"):
         assert reused[k] == pytest.approx(1.0, abs=1e-15), k
-    m2, _, _, tr2 = _tracker_setup()  # its construction computes Θ_0 and prepares 2L = 4 half-coupling states
-    assert calls == {"ntk": 1, "prep": 4}
+    # Its construction computes Θ_0 and prepares 2L = 4 half-coupling states and 2L = 4 residual-branch outputs.
+    m2, _, _, tr2 = _tracker_setup()
+    assert calls == {"ntk": 1, "prep": 8}
     with torch.no_grad():
         for p in m2.trainable():
             p.add_(0.0)  # same values, new version: the tracker must recompute
     recomputed = tr2.compute(m2, 0.0)
-    assert calls == {"ntk": 2, "prep": 8}
+    assert calls == {"ntk": 2, "prep": 16}
     for k, v in reused.items():
         assert v == pytest.approx(recomputed[k], abs=1e-12) or (math.isnan(v) and math.isnan(recomputed[k])), k
     m3, _, _, tr3 = _tracker_setup()
@@ -435,7 +437,7 @@ def test_tracker_state_dict_round_trip():
 
 
 # ---------------------------------------------------------------- the paper's feature-space NTK sketch
-from revgn_cli.metrics.ntk_feature import dense_feature_ntk, feature_ntk_apply, feature_probe  # noqa: E402
+from revgn_cli.metrics.ntk_feature import dense_feature_ntk, feature_ntk_apply, feature_probe, feature_probes  # noqa: E402
 from revgn_cli.metrics.tracker import half_coupling_outputs  # noqa: E402
 
 
@@ -484,15 +486,18 @@ def test_tracker_feature_ntk_and_half_coupling_cka_against_dense_references():
     probe = torch.randn(5, 8, generator=g, dtype=torch.float64)
     cka_x = torch.randn(16, 8, generator=g, dtype=torch.float64)
     feat_x = torch.randn(6, 8, generator=g, dtype=torch.float64)
-    tr = DiagnosticsTracker(m, probe, cka_x, feature_x=feat_x, feature_seed=2, feature_draws=10)
-    u = feature_probe((6, 8), seed=2, draws=10, device="cpu", dtype=torch.float64).reshape(-1)
+    tr = DiagnosticsTracker(m, probe, cka_x, feature_x=feat_x, feature_seed=2, feature_probes=3)
+    # The three probes, probe i seeded with 2 + i, as columns.
+    u = torch.stack([feature_probe((6, 8), seed=2 + i, device="cpu", dtype=torch.float64).reshape(-1)
+                     for i in range(3)], 1)
 
-    def dense_ku():
+    def dense_ku():  # [nd, P]: K u_i by the dense Jacobian
         J = explicit_jacobian(_FeaturesOnly(m), feat_x)
         return J @ (J.T @ u)
 
-    def cos(a, b):
-        return float(a @ b / (a.norm() * b.norm()))
+    def cos(a, b):  # Hutchinson's alignment, written out: Σ_i⟨a_i, b_i⟩ / √(Σ_i‖a_i‖² Σ_i‖b_i‖²)
+        return float(sum(a[:, i] @ b[:, i] for i in range(3))
+                     / math.sqrt(sum(a[:, i] @ a[:, i] for i in range(3)) * sum(b[:, i] @ b[:, i] for i in range(3))))
 
     def states():  # naive half-coupling states, written out: [a + F(b), b] then [y1, b + G(y1)]
         out, h = [], cka_x
@@ -504,33 +509,92 @@ def test_tracker_feature_ntk_and_half_coupling_cka_against_dense_references():
             out.append(h)
         return out
 
-    k0, s0 = dense_ku(), [s.detach() for s in states()]
+    def branches():  # naive residual-branch outputs F_k(x2), G_k(y1), by the half-layers' own weights
+        out, h = [], cka_x
+        for blk in m.blocks:
+            a, b = h[:, :4], h[:, 4:]
+            f = blk.F(b)
+            g = blk.G(a + f)
+            out += [f.detach(), g.detach()]
+            h = torch.cat([a + f, b + g], 1)
+        return out
+
+    k0, s0, b0 = dense_ku(), [s.detach() for s in states()], branches()
     row = tr.compute(m, 0.0)
     assert "ntk_feat_sim_init" in tr.columns() and list(row) == tr.columns()
     assert row["ntk_feat_sim_init"] == pytest.approx(1.0, abs=1e-12) and math.isnan(row["ntk_feat_velocity"])
     assert [row[f"cka_{h}{k}"] for k in (1, 2) for h in "FG"] == pytest.approx([1.0] * 4, abs=1e-12)
+    assert [row[f"cka_res{h}{k}"] for k in (1, 2) for h in "FG"] == pytest.approx([1.0] * 4, abs=1e-12)
     _perturb(m, 11)
     k1 = dense_ku()
     row = tr.compute(m, 2.0)
     assert row["ntk_feat_sim_init"] == pytest.approx(cos(k0, k1), rel=1e-10) and row["ntk_feat_sim_init"] < 1 - 1e-6
+    per = [float(k0[:, i] @ k1[:, i] / (k0[:, i].norm() * k1[:, i].norm())) for i in range(3)]
+    assert row["ntk_feat_sim_spread"] == pytest.approx(statistics.stdev(per), rel=1e-8)
     assert row["ntk_feat_velocity"] == pytest.approx((1 - cos(k0, k1)) / 2.0, rel=1e-8)
-    now = states()
+    now, now_b = states(), branches()
     for i, (h, k) in enumerate((h, k) for k in (1, 2) for h in "FG"):
         assert row[f"cka_{h}{k}"] == pytest.approx(naive_cka(s0[i], now[i].detach()), rel=1e-10), (h, k)
+        assert row[f"cka_res{h}{k}"] == pytest.approx(naive_cka(b0[i], now_b[i]), rel=1e-10), (h, k)
+        assert row[f"cka_res{h}{k}"] < 1 - 1e-6  # the perturbation moved every branch
     assert [row[f"cka_block{k}"] for k in (1, 2)] == [row["cka_G1"], row["cka_G2"]]  # G's state = block output
     torch.testing.assert_close(half_coupling_outputs(m, cka_x)[1::2], m.block_outputs(cka_x), rtol=0, atol=0)
     _perturb(m, 12)
     k2 = dense_ku()
     row = tr.compute(m, 3.0)
     assert row["ntk_feat_velocity"] == pytest.approx(1 - cos(k1, k2), rel=1e-8)  # vs the previous logged point
-    # resume: the state carries ū, K_0ū and the previous K ū
+    # resume: the state carries K_0u_i and the previous K u_i (the probes are redrawn from their seeds)
     buf = io.BytesIO()
     torch.save(tr.state_dict(), buf)
     _perturb(m, 13)
     expected = tr.compute(m, 4.0)
-    tr2 = DiagnosticsTracker(tiny_model(seed=4), probe, cka_x, feature_x=feat_x, feature_seed=2, feature_draws=10)
+    tr2 = DiagnosticsTracker(tiny_model(seed=4), probe, cka_x, feature_x=feat_x, feature_seed=2, feature_probes=3)
     buf.seek(0)
     tr2.load_state_dict(torch.load(buf, weights_only=True))
     assert tr2.compute(m, 4.0) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ValueError):
         DiagnosticsTracker(m, probe, cka_x).load_state_dict(tr.state_dict())  # sketch on vs off
+
+
+def _dense_alignment(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def test_feature_ntk_alignment_converges_to_the_dense_kernel_alignment():
+    """Hutchinson over P probes → ⟨K_0, K_t⟩_F/(‖K_0‖‖K_t‖) of the dense float64 kernels as P grows.
+
+    Tolerance: for Gaussian u, Var(uᵀAu) = 2‖(A + Aᵀ)/2‖²_F, so each of the three Hutchinson sums (⟨K_0u, K_tu⟩,
+    ‖K_0u‖², ‖K_tu‖²) has relative SD √(2/P)·‖sym(A)‖_F/tr(A); by the delta method the ratio's relative error is at
+    most the numerator's plus half of each denominator's. We allow 4 of those bounds at P = 512 (a 4-SD event fails
+    this fixed-seed test with probability < 1e-4 over seeds).
+    """
+    m = tiny_model(seed=3)
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
+    cka_x = x[:4]
+    k0 = dense_feature_ntk(m, x)
+    trackers = {p: DiagnosticsTracker(m, x, cka_x, ntk=False, cka="off", weights=False, feature_x=x,
+                                      feature_seed=5, feature_probes=p) for p in (1, 4, 512)}
+    _perturb(m, 21)
+    kt = dense_feature_ntk(m, x)
+    dense = _dense_alignment(k0, kt)
+    assert dense < 1 - 1e-3  # the perturbation moved the kernel: a test that can tell estimates apart
+    got = {p: tr.compute(m, 1.0)["ntk_feat_sim_init"] for p, tr in trackers.items()}
+
+    def rel_sd(a):
+        s = (a + a.T) / 2
+        return float(s.norm() / torch.trace(a))
+
+    bound = math.sqrt(2 / 512) * (rel_sd(k0 @ kt) + 0.5 * rel_sd(k0 @ k0) + 0.5 * rel_sd(kt @ kt)) * abs(dense)
+    assert abs(got[512] - dense) < 4 * bound
+    assert abs(got[512] - dense) < abs(got[4] - dense)
+    # One probe: exactly the official single-probe cosine cos(K_0u, K_tu) with u seeded as probe 0.
+    u = feature_probe((5, 8), seed=5, device="cpu", dtype=torch.float64).reshape(-1)
+    assert got[1] == pytest.approx(_dense_alignment(k0 @ u, kt @ u), rel=1e-10)
+    assert math.isnan(trackers[1].compute(m, 2.0)["ntk_feat_sim_spread"])
+
+
+def test_feature_probes_are_seeded_one_by_one():
+    u = feature_probes((3, 4), 3, seed=9, device="cpu", dtype=torch.float64)
+    for i in range(3):
+        assert torch.equal(u[i], feature_probe((3, 4), seed=9 + i, device="cpu", dtype=torch.float64))
+    assert torch.equal(feature_probes((3, 4), 2, seed=9, device="cpu", dtype=torch.float64), u[:2])

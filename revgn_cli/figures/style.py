@@ -41,7 +41,7 @@ METRIC_LABELS = {
     "loss_change_pct": "loss change on the same batch (%)",
     "ntk_velocity": "logit-NTK velocity (kernel distance / epoch)",
     "ntk_sim_init": "logit-NTK similarity to init (full kernel)",
-    "ntk_feat_sim_init": "NTK similarity to init, cos(K₀ū, K_tū)",
+    "ntk_feat_sim_init": "NTK alignment to init, ⟨K₀, K_t⟩ (feature space)",
     "ntk_feat_velocity": "NTK velocity (1 − cos / epoch)",
     "ntk_dist_init": "NTK distance to init (1 − cosine)",
     "wcos": "cosine(W_init, W_end)",

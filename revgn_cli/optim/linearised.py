@@ -119,6 +119,10 @@ class LinearisedStepper:
         z0, dz = jvp(f, (leaves,), (dict(delta),))
         return (z0, dz, leaves) if anchor_grad else (z0, dz)
 
+    def linearisation_point(self) -> dict[str, Tensor]:
+        """{name: θ_s} — a copy of the current anchor, where f_lin's Jacobian is taken."""
+        return {n: a.detach().clone() for n, a in zip(self._names, self.anchor)}
+
     def eval_model(self) -> nn.Module:
         """f_lin(·; θ) as a module (no_grad): what a linearised run's loss/accuracy metrics evaluate."""
         return self._eval_model

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,6 +22,7 @@ from revgn_cli.config import Config, ConfigError, OptimizerConfig, preset_optimi
 from revgn_cli.data import Dataset, load_dataset, make_augment
 from revgn_cli.devices import to_device
 from revgn_cli.metrics import DiagnosticsTracker, loss_change_pct, loss_change_summary
+from revgn_cli.metrics.step_size import snapshot, step_size_ratio
 from revgn_cli.models import RevMLP
 from revgn_cli.optim import batch_loss, make_optimizer
 from revgn_cli.results.store import RunDir, atomic_write_bytes
@@ -104,22 +106,47 @@ def build_model(cfg: Config, data: Dataset, device: torch.device, dtype: torch.d
     return model.to(device=device, dtype=dtype)
 
 
+# Seed of the validation hold-out (regime.val_size): one fixed split of a dataset's training images, the same for
+# every seed and optimiser, so that rates tuned on it are compared on the same images.
+VAL_SEED = 0
+
+
+def hold_out(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x_rest, y_rest, x_val, y_val): ``regime.val_size`` training images held out (seeded, stratified by class,
+    ``revgn_cli.data.split.stratified_split``), the rest in their original order. Never touches the test set."""
+    from revgn_cli.data.split import stratified_split
+
+    n_all, k = data.x_train.shape[0], cfg.regime.val_size
+    if k == 0:
+        return data.x_train, data.y_train, data.x_train[:0], data.y_train[:0]
+    if k >= n_all:
+        raise ConfigError(f"regime.val_size={k} leaves none of the {n_all} training samples of {data.name} to train on")
+    rest, val = stratified_split(data.y_train.numpy(), k, seed=VAL_SEED)
+    rest, val = torch.from_numpy(np.sort(rest)), torch.from_numpy(np.sort(val))
+    return data.x_train[rest], data.y_train[rest], data.x_train[val], data.y_train[val]
+
+
 def select_train(cfg: Config, data: Dataset) -> tuple[Tensor, Tensor]:
-    """The samples training sees: the fixed subset of N (full batch) or the whole train set (mini-batch)."""
-    n_all = data.x_train.shape[0]
+    """The samples training sees: the fixed subset of N (full batch) or the whole train set (mini-batch), both
+    after the validation hold-out (``hold_out``) is removed."""
+    x, y, _, _ = hold_out(cfg, data)
+    n_all = x.shape[0]
     r = cfg.regime
+    rest = f" left after regime.val_size={r.val_size}" if r.val_size else ""
     if r.name == "full_batch":
         if r.n_samples > n_all:
-            raise ConfigError(f"regime.n_samples={r.n_samples} exceeds the {n_all} training samples of {data.name}")
+            raise ConfigError(f"regime.n_samples={r.n_samples} exceeds the {n_all} training samples of {data.name}"
+                              + rest)
         if r.subset == "first":
             idx = torch.arange(r.n_samples, device="cpu")  # the dataset is on the host here
         else:
             gen = torch.Generator().manual_seed(cfg.seed)
             idx = torch.randperm(n_all, generator=gen, device="cpu")[: r.n_samples]
-        return data.x_train[idx], data.y_train[idx]
+        return x[idx], y[idx]
     if r.batch_size > n_all:
-        raise ConfigError(f"regime.batch_size={r.batch_size} exceeds the {n_all} training samples of {data.name}")
-    return data.x_train, data.y_train
+        raise ConfigError(f"regime.batch_size={r.batch_size} exceeds the {n_all} training samples of {data.name}"
+                          + rest)
+    return x, y
 
 
 def batches_of_epoch(cfg: Config, n: int, epoch: int, data_seed: int) -> list[Tensor]:
@@ -174,6 +201,8 @@ class TrainData:
     x_te: Tensor
     y_te: Tensor
     augment: Callable[[Tensor, torch.Generator], Tensor] | None
+    x_va: Tensor | None = None  # the validation hold-out (regime.val_size > 0), else None
+    y_va: Tensor | None = None
 
 
 def epoch_step_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -197,7 +226,7 @@ def build_tracker(cfg: Config, model: RevMLP, x_tr: Tensor) -> DiagnosticsTracke
     return DiagnosticsTracker(model, x_tr[: m.probe_size], x_tr[: min(m.cka_probe_size, x_tr.shape[0])],
                               ntk=m.ntk and m.probe_size > 0, cka=m.cka, weights=m.weights,
                               feature_x=x_tr[:n_feat] if n_feat > 0 else None, feature_seed=m.ntk_feature_seed,
-                              feature_draws=m.ntk_feature_draws)
+                              feature_probes=m.ntk_feature_probes)
 
 
 def prepare_data(cfg: Config, device: torch.device) -> TrainData:
@@ -209,8 +238,205 @@ def prepare_data(cfg: Config, device: torch.device) -> TrainData:
     m = cfg.metrics
     if m.every > 0 and m.ntk and m.probe_size > x_tr.shape[0]:
         raise ConfigError(f"metrics.probe_size={m.probe_size} exceeds the {x_tr.shape[0]} training samples used")
+    _, _, x_va, y_va = hold_out(cfg, data)
+    val = (x_va.to(device, dtype), y_va.to(device)) if cfg.regime.val_size else (None, None)
     return TrainData(data, x_tr.to(device, dtype), y_tr.to(device), data.x_test.to(device, dtype),
-                     data.y_test.to(device), augment)
+                     data.y_test.to(device), augment, *val)
+
+
+class _Run:
+    """One run being trained: its config, tensors, model, optimiser, tracker and state, and the named steps of the
+    loop (set-up and resume, one update, the epoch row, checkpointing) as methods that share them."""
+
+    def __init__(self, cfg: Config, run: RunDir, device: torch.device, td: TrainData, reporter: Reporter,
+                 resume: bool) -> None:
+        self.cfg, self.run, self.device, self.td, self.reporter = cfg, run, device, td, reporter
+        self.dtype = resolve_dtype(cfg.precision)
+        seed_everything(cfg.seed)
+        self.model = build_model(cfg, td.data, device, self.dtype)
+        self.plan = phases(cfg)
+        ck = load_checkpoint(run) if resume and run.ckpt_path.exists() else None
+        if ck is None and cfg.train.init_from:
+            # Start from another run's weights (parent/child spawning); diagnostics then compare with this start.
+            load_weights(self.model, load_checkpoint_file(cfg.train.init_from)["model"],
+                         f"train.init_from={cfg.train.init_from}")
+        self.tracker = build_tracker(cfg, self.model, td.x_tr)
+        self.st = TrainState()
+        if ck is not None:
+            self.model.load_state_dict(ck["model"])
+            self.st = TrainState(**ck["state"])
+            self.opt = self.make_opt(self.st.phase)
+            self.opt.load_state_dict(ck["optimizer"])
+            if self.tracker is not None and ck.get("tracker") is not None:
+                self.tracker.load_state_dict(ck["tracker"])
+            set_rng_state(ck["rng"])
+        else:
+            self.opt = self.make_opt(0)
+        self.n_tr = td.x_tr.shape[0]
+        self.total = cfg.train.epochs * len(batches_of_epoch(cfg, self.n_tr, 0, 0))
+        self.data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.seed
+        # Step rows whose after-update loss is still a device tensor: read back together (one host sync) before
+        # the rows are summarised or written, so an update reads one number from the device, its loss (issue 17).
+        self.pending: list[tuple[dict[str, Any], Tensor]] = []
+        self.pending_vals: list[tuple[dict[str, Any], str, Tensor]] = []  # (row, column, 0-d device tensor)
+
+    def make_opt(self, phase: int) -> Any:
+        opt_cfg = self.plan[phase].optimizer
+        return make_optimizer(self.model, asdict(opt_cfg), asdict(self.cfg.regularizer), loss=self.cfg.train.loss)
+
+    def read_back(self) -> None:
+        if self.pending:
+            for (row, _), after in zip(self.pending, torch.stack([a for _, a in self.pending]).tolist()):
+                row["batch_loss_after"] = after
+                row["loss_change_pct"] = loss_change_pct(row["batch_loss"], after)
+            self.pending.clear()
+        if self.pending_vals:
+            vals = torch.stack([v.double().to("cpu") for _, _, v in self.pending_vals]).tolist()
+            for (row, key, _), v in zip(self.pending_vals, vals):
+                row[key] = v
+            self.pending_vals.clear()
+
+    def step_size_before(self, bi: int, xb: Tensor) -> tuple | None:
+        """What ``step_size_ratio`` needs from before the update, when this update is measured (every update of
+        the first ``metrics.step_size_dense_epochs`` epochs, then the first of each epoch), else None."""
+        m = self.cfg.metrics
+        if not m.step_size_ratio or not (self.st.epoch < m.step_size_dense_epochs or bi == 0):
+            return None
+        lin = getattr(self.opt, "linearisation_point", None)
+        if lin is None:
+            return snapshot(self.model), None, None
+        with torch.no_grad():  # f_lin: J at the anchor θ_s, Z = f_lin(θ_before)
+            return snapshot(self.model), lin(), eval_network(self.opt, self.model)(xb)
+
+    def step_size_after(self, before: tuple, xb: Tensor, tb: Tensor) -> Tensor:
+        theta, point, z = before
+        return step_size_ratio(self.model, xb, tb, theta, point=point, z_before=z, loss=self.cfg.train.loss)
+
+    def save(self) -> None:
+        self.read_back()
+        self.run.write_rows(self.st.rows)
+        save_checkpoint(self.run, self.model, self.opt, self.tracker, self.st)
+        if self.st.batch == 0 and self.st.epoch in self.cfg.train.keep_checkpoints:
+            shutil.copyfile(self.run.ckpt_path, self.run.ckpt_dir / f"epoch_{self.st.epoch}.pt")
+
+    def diagnose_at(self, epoch: int) -> bool:
+        # Epoch 0 always: the init row is the reference a step-unit run's first velocity is measured from.
+        m = self.cfg.metrics
+        return self.tracker is not None and (
+            epoch == 0 or (m.unit == "epoch" and (epoch % m.every == 0 or epoch == self.cfg.train.epochs)))
+
+    def losses(self, row: dict[str, Any], diagnose: bool) -> list[Tensor] | None:
+        """Train and test loss/accuracy into ``row``; returns the CKA probe's half-coupling states when the
+        diagnostics' forward pass was shared with the train evaluation, else None."""
+        cfg, td, model = self.cfg, self.td, self.model
+        C, reps, head = td.data.n_classes, None, None
+        net = eval_network(self.opt, model)  # linearised runs: the tangent model they train, not model(x)
+        if diagnose and net is model:
+            # The CKA probe is the first training samples: one forward gives its block outputs and its logits.
+            reps = self.tracker.cka_outputs(model)
+            head = model.logits(reps[-1]) if reps else None
+        row["train_loss"], row["train_acc"] = evaluate(net, td.x_tr, td.y_tr, C, cfg.train.loss, cfg.train.eval_chunk,
+                                                       head_logits=head)
+        row["test_loss"], row["test_acc"] = evaluate(net, td.x_te, td.y_te, C, cfg.train.loss, cfg.train.eval_chunk)
+        if td.x_va is not None:
+            row["val_loss"], row["val_acc"] = evaluate(net, td.x_va, td.y_va, C, cfg.train.loss, cfg.train.eval_chunk)
+        return reps
+
+    def eval_row(self, epoch: int) -> dict[str, Any]:
+        self.read_back()
+        st, cfg = self.st, self.cfg
+        row: dict[str, Any] = {"run_id": self.run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
+        diagnose = self.diagnose_at(epoch)
+        reps = None
+        if epoch == 0 or epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
+            reps = self.losses(row, diagnose)
+        if st.running_n:
+            row["train_loss_running"] = st.running_sum / st.running_n
+        row.update(loss_change_summary([r["loss_change_pct"] for r in epoch_step_rows(st.rows)
+                                        if "loss_change_pct" in r]))
+        if diagnose:
+            row.update(self.tracker.compute(self.model, float(epoch), reps=reps))
+        for k, v in getattr(self.opt, "stats", {}).items():
+            row[k] = float(v)
+        row["phase"] = float(st.phase)
+        return row
+
+    def update(self, idx: Tensor, bi: int, n_batches: int) -> float:
+        """One optimiser step on the batch ``idx`` (the ``bi``-th of ``n_batches``) and its step row."""
+        cfg, st, m, td = self.cfg, self.st, self.cfg.metrics, self.td
+        xb, tb = td.x_tr[idx], _onehot(td.y_tr[idx], td.data.n_classes, self.dtype)
+        if td.augment is not None:
+            xb = td.augment(xb, epoch_generator(self.data_seed + 1, st.step))
+        before = self.step_size_before(bi, xb)
+        loss_before = float(self.opt.step(xb, tb))
+        st.step += 1
+        st.batch = bi + 1
+        row: dict[str, Any] = {"run_id": self.run.run_id, "epoch": st.epoch + (bi + 1) / n_batches,
+                               "step": st.step, "split": "step", "batch_loss": loss_before}
+        if before is not None:
+            self.pending_vals.append((row, "step_size_ratio", self.step_size_after(before, xb, tb)))
+            row["step_size_ratio"] = math.nan  # read_back fills it
+        if m.loss_change and st.step % m.loss_change_every == 0:
+            with torch.no_grad():
+                self.pending.append((row, batch_loss(eval_network(self.opt, self.model)(xb), tb, cfg.train.loss)))
+            row["batch_loss_after"] = row["loss_change_pct"] = math.nan  # read_back fills them
+        if self.tracker is not None and m.unit == "step" and (st.step % m.every == 0 or st.step == self.total):
+            row.update(self.tracker.compute(self.model, row["epoch"]))
+        st.rows.append(row)
+        st.running_sum += loss_before
+        st.running_n += 1
+        self.reporter.advance(st.step, row["epoch"], loss_before)
+        return loss_before
+
+    def check_divergence(self, loss: float) -> None:
+        st, factor = self.st, self.cfg.train.diverge_factor
+        if not math.isfinite(loss) or loss > factor * st.initial_loss:
+            raise Diverged(f"batch loss {loss:.4g} at step {st.step}: not finite or above "
+                           f"train.diverge_factor={factor:g} × the initial loss {st.initial_loss:.4g}")
+
+    def epoch(self, sig: _SignalFlag) -> None:
+        """The rest of epoch ``st.epoch`` (from batch ``st.batch``), its epoch row and its checkpoint."""
+        st, cfg = self.st, self.cfg
+        ph = current_phase(self.plan, st.epoch)
+        if ph != st.phase:
+            st.phase = ph
+            self.opt = self.make_opt(ph)
+        # On the device once per epoch, queued (a per-update .to(device) would be a host sync each).
+        order = [to_device(b, self.device) for b in batches_of_epoch(cfg, self.n_tr, st.epoch, self.data_seed)]
+        for bi in range(st.batch, len(order)):
+            self.check_divergence(self.update(order[bi], bi, len(order)))
+            if sig.hit is not None:
+                self.save()
+                raise Interrupted(f"signal {sig.hit} at step {st.step}")
+        st.epoch += 1
+        st.rows.append(self.eval_row(st.epoch))
+        st.batch, st.running_sum, st.running_n = 0, 0.0, 0
+        if (st.epoch % cfg.train.checkpoint_every == 0 or st.epoch == cfg.train.epochs
+                or st.epoch in cfg.train.keep_checkpoints):
+            self.save()
+        else:
+            self.run.write_rows(st.rows)
+
+    def train(self) -> str:
+        st, status = self.st, "done"
+        self.reporter.start(self.total, st.step, f"{self.cfg.optimizer.name} · {self.td.data.name} · "
+                                                 f"{self.cfg.regime.name}")
+        with _SignalFlag() as sig:
+            if st.step == 0 and not st.rows:
+                first = self.eval_row(0)
+                st.initial_loss = first["train_loss"]
+                st.rows.append(first)
+                self.save()
+            try:
+                while st.epoch < self.cfg.train.epochs:
+                    self.epoch(sig)
+            except Diverged as e:
+                status, st.diverged = "diverged", str(e)
+                self.read_back()
+                self.run.write_rows(st.rows)
+            finally:
+                self.reporter.finish()
+        return status
 
 
 def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, reporter: Reporter | None = None,
@@ -220,148 +446,9 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
     Raises ``Interrupted`` after checkpointing on SIGINT/SIGTERM; any other exception propagates (the caller
     marks the run ``failed``; its last checkpoint stays for a resume).
     """
-    reporter = reporter or NullReporter()
-    dtype = resolve_dtype(cfg.precision)
-    seed_everything(cfg.seed)
-    data, x_tr, y_tr, x_te, y_te, augment = td.data, td.x_tr, td.y_tr, td.x_te, td.y_te, td.augment
-    C = data.n_classes
-    m = cfg.metrics
-
-    model = build_model(cfg, data, device, dtype)
-    plan = phases(cfg)
-    ck = load_checkpoint(run) if resume and run.ckpt_path.exists() else None
-    if ck is None and cfg.train.init_from:
-        # Start from another run's weights (parent/child spawning); diagnostics then compare with this start.
-        load_weights(model, load_checkpoint_file(cfg.train.init_from)["model"],
-                     f"train.init_from={cfg.train.init_from}")
-    tracker = build_tracker(cfg, model, x_tr)
-
-    def make_opt(phase: int):
-        opt_cfg = plan[phase].optimizer
-        return make_optimizer(model, asdict(opt_cfg), asdict(cfg.regularizer), loss=cfg.train.loss)
-
-    st = TrainState()
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        st = TrainState(**ck["state"])
-        opt = make_opt(st.phase)
-        opt.load_state_dict(ck["optimizer"])
-        if tracker is not None and ck.get("tracker") is not None:
-            tracker.load_state_dict(ck["tracker"])
-        set_rng_state(ck["rng"])
-    else:
-        opt = make_opt(0)
-
-    n_tr = x_tr.shape[0]
-    steps_per_epoch = len(batches_of_epoch(cfg, n_tr, 0, 0))
-    total = cfg.train.epochs * steps_per_epoch
-    reporter.start(total, st.step, f"{cfg.optimizer.name} · {data.name} · {cfg.regime.name}")
-
-    data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.seed
-
-    # Step rows whose after-update loss is still a device tensor: read back together (one host sync) before the
-    # rows are summarised or written, so an update reads one number from the device, its loss (issue 17).
-    pending: list[tuple[dict[str, Any], Tensor]] = []
-
-    def read_back() -> None:
-        if pending:
-            for (row, _), after in zip(pending, torch.stack([a for _, a in pending]).tolist()):
-                row["batch_loss_after"] = after
-                row["loss_change_pct"] = loss_change_pct(row["batch_loss"], after)
-            pending.clear()
-
-    def save() -> None:
-        read_back()
-        run.write_rows(st.rows)
-        save_checkpoint(run, model, opt, tracker, st)
-        if st.batch == 0 and st.epoch in cfg.train.keep_checkpoints:
-            shutil.copyfile(run.ckpt_path, run.ckpt_dir / f"epoch_{st.epoch}.pt")
-
-    def eval_row(epoch: int) -> dict[str, Any]:
-        read_back()
-        row: dict[str, Any] = {"run_id": run.run_id, "epoch": float(epoch), "step": st.step, "split": "epoch"}
-        # Epoch 0 always: the init row is the reference a step-unit run's first velocity is measured from.
-        diagnose = tracker is not None and (
-            epoch == 0 or (m.unit == "epoch" and (epoch % m.every == 0 or epoch == cfg.train.epochs)))
-        reps = None
-        if epoch == 0 or epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-            net = eval_network(opt, model)  # linearised runs: the tangent model they train, not model(x)
-            head = None
-            if diagnose and net is model:
-                # The CKA probe is the first training samples: one forward gives its block outputs and its logits.
-                reps = tracker.cka_outputs(model)
-                head = model.logits(reps[-1]) if reps else None
-            row["train_loss"], row["train_acc"] = evaluate(net, x_tr, y_tr, C, cfg.train.loss, cfg.train.eval_chunk,
-                                                           head_logits=head)
-            row["test_loss"], row["test_acc"] = evaluate(net, x_te, y_te, C, cfg.train.loss, cfg.train.eval_chunk)
-        if st.running_n:
-            row["train_loss_running"] = st.running_sum / st.running_n
-        row.update(loss_change_summary([r["loss_change_pct"] for r in epoch_step_rows(st.rows)
-                                        if "loss_change_pct" in r]))
-        if diagnose:
-            row.update(tracker.compute(model, float(epoch), reps=reps))
-        for k, v in getattr(opt, "stats", {}).items():
-            row[k] = float(v)
-        row["phase"] = float(st.phase)
-        return row
-
-    status = "done"
-    with _SignalFlag() as sig:
-        if st.step == 0 and not st.rows:
-            first = eval_row(0)
-            st.initial_loss = first["train_loss"]
-            st.rows.append(first)
-            save()
-        try:
-            while st.epoch < cfg.train.epochs:
-                ph = current_phase(plan, st.epoch)
-                if ph != st.phase:
-                    st.phase = ph
-                    opt = make_opt(ph)
-                # On the device once per epoch, queued (a per-update .to(device) would be a host sync each).
-                order = [to_device(b, device) for b in batches_of_epoch(cfg, n_tr, st.epoch, data_seed)]
-                for bi in range(st.batch, len(order)):
-                    idx = order[bi]
-                    xb, tb = x_tr[idx], _onehot(y_tr[idx], C, dtype)
-                    if augment is not None:
-                        xb = augment(xb, epoch_generator(data_seed + 1, st.step))
-                    loss_before = float(opt.step(xb, tb))
-                    st.step += 1
-                    st.batch = bi + 1
-                    row: dict[str, Any] = {"run_id": run.run_id, "epoch": st.epoch + (bi + 1) / len(order),
-                                           "step": st.step, "split": "step", "batch_loss": loss_before}
-                    if m.loss_change and st.step % m.loss_change_every == 0:
-                        with torch.no_grad():
-                            pending.append((row, batch_loss(eval_network(opt, model)(xb), tb, cfg.train.loss)))
-                        row["batch_loss_after"] = row["loss_change_pct"] = math.nan  # read_back fills them
-                    if tracker is not None and m.unit == "step" and (st.step % m.every == 0 or st.step == total):
-                        row.update(tracker.compute(model, row["epoch"]))
-                    st.rows.append(row)
-                    st.running_sum += loss_before
-                    st.running_n += 1
-                    reporter.advance(st.step, row["epoch"], loss_before)
-                    if not math.isfinite(loss_before) or loss_before > cfg.train.diverge_factor * st.initial_loss:
-                        raise Diverged(f"batch loss {loss_before:.4g} at step {st.step}: not finite or above "
-                                       f"train.diverge_factor={cfg.train.diverge_factor:g} × the initial loss "
-                                       f"{st.initial_loss:.4g}")
-                    if sig.hit is not None:
-                        save()
-                        raise Interrupted(f"signal {sig.hit} at step {st.step}")
-                st.epoch += 1
-                st.rows.append(eval_row(st.epoch))
-                st.batch, st.running_sum, st.running_n = 0, 0.0, 0
-                if (st.epoch % cfg.train.checkpoint_every == 0 or st.epoch == cfg.train.epochs
-                        or st.epoch in cfg.train.keep_checkpoints):
-                    save()
-                else:
-                    run.write_rows(st.rows)
-        except Diverged as e:
-            status, st.diverged = "diverged", str(e)
-            read_back()
-            run.write_rows(st.rows)
-        finally:
-            reporter.finish()
-    return status, st
+    r = _Run(cfg, run, device, td, reporter or NullReporter(), resume)
+    status = r.train()
+    return status, r.st
 
 
 def save_checkpoint(run: RunDir, model: torch.nn.Module, opt: Any, tracker: Any, st: TrainState) -> None:

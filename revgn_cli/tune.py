@@ -1,0 +1,258 @@
+"""``revgn tune EXPERIMENT``: pick each optimiser's learning rate on a validation split, not on the test set.
+
+For every optimiser of the preset's ``tune.grid`` (or the one named by an ``optimizer=`` override), every rate of its
+grid is trained for each of ``tune.seeds`` on the training images minus a ``tune.val_size`` hold-out
+(``regime.val_size``: seeded, stratified, never the test set), through the sweep machinery (Hydra multirun, the
+joblib launcher with 2 workers by default; finished runs are skipped, interrupted ones resume). The chosen rate
+minimises the mean over seeds of the final ``val_loss``; a seed that diverged counts as +∞, so a rate that diverges
+on any seed is chosen only when every rate does (then: fewest diverged seeds, then the lowest mean over the seeds
+that finished, then the smaller rate).
+
+Tune runs go to ``<results_dir>/<exp_name>_tune/`` (never mixed with the preset's own runs) with the diagnostics off
+(they do not change training). The record is ``<results_dir>/tune/<experiment>.json``:
+``{setting-key → {optimizer → {chosen, grid, seeds, val_size, val_loss {rate → {seed → loss | null}},
+mean_val_loss {rate → mean | null}, diverged {rate → count}}}}``, where the setting key is the overrides that define
+the setting, sorted and space-joined ("" for the preset itself), without ``optimizer=``, ``tune.*``,
+``results_dir``, ``device`` and Hydra's own.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from revgn_cli.config import ConfigError
+
+__all__ = ["TuneError", "TuneMissing", "OptimizerTune", "TuneRecord", "setting_key", "choose", "run_tune",
+           "tuned_rates", "record_path"]
+
+TUNE_DIR = "tune"
+# Tune runs log losses only: the diagnostics cost time and never change the trajectory.
+QUIET_METRICS = ("metrics.every=0", "metrics.loss_change=false", "metrics.step_size_ratio=false")
+DEFAULT_JOBS = 2
+
+
+class TuneError(ConfigError):
+    """A tune that cannot run or finish (no grid, stray sweep axes, failed runs). One line."""
+
+
+class TuneMissing(TuneError):
+    """No tune record for this experiment and setting: the message names the command that makes it."""
+
+
+@dataclass
+class OptimizerTune:
+    """One optimiser's tune: per rate and seed the final val_loss (+inf = diverged) and the chosen rate."""
+
+    chosen: float
+    grid: list[float]
+    seeds: list[int]
+    val_size: int
+    val_loss: dict[float, dict[int, float]]
+
+    @property
+    def mean_val_loss(self) -> dict[float, float]:
+        return {r: _mean(v.values()) for r, v in self.val_loss.items()}
+
+    @property
+    def diverged(self) -> dict[float, int]:
+        return {r: sum(math.isinf(x) for x in v.values()) for r, v in self.val_loss.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        def num(x: float) -> float | None:  # JSON has no infinity: a diverged seed is null
+            return None if not math.isfinite(x) else x
+
+        return {"chosen": self.chosen, "grid": self.grid, "seeds": self.seeds, "val_size": self.val_size,
+                "val_loss": {repr(r): {str(s): num(x) for s, x in v.items()} for r, v in self.val_loss.items()},
+                "mean_val_loss": {repr(r): num(x) for r, x in self.mean_val_loss.items()},
+                "diverged": {repr(r): n for r, n in self.diverged.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "OptimizerTune":
+        val = {float(r): {int(s): math.inf if x is None else float(x) for s, x in v.items()}
+               for r, v in d["val_loss"].items()}
+        return cls(float(d["chosen"]), [float(r) for r in d["grid"]], [int(s) for s in d["seeds"]],
+                   int(d["val_size"]), val)
+
+
+@dataclass
+class TuneRecord:
+    experiment: str
+    setting: str
+    optimizers: dict[str, OptimizerTune] = field(default_factory=dict)
+
+    def rates(self) -> dict[str, float]:
+        return {o: t.chosen for o, t in self.optimizers.items()}
+
+
+def _mean(xs: Any) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def setting_key(overrides: list[str]) -> str:
+    """The overrides that define a setting, as a stable string (sorted, space-joined; "" = the preset itself)."""
+    skip = ("optimizer=", "tune.", "+tune.", "results_dir=", "device=", "hydra", "experiment=")
+    return " ".join(sorted(o for o in overrides if not o.startswith(skip)))
+
+
+def choose(val_loss: dict[float, dict[int, float]]) -> float:
+    """The rate with the lowest mean val_loss over seeds (+∞ for a diverged seed); when every rate diverged on some
+    seed: the fewest diverged seeds, then the lowest mean of the finished seeds, then the smaller rate."""
+    def key(r: float) -> tuple:
+        xs = list(val_loss[r].values())
+        finite = [x for x in xs if math.isfinite(x)]
+        return (_mean(xs), sum(not math.isfinite(x) for x in xs), _mean(finite) if finite else math.inf, r)
+
+    return min(val_loss, key=key)
+
+
+def record_path(results_dir: str | Path, experiment: str) -> Path:
+    return Path(results_dir).expanduser() / TUNE_DIR / f"{experiment}.json"
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Tunes of several settings of one experiment may run at once: read-modify-write under a file lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise TuneError(f"unreadable tune record {path}: {e}") from None
+
+
+def save_record(results_dir: str | Path, rec: TuneRecord) -> Path:
+    """Merge ``rec`` into the experiment's record file (other settings and optimisers are kept)."""
+    from revgn_cli.results.store import atomic_write_text
+
+    path = record_path(results_dir, rec.experiment)
+    with _locked(path):
+        data = _read(path)
+        entry = data.setdefault(rec.setting, {})
+        entry.update({o: t.to_json() for o, t in rec.optimizers.items()})
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def load_record(results_dir: str | Path, experiment: str, overrides: list[str] | None = None) -> TuneRecord:
+    path, key = record_path(results_dir, experiment), setting_key(list(overrides or []))
+    entry = _read(path).get(key)
+    if not entry:
+        cmd = " ".join(["revgn", "tune", experiment, *sorted(overrides or []), "--results", str(results_dir)])
+        where = f"setting {key!r}" if key else "the preset's own setting"
+        raise TuneMissing(f"no tuned rates for {experiment} ({where}) in {path}: run `{cmd}`")
+    return TuneRecord(experiment, key, {o: OptimizerTune.from_json(d) for o, d in entry.items()})
+
+
+def tuned_rates(results_dir: str | Path, experiment: str, overrides: list[str] | None = None) -> dict[str, float]:
+    """{optimizer → chosen rate} of ``experiment`` in the setting ``overrides``; ``TuneMissing`` if never tuned."""
+    return load_record(results_dir, experiment, overrides).rates()
+
+
+def _plan(experiment: str, overrides: list[str]) -> tuple[Any, list[str], list[str]]:
+    """(the composed config, the optimisers to tune, the setting overrides)."""
+    from revgn_cli.config import compose_config
+
+    setting = [o for o in overrides if not o.startswith("optimizer=")]
+    cfg = compose_config([f"experiment={experiment}", *setting])  # the preset's own optimiser: rates may interpolate
+    grid = {o: list(r) for o, r in cfg.tune.grid.items()}
+    if not grid:
+        raise TuneError(f"experiment {experiment} declares no tune grid: add `tune.grid.<optimizer>: [rates]` to "
+                        f"conf/experiment/{experiment}.yaml (e.g. fig1_quick, minibatch_quick have one)")
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("optimizer=")]
+    opts = [o for o in grid if not named or o in named]
+    if not opts:
+        raise TuneError(f"optimizer={named[0]} has no tune grid in {experiment} (grids: {', '.join(grid)})")
+    for o in opts:
+        if not grid[o]:
+            raise TuneError(f"tune.grid.{o} of {experiment} is empty")
+    if not cfg.tune.seeds:
+        raise TuneError(f"tune.seeds of {experiment} is empty")
+    return cfg, opts, setting
+
+
+def _job_overrides(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str,
+                   n_jobs: int) -> list[str]:
+    t = cfg.tune
+    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs != 1 else []
+    if any(o.startswith(("hydra/launcher", "hydra.launcher")) for o in setting):
+        launcher = []
+    return [f"experiment={experiment}", *setting, f"optimizer={opt}",
+            "optimizer.lr=" + ",".join(repr(float(r)) for r in t.grid[opt]),
+            "seed=" + ",".join(str(int(s)) for s in t.seeds), f"regime.val_size={t.val_size}",
+            f"exp_name={cfg.exp_name}_tune", *QUIET_METRICS, *launcher, f"results_dir={results_dir}"]
+
+
+def _final_val_loss(job_cfg: Any) -> float:
+    """A finished tune run's last logged val_loss; +∞ if it diverged (or logged no finite one)."""
+    import pandas as pd
+
+    from revgn_cli.train.runner import run_dir_for
+
+    run = run_dir_for(job_cfg)
+    status = run.read_meta().get("status")
+    if status == "diverged":
+        return math.inf
+    if status != "done":
+        raise TuneError(f"tune run {run.run_id} (optimizer.lr={job_cfg.optimizer.lr:g}, seed={job_cfg.seed}) is "
+                        f"{status or 'missing'}: see {run.path}/meta.json, then rerun the tune (it resumes)")
+    df = pd.read_parquet(run.metrics_path, columns=["split", "epoch", "val_loss"])
+    v = df[(df.split == "epoch") & df.val_loss.notna()].sort_values("epoch").val_loss
+    return float(v.iloc[-1]) if len(v) and math.isfinite(float(v.iloc[-1])) else math.inf
+
+
+def tune_optimizer(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str, *, n_jobs: int,
+                   force: bool, quiet: bool) -> OptimizerTune:
+    """Train (or find finished) every rate × seed of ``opt``'s grid, then choose."""
+    from revgn_cli import sweep as sw
+
+    ov = _job_overrides(experiment, cfg, opt, setting, results_dir, n_jobs)
+    jobs = sw.expand(ov)
+    t = cfg.tune
+    if len(jobs) != len(t.grid[opt]) * len(t.seeds):
+        raise TuneError(f"{experiment} sweeps more than optimizer and seed ({len(jobs)} jobs for "
+                        f"{len(t.grid[opt])} rates × {len(t.seeds)} seeds): pin its other swept keys by overrides")
+    if force or any(_status(j.cfg) != "done" and _status(j.cfg) != "diverged" for j in jobs):
+        sw.launch(ov, force=force, quiet=quiet, jobs=jobs)
+    val: dict[float, dict[int, float]] = {float(r): {} for r in t.grid[opt]}
+    for j in jobs:
+        val[float(j.cfg.optimizer.lr)][int(j.cfg.seed)] = _final_val_loss(j.cfg)
+    return OptimizerTune(choose(val), [float(r) for r in t.grid[opt]], [int(s) for s in t.seeds], int(t.val_size),
+                         val)
+
+
+def _status(job_cfg: Any) -> str | None:
+    from revgn_cli.train.runner import run_dir_for
+
+    return run_dir_for(job_cfg).read_meta().get("status")
+
+
+def run_tune(experiment: str, overrides: list[str], results_dir: str | Path | None = None, *,
+             n_jobs: int = DEFAULT_JOBS, force: bool = False, quiet: bool = False) -> TuneRecord:
+    """Tune every optimiser of ``experiment``'s grid (or the ``optimizer=`` one) in the setting ``overrides``;
+    write and return the record. ``results_dir`` None: the composed config's."""
+    from revgn_cli.overrides import pop_results
+
+    overrides, res = pop_results(list(overrides), results_dir, default=None)
+    cfg, opts, setting = _plan(experiment, overrides)
+    res = res if res is not None else cfg.results_dir
+    if cfg.tune.val_size < 1:
+        raise TuneError(f"tune.val_size={cfg.tune.val_size}: tuning needs validation images (>= 1)")
+    rec = TuneRecord(experiment, setting_key(overrides))
+    for opt in opts:
+        rec.optimizers[opt] = tune_optimizer(experiment, cfg, opt, setting, str(res), n_jobs=n_jobs, force=force,
+                                             quiet=quiet)
+    save_record(res, rec)
+    return rec
