@@ -233,3 +233,26 @@ def test_both_protocols_side_by_side(results, tmp_path, monkeypatch):
     assert all(o.status == "HOLDS" for o in outcomes)
     r = runner.invoke(app, ["verify", "fig2", "protocol=paper", *FIVE, "--results", str(res), "--out", str(tmp_path)])
     assert r.exit_code == 0 and "| tuned" not in (tmp_path / "claims.md").read_text()
+
+
+def test_reproduce_tuned_protocol_tunes_then_trains_at_the_chosen_rates(tmp_path, monkeypatch):
+    """protocol=both: `revgn tune` for the preset with a grid (its setting without the seeds), then the paper runs
+    and, per optimiser, the preset's runs at its chosen rate. Launch and tuning are replaced by recorders."""
+    import revgn_cli.tune as tune
+    from revgn_cli import sweep
+
+    tuned, launched = [], []
+    monkeypatch.setattr(tune, "run_tune", lambda p, ov, res, quiet=False: tuned.append((p, list(ov))))
+    rates = {"gn": 0.3, "adam": 3e-4, "sgd": 0.03}
+    monkeypatch.setattr(protocols, "tuned_rates_for", lambda p, r, ov=(): rates)
+    monkeypatch.setattr(sweep, "launch", lambda ov, force=False, quiet=False: launched.append(list(ov)) or [])
+    res = tmp_path / "results"
+    r = runner.invoke(app, ["--quiet", "reproduce", "fig1", "scale=quick", "protocol=both", "seed=42,43,44",
+                            "dataset=digits", "--results", str(res), "--out", str(tmp_path / "f")])
+    assert tuned == [("fig1_quick", ["dataset=digits"])], r.output
+    base = ["experiment=fig1_quick", "seed=42,43,44", "dataset=digits"]
+    assert launched[0] == [*base, f"results_dir={res}"]
+    assert launched[1:] == [[*base, f"optimizer={o}", f"optimizer.lr={lr!r}", f"results_dir={res}"]
+                            for o, lr in rates.items()]
+    r = runner.invoke(app, ["reproduce", "fig1", "protocol=sometimes", "--dry-run", "--results", str(res)])
+    assert r.exit_code == 2 and "protocol='sometimes'" in r.output

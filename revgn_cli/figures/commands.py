@@ -198,7 +198,7 @@ def tune_step(specs: list, scale: str, overrides: list[str], results: str, *, dr
             from revgn_cli.tune import run_tune
 
             out.print(f"[bold]tuning[/] preset {p} on its validation split …", highlight=False)
-            run_tune(p, setting, results)
+            run_tune(p, setting, results, quiet=quiet)
         try:
             chosen[p] = tuned_rates_for(p, results, setting)
         except NoTunedRates:

@@ -70,11 +70,12 @@ def parse_protocol(value: str | None) -> tuple[str, ...]:
 
 
 def has_tune_grid(preset: str) -> bool:
-    """Whether the preset declares a tune grid (``tune.grid.<optimizer>: [...]``), read from its composed config."""
+    """Whether the preset's own file declares a tune grid (``tune.grid.<optimizer>: [...]``). Read from the file, not
+    the composed config: presets built on minibatch_quick (fig6–fig8, fig12–fig14) inherit its grid but are not
+    tuned themselves (their tuned row says which record is missing)."""
     from omegaconf import OmegaConf
 
-    from revgn_cli.config import compose_node
+    from revgn_cli.config import conf_dir
 
-    node = compose_node([f"experiment={preset}"])
-    grid = OmegaConf.select(node, "tune.grid", default=None)
-    return bool(grid)
+    path = conf_dir() / "experiment" / f"{preset}.yaml"
+    return path.exists() and bool(OmegaConf.select(OmegaConf.load(path), "tune.grid", default=None))
