@@ -370,8 +370,11 @@ def _gn_above_adam(metric: str, spread: str | None = None):
         adam = per_seed(final, df, metric, optimizer__name="adam")
         extra = ""
         if spread and spread in df.columns:
-            s = {o: mean_of(per_seed(final, df, spread, optimizer__name=o)) for o in ("gn", "adam")}
-            extra = f"; probe spread (sd of per-probe cosines): {_opts(**s)}"
+            try:  # NaN with a single probe: then there is no spread to show
+                s = {o: mean_of(per_seed(final, df, spread, optimizer__name=o)) for o in ("gn", "adam")}
+                extra = f"; probe spread (sd of per-probe cosines): {_opts(**s)}"
+            except NotMeasurable:
+                pass
         return Measured(_means(gn=gn, adam=adam) + extra, paired(diff, gn, adam))
 
     return check
