@@ -553,7 +553,7 @@ def c_acc_gap(df: pd.DataFrame) -> Measured:
 # SESOIs, one per unit: why that size is the smallest difference worth a claim.
 NATS = (0.01, "0.01 nats of loss: below it the curves overlap at plotting resolution")
 ACC = (0.005, "half a point of accuracy (5 of the 1,000 quick test images)")
-SIM = (0.01, "0.01 of similarity: the scale of the probe noise of one kernel sketch")
+SIM = (0.01, "0.01 of a similarity in [0, 1]: a 1 % change of alignment to init")
 FRAC = (0.02, "2 % of the loss: a plateau and a slow descent differ by more")
 EPOCH = (1.0, "one epoch, the resolution of the epoch log")
 POINTS = (1.0, "one percentage point of the batch loss")
@@ -698,7 +698,7 @@ def evaluate(claims: list[Claim], results_dir: str | Path, scale: str, overrides
                                               variants=variants)
                     cache[key] = (df, "" if av.complete else f" [partial: {av.missing_note()}]")
                 except NoTunedRates as e:
-                    cache[key] = f"no tuned rates: {e}"
+                    cache[key] = str(e) if "no tuned rates" in str(e) else f"no tuned rates: {e}"
                 except MissingRunsError:
                     cache[key] = (f"no runs: `{reproduce_command(c.figure, scale, results_dir, ov)}`"
                                   + (" protocol=tuned" if proto == "tuned" else ""))
