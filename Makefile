@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/revgn reproduce main scale=quick
+	$(VENV)/bin/revgn reproduce main scale=quick seed=42,43,44
 
 bench: $(STAMP)
 	$(PY) bench/gn_step.py --quick

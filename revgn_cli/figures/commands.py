@@ -15,7 +15,8 @@ DEFAULT_RESULTS = "results"
 DEFAULT_OUT = Path("figures")
 PARTIAL_HELP = ("Go on without runs that are present but unreadable (corrupt config, lost rows); the figure title and "
                 "the claims table name what is missing. Without it such a run stops the command.")
-STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCONCLUSIVE": "bold yellow", "MISSING": "yellow"}
+STATUS_STYLE = {"HOLDS": "bold green", "REVERSED": "bold red", "NEGLIGIBLE": "bold blue", "INCONCLUSIVE": "bold yellow",
+                "INSUFFICIENT": "yellow", "MISSING": "yellow"}
 
 
 def split_args(args: list[str] | None, scale: str | None, results: Path | None) -> tuple[str, list[str], str]:
@@ -106,17 +107,31 @@ def list_table(results: str, scale: str, overrides: list[str]) -> Table:
     return t
 
 
-def verify_table(outcomes: list, scale: str) -> Table:
-    from revgn_cli.figures.claims import margin_text
+def verify_table(outcomes: list, scale: str, note: str = "") -> Table:
+    from revgn_cli.figures.claims import COLUMNS, row_cells
 
     t = Table(title=f"paper claims at {scale} scale — margin > 0 is the paper's side; mean ± 95 % t-interval over "
-                    "seeds (paired by seed)")
-    for c in ("figure", "claim", "dataset", "measured (means)", "margin", "margin ± 95 % CI", "n seeds", "verdict"):
+                    "finite seed pairs; verdicts on Holm-adjusted p" + (f" — {note}" if note else ""))
+    for c in COLUMNS:
         t.add_column(c, overflow="fold")
     for o in outcomes:
-        t.add_row(o.claim.figure, escape(o.claim.text), escape(o.dataset), escape(o.value), escape(o.claim.threshold),
-                  escape(margin_text(o)), str(o.interval.n or "—"), f"[{STATUS_STYLE[o.status]}]{o.status}[/]")
+        cells = [escape(c) for c in row_cells(o)]
+        cells[-1] = f"[{STATUS_STYLE[o.status]}]{o.status}[/]"
+        t.add_row(*cells)
     return t
+
+
+def pop_protocol(args: list[str] | None, default: str) -> tuple[tuple[str, ...], list[str]]:
+    """Pull ``protocol=paper|tuned|both`` out of the trailing arguments."""
+    from revgn_cli.figures.protocols import parse_protocol
+
+    rest, value = [], None
+    for a in args or []:
+        if a.startswith("protocol="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return parse_protocol(value or default), rest
 
 
 def check_data(presets: list[str], overrides: list[str], results: str) -> None:
@@ -125,9 +140,14 @@ def check_data(presets: list[str], overrides: list[str], results: str) -> None:
     from revgn_cli.config import compose_config
     from revgn_cli.data import load_dataset
 
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    # one job's config is enough to know the dataset: a sweep override (seed=42,43,44) keeps its first value
+    single = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+              for o in OverridesParser.create().parse_overrides(list(overrides))]
     seen = set()
     for p in presets:
-        cfg = compose_config([f"experiment={p}", *overrides, f"results_dir={results}"])
+        cfg = compose_config([f"experiment={p}", *single, f"results_dir={results}"])
         key = (cfg.dataset.name, cfg.dataset.root)
         if key not in seen:
             seen.add(key)
@@ -135,17 +155,82 @@ def check_data(presets: list[str], overrides: list[str], results: str) -> None:
 
 
 def run_verify(figs: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
-               allow_partial: bool = False) -> list:
-    from revgn_cli.figures.claims import LADDER_DOC, claims_for, evaluate, summary_line, to_markdown
+               allow_partial: bool = False, protocols: tuple[str, ...] | None = None) -> list:
+    from revgn_cli.figures.claims import LADDER_DOC, claims_for, evaluate, seeds_note, summary_line, to_markdown
+    from revgn_cli.figures.protocols import PROTOCOLS
 
-    outcomes = evaluate(claims_for(figs), results, scale, overrides, allow_partial=allow_partial)
-    out.print(verify_table(outcomes, scale))
+    outcomes = evaluate(claims_for(figs), results, scale, overrides, allow_partial=allow_partial,
+                        protocols=protocols or PROTOCOLS)
+    note = seeds_note(overrides)
+    out.print(verify_table(outcomes, scale, note))
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "claims.md"
-    md.write_text(to_markdown(outcomes, scale=scale, results_dir=results))
-    out.print(f"claims ({scale} scale): {summary_line(outcomes)} → {md}; how the margins move toward the paper's "
-              f"scale: {LADDER_DOC}", highlight=False)
+    md.write_text(to_markdown(outcomes, scale=scale, results_dir=results, note=note))
+    out.print(f"claims ({scale} scale{', ' + note if note else ''}): {summary_line(outcomes)} → {md}; how the margins "
+              f"move toward the paper's scale: {LADDER_DOC}", highlight=False, soft_wrap=True)
     return outcomes
+
+
+def figure_presets(specs: list, scale: str) -> list[str]:
+    """Every preset the figures and their claims read (a claim's reference presets too: fig8's Adam), each once."""
+    from revgn_cli.figures.claims import claim_presets, claims_for
+    from revgn_cli.figures.registry import presets_of
+
+    out = presets_of(specs, scale)
+    for c in claims_for([s.name for s in specs]):
+        out += [p for p in claim_presets(c, scale) if p not in out]
+    return out
+
+
+def tune_step(specs: list, scale: str, overrides: list[str], results: str, *, dry_run: bool,
+              quiet: bool) -> dict[str, dict[str, float] | str]:
+    """The tuned protocol's first step: ``revgn tune`` every preset that declares a grid (finished tuning runs are
+    skipped). preset → {optimizer: chosen rate}, or a line saying why it has none (no grid; dry run)."""
+    from revgn_cli.figures.protocols import NoTunedRates, has_tune_grid, setting_overrides, tuned_rates_for
+
+    chosen: dict[str, dict[str, float] | str] = {}
+    setting = setting_overrides(overrides)
+    for p in figure_presets(specs, scale):
+        if not has_tune_grid(p):
+            chosen[p] = "no tune grid"
+            continue
+        if not dry_run:
+            from revgn_cli.tune import run_tune
+
+            out.print(f"[bold]tuning[/] preset {p} on its validation split …", highlight=False)
+            run_tune(p, setting, results, quiet=quiet)
+        try:
+            chosen[p] = tuned_rates_for(p, results, setting)
+        except NoTunedRates:
+            chosen[p] = "tune first (`revgn tune " + p + "`)"
+    return chosen
+
+
+def reproduce_plan(specs: list, scale: str, overrides: list[str], results: str, protocols: tuple[str, ...],
+                   tuned: dict[str, dict[str, float] | str]) -> list[tuple[str, str, tuple[str, ...], int, int]]:
+    """(preset, protocol, extra overrides, n runs, n to train) per launch; a run shared by two entries counts once."""
+    from revgn_cli.figures.data import identity_overrides, job_status, preset_jobs
+    from revgn_cli.figures.protocols import tuned_variants
+
+    ov = identity_overrides(overrides)
+    plan = []
+    seen: set[str] = set()
+    for proto in protocols:
+        for p in figure_presets(specs, scale):
+            if proto == "paper":
+                variants: list[tuple[str, ...]] = [()]
+            else:
+                rates = tuned.get(p)
+                if not isinstance(rates, dict):
+                    plan.append((p, f"tuned: {rates or 'no tune grid'}", (), 0, 0))
+                    continue
+                variants = tuned_variants(rates)
+            for extra in variants:
+                jobs = [j for j in preset_jobs(p, ov + extra) if j.run_id not in seen]
+                seen.update(j.run_id for j in jobs)
+                missing = [j for j in jobs if job_status(results, j) not in ("done", "diverged")]
+                plan.append((p, proto, extra, len(jobs), len(missing)))
+    return plan
 
 
 def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> None:
@@ -204,47 +289,46 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
     @app.command(context_settings=EXTRA)
     @guarded
     def reproduce(target: str = typer.Argument(..., help="figN (comma lists ok), main (the main-text figures) or all"),
-                  args: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper, then Hydra overrides, e.g. hydra/launcher=joblib"),
+                  args: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper, protocol=paper|tuned|both "
+                                                             "(default paper), then Hydra overrides, e.g. hydra/launcher=joblib"),
                   results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
                   out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where the figures and claims.md go."),
                   dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and which exist; train nothing.")) -> None:
         """Train whatever runs a figure's presets still miss (finished ones are skipped), then plot it.
 
-        Example: [bold]revgn reproduce fig1[/] · [bold]revgn reproduce main scale=quick[/] ·
-        [bold]revgn reproduce all scale=paper hydra/launcher=submitit_slurm[/]. `main` ends with `revgn verify`.
+        protocol=tuned (or both) first runs `revgn tune` for every preset with a tune grid, then trains the presets
+        at the chosen rates. Example: [bold]revgn reproduce fig1[/] · [bold]revgn reproduce main scale=quick[/] ·
+        [bold]revgn reproduce all scale=quick protocol=both[/] ·
+        [bold]revgn reproduce all scale=paper hydra/launcher=submitit_slurm[/]. `main` and `all` end with `revgn verify`.
         """
         from revgn_cli import sweep as sw
-        from revgn_cli.figures.data import job_status, preset_jobs, identity_overrides
-        from revgn_cli.figures.registry import presets_of, select
+        from revgn_cli.figures.registry import select
 
         t0 = time.time()
+        protocols, args = pop_protocol(args, "paper")
         sc, ov, res = split_args(args, None, results)
         specs = select(target)
-        presets = presets_of(specs, sc)
-        plan = []  # (preset, n jobs, n missing)
-        seen: set[str] = set()
-        for p in presets:
-            jobs = [j for j in preset_jobs(p, identity_overrides(ov)) if j.run_id not in seen]
-            seen.update(j.run_id for j in jobs)
-            missing = [j for j in jobs if job_status(res, j) not in ("done", "diverged")]
-            plan.append((p, len(jobs), len(missing)))
-        t = Table(title=f"reproduce {target} ({sc} scale) → {res}")
-        for c in ("preset", "runs", "to train"):
+        quiet = bool(state.get("quiet"))
+        tuned = tune_step(specs, sc, ov, res, dry_run=dry_run, quiet=quiet) if "tuned" in protocols else {}
+        plan = reproduce_plan(specs, sc, ov, res, protocols, tuned)
+        t = Table(title=f"reproduce {target} ({sc} scale, {' + '.join(protocols)} protocol) → {res}")
+        for c in ("preset", "protocol", "runs", "to train"):
             t.add_column(c)
-        for p, n, m in plan:
-            t.add_row(p, str(n), str(m))
+        for p, proto, extra, n, m in plan:
+            t.add_row(p, proto + (f" ({' '.join(extra)})" if extra else ""), str(n), str(m))
         out.print(t)
         if dry_run:
             return
-        check_data([p for p, _, m in plan if m], ov, res)
+        check_data(list(dict.fromkeys(p for p, _, _, _, m in plan if m)), ov, res)
         failures: list[dict] = []
         trained = 0
-        for p, n, m in plan:
+        for p, proto, extra, n, m in plan:
             if not m:
                 continue
-            out.print(f"[bold]training[/] {m} run(s) of preset {p} …", highlight=False)
+            out.print(f"[bold]training[/] {m} run(s) of preset {p} ({proto} protocol{' ' + ' '.join(extra) if extra else ''}) …",
+                      highlight=False)
             t1 = time.time()
-            records = sw.launch([f"experiment={p}", *ov, f"results_dir={res}"], quiet=bool(state.get("quiet")))
+            records = sw.launch([f"experiment={p}", *ov, *extra, f"results_dir={res}"], quiet=quiet)
             trained += sum(r.get("status") in ("done", "diverged") for r in records)
             bad = [r for r in records if r.get("status") in sw.FAILED]
             failures += bad
@@ -263,20 +347,24 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
     @app.command(context_settings=EXTRA)
     @guarded
     def verify(target: Optional[str] = typer.Argument("all", help="figN (comma lists ok), main or all"),
-               overrides: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper and Hydra overrides the runs were trained with"),
+               overrides: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper, protocol=both|paper|tuned "
+                                                               "(default both) and Hydra overrides the runs were trained with"),
                results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
                out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where claims.md goes."),
                scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
-               strict: bool = typer.Option(False, "--strict", help="Exit 1 unless every claim passes."),
+               strict: bool = typer.Option(False, "--strict", help="Exit 1 unless every paper-protocol claim HOLDS."),
                allow_partial: bool = typer.Option(False, "--allow-partial", help=PARTIAL_HELP)) -> None:
-        """Check the paper's claims: per-seed margins, mean ± 95 % t-interval, PASS/FAIL/INCONCLUSIVE/MISSING.
+        """Judge the paper's claims under the paper's and the tuned rates: per-seed margins, mean ± 95 % t-interval,
+        SESOI, p and Holm-adjusted p → HOLDS / REVERSED / NEGLIGIBLE / INCONCLUSIVE / INSUFFICIENT / MISSING.
 
-        Writes the table to <out>/claims.md too. Example: [bold]revgn verify main --results results[/]
+        Writes the table to <out>/claims.md too. Example: [bold]revgn verify main --results results[/] ·
+        [bold]revgn verify fig2 protocol=paper[/]
         """
         from revgn_cli.figures.registry import select
 
+        protocols, overrides = pop_protocol(overrides, "both")
         sc, ov, res = split_args(overrides, scale, results)
         names = [s.name for s in select(target or "all")]
-        outcomes = run_verify(names, res, out_dir, sc, ov, allow_partial=allow_partial)
-        if strict and any(o.status != "PASS" for o in outcomes):
+        outcomes = run_verify(names, res, out_dir, sc, ov, allow_partial=allow_partial, protocols=protocols)
+        if strict and any(o.status != "HOLDS" for o in outcomes if o.protocol == "paper"):
             raise typer.Exit(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -99,22 +99,28 @@ class Availability:
         return f"{self.finished}/{self.total} finished; missing: {', '.join(shown)}"
 
 
-def jobs_for(presets: Sequence[str], overrides: Iterable[str] = ()) -> list[PresetJob]:
-    """The union of the presets' jobs, each run id once, in preset order."""
+Variants = Mapping[str, Sequence[tuple[str, ...]]]
+
+
+def jobs_for(presets: Sequence[str], overrides: Iterable[str] = (), variants: Variants | None = None) -> list[PresetJob]:
+    """The union of the presets' jobs, each run id once, in preset order. ``variants`` (preset → override sets, e.g.
+    the tuned protocol's ``optimizer=gn optimizer.lr=0.3``): the union of the preset's jobs under each set instead."""
     ov = identity_overrides(overrides)
     seen: set[tuple[str, str]] = set()
     out = []
     for p in presets:
-        for j in preset_jobs(p, ov):
+        sets = variants[p] if variants is not None and p in variants else [()]
+        for j in (j for v in sets for j in preset_jobs(p, ov + tuple(v))):
             if (j.exp_name, j.run_id) not in seen:
                 seen.add((j.exp_name, j.run_id))
                 out.append(j)
     return out
 
 
-def availability(results_dir: str | Path, presets: Sequence[str], overrides: Iterable[str] = ()) -> Availability:
+def availability(results_dir: str | Path, presets: Sequence[str], overrides: Iterable[str] = (),
+                 variants: Variants | None = None) -> Availability:
     av = Availability()
-    for j in jobs_for(presets, overrides):
+    for j in jobs_for(presets, overrides, variants):
         av.total += 1
         st = job_status(results_dir, j) or "missing"
         av.by_status[st] = av.by_status.get(st, 0) + 1
@@ -124,14 +130,15 @@ def availability(results_dir: str | Path, presets: Sequence[str], overrides: Ite
 
 
 def load_figure_runs(fig: str, scale: str, presets: Sequence[str], results_dir: str | Path,
-                     overrides: Iterable[str] = (), *, allow_partial: bool = False) -> tuple[pd.DataFrame, Availability]:
+                     overrides: Iterable[str] = (), *, allow_partial: bool = False,
+                     variants: Variants | None = None) -> tuple[pd.DataFrame, Availability]:
     """The metrics rows of the figure's finished runs (``done`` and ``diverged``), via ``load_runs``.
 
     Raises ``MissingRunsError`` (one line, naming the command to run) when none of them exist, and
     ``CorruptRunError`` (one line naming the run) when one is present but unreadable, unless ``allow_partial``.
     """
-    jobs = jobs_for(presets, overrides)
-    av = availability(results_dir, presets, overrides)
+    jobs = jobs_for(presets, overrides, variants)
+    av = availability(results_dir, presets, overrides, variants)
     ids = sorted({j.run_id for j in jobs})
     exps = sorted({j.exp_name for j in jobs})
     df = (load_runs(results_dir, {"run_id": ids, "experiment": exps}, statuses=PLOT_STATUSES,
