@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from revgn_cli.cli import app
 from revgn_cli.config import config_dict, run_id
-from revgn_cli.figures.registry import render
+from revgn_cli.figures.catalog import render
 from revgn_cli.figures.style import visible_lines
 from revgn_cli.results import RunDir
 from revgn_cli.studies.figures import summary

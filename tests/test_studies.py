@@ -16,7 +16,7 @@ from revgn_cli.cli import app
 from revgn_cli.config import compose_config, config_dict, run_id
 from revgn_cli.figures import MissingRunsError
 from revgn_cli.figures.data import load_figure_runs
-from revgn_cli.figures.registry import render
+from revgn_cli.figures.catalog import render
 from revgn_cli.figures.style import visible_lines
 from revgn_cli.results import RunDir, load_runs
 from revgn_cli.studies.figures import k_value, study_figures, summary

@@ -10,8 +10,9 @@ import importlib
 from typing import Any
 
 # Resolved on first use (PEP 562): importing the CLI commands in this package must not import matplotlib.
-_LAZY = {"MissingRunsError": "revgn_cli.figures.data", **{n: "revgn_cli.figures.registry" for n in
-         ("FIGURES", "MAIN", "FigureSpec", "get", "render", "select")}}
+_LAZY = {"MissingRunsError": "revgn_cli.figures.data", "FigureSpec": "revgn_cli.figures.spec",
+         "FIGURES": "revgn_cli.figures.registry", "MAIN": "revgn_cli.figures.registry",
+         **{n: "revgn_cli.figures.catalog" for n in ("get", "render", "select")}}
 
 
 def __getattr__(name: str) -> Any:

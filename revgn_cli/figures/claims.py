@@ -650,9 +650,9 @@ def claims_for(figures: Iterable[str]) -> list[Claim]:
 
 def claim_presets(claim: Claim, scale: str) -> tuple[str, ...]:
     """The presets a claim reads: its figure's, then its reference presets (each once)."""
-    from revgn_cli.figures.registry import get
+    from revgn_cli.figures.registry import FIGURES
 
-    out = list(get(claim.figure).presets_for(scale))
+    out = list(FIGURES[claim.figure].presets_for(scale))
     for p in claim.reference.get(scale, ()):
         if p not in out:
             out.append(p)

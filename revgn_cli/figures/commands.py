@@ -52,7 +52,7 @@ def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, over
                  skip_missing: bool, allow_partial: bool = False) -> tuple[list[str], list[str]]:
     """Render each figure; returns (rendered, missing). A missing figure raises unless ``skip_missing``."""
     from revgn_cli.figures.data import MissingRunsError, reproduce_command
-    from revgn_cli.figures.registry import render
+    from revgn_cli.figures.catalog import render
 
     done, missing = [], []
     for name in names:
@@ -77,7 +77,8 @@ def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, over
 
 def write_captions(out_dir: Path, scale: str) -> Path:
     """``<out>/captions.md``: the caption of every paper figure whose PNG is in ``out_dir`` (for the README)."""
-    from revgn_cli.figures.registry import FIGURES, title_of
+    from revgn_cli.figures.registry import FIGURES
+    from revgn_cli.figures.spec import title_of
 
     lines = ["# Figure captions", ""]
     for name, spec in FIGURES.items():
@@ -94,7 +95,8 @@ def _close(fig: Any) -> None:
 
 
 def list_table(results: str, scale: str, overrides: list[str]) -> Table:
-    from revgn_cli.figures.registry import FIGURES, figure_availability
+    from revgn_cli.figures.catalog import figure_availability
+    from revgn_cli.figures.registry import FIGURES
 
     t = Table(title=f"figures ({scale} scale, runs in {results})")
     for c in ("figure", "caption", "presets", "runs"):
@@ -277,7 +279,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             from revgn_cli.config import ConfigError
 
             raise ConfigError("name a figure (fig1 … fig15), main or all — or --list")
-        from revgn_cli.figures.registry import select
+        from revgn_cli.figures.catalog import select
 
         names = [s.name for s in select(target)]
         many = target.strip().lower() in ("all", "main")
@@ -302,7 +304,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         [bold]revgn reproduce all scale=paper hydra/launcher=submitit_slurm[/]. `main` and `all` end with `revgn verify`.
         """
         from revgn_cli import sweep as sw
-        from revgn_cli.figures.registry import select
+        from revgn_cli.figures.catalog import select
 
         t0 = time.time()
         protocols, args = pop_protocol(args, "paper")
@@ -360,7 +362,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         Writes the table to <out>/claims.md too. Example: [bold]revgn verify main --results results[/] ·
         [bold]revgn verify fig2 protocol=paper[/]
         """
-        from revgn_cli.figures.registry import select
+        from revgn_cli.figures.catalog import select
 
         protocols, overrides = pop_protocol(overrides, "both")
         sc, ov, res = split_args(overrides, scale, results)

@@ -15,10 +15,10 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 
 from revgn_cli.config import run_id
+from revgn_cli.figures.spec import SCALES
 from revgn_cli.results import RunDir, load_runs
 
 PLOT_STATUSES = ("done", "diverged")
-SCALES = ("quick", "paper")
 
 
 class MissingRunsError(FileNotFoundError):

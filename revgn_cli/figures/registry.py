@@ -1,44 +1,15 @@
-"""The figure registry: name → caption, the presets it reads per scale, its plot function (DESIGN §5).
+"""The paper's figures: name → caption, the presets it reads per scale, its plot function.
 
 Figures that show the same runs read the same preset (``minibatch_quick`` feeds figures 2, 3, 4, 9, 10, 11, 15
-and the baselines of 13 and 14), so ``revgn reproduce`` trains every run once.
+and the baselines of 13 and 14), so ``revgn reproduce`` trains every run once. The studies' figures live in
+``revgn_cli.studies.figures``; ``revgn_cli.figures.catalog`` looks a name up in both lists.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable
-
-import pandas as pd
-from matplotlib.figure import Figure
+from typing import Iterable
 
 from revgn_cli.figures import plots
-from revgn_cli.figures.data import SCALES, Availability, availability, load_figure_runs
-from revgn_cli.figures.plots import PlotContext
-from revgn_cli.figures.style import save
-
-QUICK_NOTE = ("quick scale: mnist5k (4,000 real MNIST training images, 1,000 test) stands in for MNIST and CIFAR-10; "
-              "RevMLP with 2 blocks, h = 1024; mini-batch 256; seeds 42, 43 and 44; "
-              "20 full-batch / 12 mini-batch epochs — the trends, not the paper's numbers")
-
-
-@dataclass(frozen=True)
-class FigureSpec:
-    name: str
-    title: str  # one line, the panel headline
-    caption: str  # what it shows and the paper's finding
-    presets: dict[str, tuple[str, ...]]  # scale → experiment presets it reads
-    plot: Callable[[pd.DataFrame, PlotContext], Figure]
-    main: bool = False  # a main-text figure (`revgn reproduce main`, `make demo`)
-
-    def presets_for(self, scale: str) -> tuple[str, ...]:
-        if scale not in self.presets:
-            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
-        return self.presets[scale]
-
-    def full_caption(self, scale: str) -> str:
-        return self.caption + (f" ({QUICK_NOTE}.)" if scale == "quick" else "")
-
+from revgn_cli.figures.spec import FigureSpec
 
 MB_Q = ("minibatch_quick",)
 MB_P = ("minibatch_paper_mnist", "minibatch_paper_cifar")
@@ -127,32 +98,6 @@ FIGURES: dict[str, FigureSpec] = {f.name: f for f in [
 MAIN = tuple(n for n, f in FIGURES.items() if f.main)
 
 
-def get(name: str) -> FigureSpec:
-    key = name.strip().lower()
-    if key.isdigit():
-        key = f"fig{key}"
-    if key not in FIGURES:
-        from revgn_cli.studies.figures import study_figures  # beyond-the-paper figures (not in all / main)
-
-        if key in study_figures():
-            return study_figures()[key]
-        from revgn_cli.config import ConfigError
-
-        raise ConfigError(f"unknown figure {name!r}: one of {', '.join(FIGURES)} (or all / main), "
-                          f"or a study figure: {', '.join(study_figures())}")
-    return FIGURES[key]
-
-
-def select(target: str) -> list[FigureSpec]:
-    """``figN`` (comma lists allowed), ``main`` (the main-text figures) or ``all``."""
-    t = (target or "").strip().lower()
-    if t == "all":
-        return list(FIGURES.values())
-    if t == "main":
-        return [FIGURES[n] for n in MAIN]
-    return [get(p) for p in t.split(",") if p.strip()]
-
-
 def presets_of(specs: Iterable[FigureSpec], scale: str) -> list[str]:
     out: list[str] = []
     for s in specs:
@@ -160,34 +105,3 @@ def presets_of(specs: Iterable[FigureSpec], scale: str) -> list[str]:
             if p not in out:
                 out.append(p)
     return out
-
-
-def title_of(spec: FigureSpec, scale: str) -> str:
-    head = f"Fig. {spec.name[3:]}" if spec.name in FIGURES else spec.name  # study figures keep their name
-    return f"{head} — {spec.title} ({scale} scale)"
-
-
-@dataclass
-class Rendered:
-    spec: FigureSpec
-    figure: Figure
-    paths: list[Path]
-    availability: Availability
-
-
-def render(name: str, results_dir: str | Path, out_dir: str | Path | None, scale: str = "quick",
-           overrides: Iterable[str] = (), *, allow_partial: bool = False) -> Rendered:
-    """Load the figure's runs, draw it, and (unless ``out_dir`` is None) save ``<out>/<name>.png`` and ``.pdf``.
-    A figure drawn without some of its runs says which in its title."""
-    spec = get(name)
-    presets = spec.presets_for(scale)
-    df, av = load_figure_runs(spec.name, scale, presets, results_dir, overrides, allow_partial=allow_partial)
-    title = title_of(spec, scale) + ("" if av.complete else f"\nPARTIAL — {av.missing_note()}")
-    fig = spec.plot(df, PlotContext(spec.name, title, scale))
-    paths = save(fig, out_dir, spec.name) if out_dir is not None else []
-    return Rendered(spec, fig, paths, av)
-
-
-def figure_availability(spec: FigureSpec, results_dir: str | Path, scale: str,
-                        overrides: Iterable[str] = ()) -> Availability:
-    return availability(results_dir, spec.presets_for(scale), overrides)

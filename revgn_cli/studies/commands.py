@@ -48,7 +48,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
     def render_and_summarise(name: str, results: str, out_dir: Path, scale: str, overrides: list[str]) -> None:
         from revgn_cli.figures.data import load_figure_runs
-        from revgn_cli.figures.registry import render
+        from revgn_cli.figures.catalog import render
         from revgn_cli.studies.figures import study_figures, summary
 
         spec = study_figures()[name]

@@ -1,8 +1,8 @@
-"""Figures of the beyond-the-paper studies (DESIGN §6), in the figure registry's format.
+"""Figures of the beyond-the-paper studies (docs/studies.md), as ``revgn_cli.figures.spec.FigureSpec`` entries.
 
-Each is a ``FigureSpec`` (``revgn_cli.figures.registry``): the presets it reads per scale and a plot function
-``(rows, PlotContext) -> Figure`` that only draws. ``revgn plot <name>`` finds them through the registry's ``get``
-(they are not part of ``all``/``main``, which are the paper's figures); ``revgn study run <name>`` trains and plots.
+Each names the presets it reads per scale and a plot function ``(rows, PlotContext) -> Figure`` that only draws.
+``revgn plot <name>`` finds them through ``revgn_cli.figures.catalog.get`` (they are not part of ``all``/``main``,
+which are the paper's figures); ``revgn study run <name>`` trains and plots.
 
 * ``linearisation_phase`` — iterative linearisation: test accuracy over K × updates (heat map), test accuracy vs
   updates per K with GN as reference, and final accuracy vs the number of feature updates.
@@ -29,6 +29,7 @@ from revgn_cli.figures.data import MissingRunsError
 from revgn_cli.figures.plots import (
     PlotContext, Series, by_optimizer, col, dataset_label, datasets, draw, epoch_rows, for_dataset, metric_grid, plain,
 )
+from revgn_cli.figures.spec import FigureSpec
 from revgn_cli.figures.style import (
     OPT_COLOURS, OPT_LABELS, finish, label_axes, legend, new_figure, order_optimizers, sequential_colours, style,
 )
@@ -414,9 +415,7 @@ def gn_family_table(df: pd.DataFrame) -> pd.DataFrame:
 # registry entries
 
 
-def _specs() -> dict[str, object]:
-    from revgn_cli.figures.registry import FigureSpec
-
+def _specs() -> dict[str, FigureSpec]:
     return {f.name: f for f in [
         FigureSpec(
             "linearisation_phase", "Iterative linearisation: accuracy over K × training length",
@@ -426,14 +425,14 @@ def _specs() -> dict[str, object]:
             "full network as reference, (c) accuracy vs the number of feature updates (re-linearisations).",
             {"quick": ("linearisation_phase_quick", "minibatch_quick"),
              "paper": ("linearisation_phase_paper", "minibatch_paper_mnist")},
-            plot_linearisation_phase),
+            plot_linearisation_phase, paper=False),
         FigureSpec(
             "data_dependent_ntk", "Data-dependent NTK: linearised after t epochs",
             "Full training with GN, Adam or SGD up to epoch t, then linearised training about θ_t (inner SGD, K = ∞) "
             "to the end (Fort et al. 2020, Fig. 8): final test error and train loss vs t; dashed: full training. "
             "How good is the kernel each optimiser leaves behind?",
             {"quick": ("data_dependent_ntk_quick",), "paper": ("data_dependent_ntk_paper",)},
-            plot_data_dependent_ntk),
+            plot_data_dependent_ntk, paper=False),
         FigureSpec(
             "barrier", "Parent/child spawning: error barrier",
             "Two children trained from the parent's θ_t with different batch orders: error barrier along the straight "
@@ -441,13 +440,13 @@ def _specs() -> dict[str, object]:
             "their test error (c) vs the spawn epoch t, per optimiser (Fort et al. 2020). "
             "Needs `revgn study spawn` (barriers.parquet).",
             {"quick": ("spawn_quick",), "paper": ("spawn_paper",)},
-            plot_barrier),
+            plot_barrier, paper=False),
         FigureSpec(
             "kernel_dynamics", "Kernel distance and velocity, every optimiser",
             "Fort et al.'s kernel distance 1 − cos(Θ_0, Θ_t) of the empirical NTK on the probe set to init (a), its "
             "velocity between consecutive epochs (b), and the distance against test accuracy (c), GN, Adam, SGD.",
             {"quick": ("minibatch_quick",), "paper": ("minibatch_paper_mnist", "minibatch_paper_cifar")},
-            plot_kernel_dynamics),
+            plot_kernel_dynamics, paper=False),
         FigureSpec(
             "gn_family", "Exact GN vs damped, inexact GN (GGN-CG, K-FAC) vs Adam/SGD",
             "Is poor generalisation a property of exact GN or of Gauss-Newton methods? Exact GN (truncated pinv), "
@@ -455,15 +454,15 @@ def _specs() -> dict[str, object]:
             "SGD on the same mini-batches at the presets' rates: train loss, test loss, test accuracy, NTK similarity to init and the last "
             "block's CKA to init vs epoch (mean ± std over seeds).",
             {"quick": ("gn_family_quick", "gn_family_cg_quick"), "paper": ("gn_family_paper", "gn_family_cg_paper")},
-            plot_gn_family),
+            plot_gn_family, paper=False),
     ]}
 
 
-_CACHE: dict[str, object] = {}
+_CACHE: dict[str, FigureSpec] = {}
 
 
-def study_figures() -> dict[str, object]:
-    """name → FigureSpec of every study figure (built lazily: the figure registry imports this module on demand)."""
+def study_figures() -> dict[str, FigureSpec]:
+    """name → FigureSpec of every study figure (built on first use)."""
     if not _CACHE:
         _CACHE.update(_specs())
     return _CACHE

@@ -27,13 +27,11 @@ from typing import Any, Callable, Protocol, Sequence
 import pandas as pd
 
 from revgn_cli.config import Config, ConfigError, conf_dir
+from revgn_cli.studies.scaling_report import MARGIN_COLUMNS, read_margins
 
 DESIGN_FILE = "scaling.yaml"
 DEFAULT_MARGINS = Path("docs/data/scaling_margins.csv")
 DEFAULT_LAUNCHER = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
-# One row per (cell, claim, seed); a cell with no measured seed for a claim has one row with seed −1, margin NaN.
-MARGIN_COLUMNS = ("cell", "axes", "claim", "seed", "margin", "sesoi", "rates", "lr", "runs_done", "runs_expected",
-                  "cell_wall_s", "hidden", "batch", "epochs", "updates", "train_images")
 
 Log = Callable[[str], None]
 
@@ -410,8 +408,6 @@ def measure_cell(design: Design, cp: CellPlan, results_dir: str) -> pd.DataFrame
 def write_margins(path: Path, cell_rows: pd.DataFrame) -> pd.DataFrame:
     """Replace the rows of ``cell_rows``'s cells in the CSV at ``path`` (other cells kept); atomic."""
     from revgn_cli.results.store import atomic_write_bytes
-    from revgn_cli.studies.scaling_report import read_margins
-
     old = read_margins(path) if path.exists() else pd.DataFrame(columns=list(MARGIN_COLUMNS))
     keep = old[~old["cell"].isin(set(cell_rows["cell"]))]
     df = pd.concat([keep, cell_rows], ignore_index=True) if not keep.empty else cell_rows.reset_index(drop=True)

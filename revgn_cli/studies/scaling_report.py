@@ -1,6 +1,6 @@
 """The scale study's table, trends and figure, from its margins CSV alone (``revgn study report scaling --from``).
 
-Input: ``docs/data/scaling_margins.csv`` (``revgn_cli.studies.scaling.MARGIN_COLUMNS``: one row per cell, claim and
+Input: ``docs/data/scaling_margins.csv`` (``MARGIN_COLUMNS``: one row per cell, claim and
 seed with the claim's margin, > 0 = the paper's side, and its SESOI). Nothing here reads runs or the design.
 
 * ``cell_verdicts`` — per (cell, claim): ``revgn_cli.stats.judge`` on the per-seed margins, Holm over the claims of
@@ -22,11 +22,13 @@ from revgn_cli.config import ConfigError
 COLOURS = {"HOLDS": "tab:green", "REVERSED": "tab:red", "NEGLIGIBLE": "tab:blue", "INCONCLUSIVE": "tab:orange",
            "INSUFFICIENT": "grey", "NO SESOI": "grey"}
 BEGIN, END = "<!-- scaling:begin", "<!-- scaling:end -->"
+# The CSV's columns, written by ``revgn_cli.studies.scaling``: one row per (cell, claim, seed); a cell with no
+# measured seed for a claim has one row with seed −1, margin NaN.
+MARGIN_COLUMNS = ("cell", "axes", "claim", "seed", "margin", "sesoi", "rates", "lr", "runs_done", "runs_expected",
+                  "cell_wall_s", "hidden", "batch", "epochs", "updates", "train_images")
 
 
 def read_margins(path: Path) -> pd.DataFrame:
-    from revgn_cli.studies.scaling import MARGIN_COLUMNS
-
     try:
         df = pd.read_csv(path, keep_default_na=True)
     except FileNotFoundError:
