@@ -75,10 +75,10 @@ class RegimeConfig:
 @dataclass
 class RegularizerConfig:
     name: str = "truncation"  # none | truncation | damping | noise | weight_decay
-    rtol: float = 1e-2  # truncation: drop s < rtol·s_max …
+    rtol: float = 1e-2  # truncation (and weight_decay, noise): drop s < rtol·s_max …
     atol: float = 1e-5  # … or s < atol (paper code)
     damping: float = 1e-3  # damping: λ = damping·s_max²
-    noise: float = 0.1  # noise: scale of the Gaussian added to Σ⁺
+    noise: float = 0.1  # noise: scale of the Gaussian added to the target, relative to its rms (docs/gn.md)
     weight_decay: float = 0.0  # weight_decay: λ in θ ← θ − α(Δθ + λθ)
 
 
@@ -296,6 +296,10 @@ def run_id(cfg: Config) -> str:
     # valid; solver=eigh gets ids of its own (for damping on a float32 model it changes the step, docs/gn.md).
     if d["optimizer"].get("solver") == "auto":
         d["optimizer"] = {k: v for k, v in d["optimizer"].items() if k != "solver"}
+    # `noise` perturbs each solve's target since it replaced the form that perturbed Σ⁺ (docs/gn.md): its runs are
+    # hashed with that fact, so results of the old form are never taken for the new one.
+    if d["regularizer"].get("name") == "noise":
+        d["regularizer"] = {**d["regularizer"], "noise_on": "target"}
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -25,7 +25,9 @@ from revgn_cli.models import RevMLP
 from revgn_cli.optim import batch_loss, make_optimizer
 from revgn_cli.results.store import RunDir, atomic_write_bytes
 from revgn_cli.train.evaluate import eval_network, evaluate
-from revgn_cli.train.runtime import epoch_generator, resolve_dtype, rng_state, seed_everything, set_rng_state
+from revgn_cli.train.runtime import (
+    epoch_generator, optimizer_seed, resolve_dtype, rng_state, seed_everything, set_rng_state,
+)
 
 
 class Reporter(Protocol):
@@ -238,7 +240,8 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
 
     def make_opt(phase: int):
         opt_cfg = plan[phase].optimizer
-        return make_optimizer(model, asdict(opt_cfg), asdict(cfg.regularizer), loss=cfg.train.loss)
+        return make_optimizer(model, asdict(opt_cfg), asdict(cfg.regularizer), loss=cfg.train.loss,
+                              seed=optimizer_seed(cfg.seed, phase))
 
     st = TrainState()
     if ck is not None:
