@@ -260,8 +260,8 @@ def gn_direction(
         fast_gram: float32 models only: form the n×n Gram in float32 when the regulariser truncates at
             ≥ 1e-2·s_max anyway, and apply the float64 solve to the features in float32 (GaussNewton turns this
             on; tests of exactness leave it off; see pinv.pinv_solve).
-        solver: "auto" (per filter the cheapest exact path: a float64 Cholesky for none/noise/damping, eigh for
-            truncation; see pinv.solver_path — damping then also keeps the directions below eigh's machine floor,
+        solver: "auto" (per filter the cheapest exact path: a float64 Cholesky for none/damping, eigh for
+            truncation/weight_decay/noise unless rtol = atol = 0; see pinv.solver_path — damping then also keeps the directions below eigh's machine floor,
             as its definition asks) or "eigh" (always float64 eigh).
         counters: mapping incremented in place (key "gn_solver_fallbacks") when a solve falls back to float64 SVD.
         generator: RNG for the `noise` regulariser (default: torch's global RNG).
