@@ -82,10 +82,10 @@ class RegimeConfig:
 @dataclass
 class RegularizerConfig:
     name: str = "truncation"  # none | truncation | damping | noise | weight_decay
-    rtol: float = 1e-2  # truncation: drop s < rtol·s_max …
+    rtol: float = 1e-2  # truncation (and weight_decay, noise): drop s < rtol·s_max …
     atol: float = 1e-5  # … or s < atol (paper code)
     damping: float = 1e-3  # damping: λ = damping·s_max²
-    noise: float = 0.1  # noise: scale of the Gaussian added to Σ⁺
+    noise: float = 0.1  # noise: scale of the Gaussian added to the target, relative to its rms (docs/gn.md)
     weight_decay: float = 0.0  # weight_decay: λ in θ ← θ − α(Δθ + λθ)
 
 
@@ -325,6 +325,10 @@ def run_id(cfg: Config) -> str:
     # regime.train_size=null (every image, the default) likewise hashes as absent: ids made before it stay valid.
     if d["regime"].get("train_size") is None:
         d["regime"] = {k: v for k, v in d["regime"].items() if k != "train_size"}
+    # `noise` perturbs each solve's target since it replaced the form that perturbed Σ⁺ (docs/gn.md): its runs are
+    # hashed with that fact, so results of the old form are never taken for the new one.
+    if d["regularizer"].get("name") == "noise":
+        d["regularizer"] = {**d["regularizer"], "noise_on": "target"}
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -50,6 +50,16 @@ def test_run_id_stable_and_sensitive():
     assert a == run_id(compose_config(["optimizer.lr=0.1", "results_dir=/tmp/elsewhere", "device=cpu"]))
 
 
+def test_noise_runs_get_new_ids_other_regularisers_keep_theirs():
+    """The noise regulariser changed its form (noise on the target, not on Σ⁺): its runs must not reuse the ids
+    that results of the old form were stored under (pinned here, from before the change); others are unaffected."""
+    noise = compose_config(["regularizer=noise"])
+    assert run_id(noise) != "fa423cad79ff"
+    assert run_id(noise) == run_id(compose_config(["regularizer=noise"]))
+    assert run_id(noise) != run_id(compose_config(["regularizer=noise", "regularizer.noise=0.2"]))
+    assert run_id(compose_config(["regularizer=truncation"])) == run_id(compose_config([]))
+
+
 def test_optimizer_solver_key():
     """optimizer.solver: auto (default, hashed as absent so ids made before the key existed stay valid) | eigh (its
     own id); any other value is refused with one line naming the key."""

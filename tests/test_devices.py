@@ -164,3 +164,20 @@ def test_gpu_check_without_cuda_is_one_line():
     lines = (r.stdout + r.stderr).strip().splitlines()
     assert r.returncode == 3 and len(lines) == 1, (r.returncode, lines)
     assert lines[0].startswith("gpu-check: no CUDA device here") and "nothing was run" in lines[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: make gpu-check would run")
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make here")
+def test_make_gpu_check_without_cuda_fails():
+    """`make gpu-check` ran nothing: it must not exit 0 (make passes the script's 3 on as its own failure, 2, with
+    make's `Error 3` line), and the script's one line is all it prints on stdout."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["make", "-s", "--no-print-directory", "gpu-check", f"PYTHON={sys.executable}",
+                        f"GPU_PYTHON={sys.executable}"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu-check: no CUDA device here"), lines
+    assert "Error 3" in r.stderr, r.stderr

@@ -1,6 +1,9 @@
 """The exact GN engine (DESIGN §2): right-inverse property, minimum norm, pseudoinverse strategies, optimisers.
 
 Every exactness test runs in float64 with regularizer=none and every Σ of full row rank, as DESIGN §2 requires.
+Tests marked `kernels` (exactness, parity with gn_naive, the pseudoinverse filters, a short training run) are run
+again by `make test-kernels` under the AVX2 and the MKL_CBWR=COMPATIBLE kernels: they must not depend on one CPU's
+rounding.
 """
 from __future__ import annotations
 
@@ -99,6 +102,7 @@ def _flat(ts):
 LOSSES = [("ce", "identity"), ("ce", "exact"), ("mse", "identity")]
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("L", [1, 2, 3])
 @pytest.mark.parametrize("linear", [True, False], ids=["linear-first", "relu"])
 @pytest.mark.parametrize("loss,hess", LOSSES, ids=["ce", "ce-exactH", "mse"])
@@ -118,6 +122,7 @@ def test_right_inverse_features_and_logits(L, linear, loss, hess, combine):
     assert _rel(_jvp(m, x, delta, "logits"), c * eps_z) < 1e-8
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("L", [1, 2, 3])
 def test_right_inverse_no_bottleneck(L):
     """hidden=None: Σ = [σ(z), 1] with W ∈ ℝ^{(d/2)×(d/2)} (paper Fig. 5); exact when d/2+1 ≥ n."""
@@ -129,6 +134,7 @@ def test_right_inverse_no_bottleneck(L):
     assert _rel(_jvp(m, x, delta, "logits"), eps_z) < 1e-8
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("linear", [True, False])
 @pytest.mark.parametrize("h", [16, None])
 def test_single_block_equals_naive_minimum_norm(linear, h):
@@ -140,6 +146,7 @@ def test_single_block_equals_naive_minimum_norm(linear, h):
         assert _rel(ours, ref) < 1e-8, (loss, hess)
 
 
+@pytest.mark.kernels
 def test_naive_is_a_right_inverse_and_smaller_for_deep_nets():
     """gn_naive solves J_X Δθ = ε too; for L > 1 it is the minimum-norm solution, so ‖Δθ_naive‖ ≤ ‖Δθ_GN‖."""
     m, x, t = _problem(5, 12, 2, 16, seed=4)
@@ -157,6 +164,7 @@ def test_naive_is_a_right_inverse_and_smaller_for_deep_nets():
 # rank-deficient Σ
 
 
+@pytest.mark.kernels
 def test_rank_deficient_linear_block_is_least_squares():
     """n > d/2+1 with a linear block: Σ_F = [B C, 1] has rank ≤ d/2+1 < n, so no exact solve exists.
 
@@ -246,27 +254,73 @@ def test_damping_to_zero_equals_none_and_large_damping_is_gradient():
         assert ((dw * g).sum() / (dw.norm() * g.norm())) > 1 - 1e-6
 
 
-def test_noise_zero_equals_none_and_noise_perturbs_pinv():
+EXACT_NOISE = {"name": "noise", "rtol": 0.0, "atol": 0.0}  # the noise regulariser on the exact pseudoinverse
+
+
+@pytest.mark.kernels
+def test_noise_zero_equals_its_filter_and_noise_perturbs_the_step():
+    """noise = 0 is bit for bit the filter it composes with (`none` at rtol = atol = 0, `truncation` at the paper's
+    rtol/atol); noise > 0 changes the step, freshly per draw; and it is that filter applied to t + σ·rms(t)·ξ."""
+    from revgn_cli.optim.pinv import noisy_target
+
     m, x, t = _full_rank_case()
     none = _flat(gn_direction(m, x, t, regularizer="none"))
-    zero = _flat(gn_direction(m, x, t, regularizer={"name": "noise", "noise": 0.0}))
-    assert torch.equal(zero, none)
-    a = _flat(gn_direction(m, x, t, regularizer={"name": "noise", "noise": 0.1},
+    assert torch.equal(_flat(gn_direction(m, x, t, regularizer={**EXACT_NOISE, "noise": 0.0})), none)
+    trunc = _flat(gn_direction(m, x, t, regularizer="truncation"))
+    assert torch.equal(_flat(gn_direction(m, x, t, regularizer={"name": "noise", "noise": 0.0})), trunc)
+    a = _flat(gn_direction(m, x, t, regularizer={**EXACT_NOISE, "noise": 0.1},
                            generator=torch.Generator().manual_seed(1)))
-    b = _flat(gn_direction(m, x, t, regularizer={"name": "noise", "noise": 0.1},
+    b = _flat(gn_direction(m, x, t, regularizer={**EXACT_NOISE, "noise": 0.1},
                            generator=torch.Generator().manual_seed(2)))
     assert 1e-4 < _rel(a, none) < 1 and _rel(a, b) > 1e-4  # fresh noise per call
-    # equivalence with perturbing Σ⁺ itself: (Σ⁺ + s‖Σ⁺‖_F/√numel·G) t with the same G
+    # at the pinv level, against an explicit pseudoinverse applied to the noisy target (same generator, same ξ)
     n, h = 7, 12
     phi, tt = torch.randn(n, h, dtype=F64).relu(), torch.randn(n, 3, dtype=F64)
     sig = torch.cat([phi, torch.ones(n, 1, dtype=F64)], 1)
-    dw, ach = pinv_solve(phi, tt, Regularizer("noise", noise=0.3), generator=torch.Generator().manual_seed(0))
-    g = torch.randn(h + 1, n, generator=torch.Generator().manual_seed(0), dtype=F64)
-    sp = torch.linalg.pinv(sig)
-    ref = (sp + 0.3 * sp.norm() / math.sqrt(sp.numel()) * g) @ tt
+    dw, ach = pinv_solve(phi, tt, Regularizer("noise", noise=0.3, rtol=0.0, atol=0.0),
+                         generator=torch.Generator().manual_seed(0))
+    xi = torch.randn(n, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    ref = torch.linalg.pinv(sig) @ (tt + 0.3 * tt.square().mean().sqrt() * xi)
     assert _rel(dw, ref) < 1e-10 and _rel(ach, sig @ ref) < 1e-10
+    assert torch.equal(noisy_target(tt, 0.3, torch.Generator().manual_seed(0)),
+                       tt + 0.3 * tt.square().mean().sqrt() * xi)
 
 
+@pytest.mark.kernels
+@pytest.mark.parametrize("reg", [EXACT_NOISE, {"name": "noise"}], ids=["exact", "truncated"])
+@pytest.mark.parametrize("n", [20, 60])  # row side (n ≤ h+1) and column side (n > h+1)
+def test_noise_function_space_size_is_bounded_on_ill_conditioned_sigma(reg, n):
+    """κ(Σ) ~ 1e6: the noisy step moves the half-layer's output by ‖Σ(ΔW̃_noisy − ΔW̃)‖ ≤ σ·rms(t)·‖ξ‖ (ΣΣ⁺ is an
+    orthogonal projector), whereas the old form (Σ⁺ + σ‖Σ⁺‖_F/√numel·G) t moved it by ≫ that: its size scales with
+    ‖Σ⁺‖_F, i.e. with the smallest singular value that survives."""
+    from revgn_cli.optim.pinv import noisy_target
+
+    torch.manual_seed(n)
+    h, k, sigma = 40, 3, 0.1
+    r = min(n, h)
+    u = torch.linalg.qr(torch.randn(n, r, dtype=F64))[0]
+    v = torch.linalg.qr(torch.randn(h, r, dtype=F64))[0]
+    phi = (u * torch.logspace(0, -6, r, dtype=F64)) @ v.T
+    sig = torch.cat([phi, torch.ones(n, 1, dtype=F64)], 1)
+    s = torch.linalg.svdvals(sig)
+    assert s[0] / s[-1] > 1e5  # ill-conditioned, and of full rank (nothing below the machine floor)
+    t = torch.randn(n, k, dtype=F64)
+    clean, _ = pinv_solve(phi, t, Regularizer.from_mapping({**reg, "noise": 0.0}))
+    noisy, _ = pinv_solve(phi, t, Regularizer.from_mapping({**reg, "noise": sigma}),
+                            generator=torch.Generator().manual_seed(4))
+    xi = (noisy_target(t, 1.0, torch.Generator().manual_seed(4)) - t) / t.square().mean().sqrt()
+    moved = (sig @ (noisy - clean)).norm()
+    bound = sigma * t.square().mean().sqrt() * xi.norm()
+    # (float64 Gram solves at κ² ~ 1e12 reach ΣΣ⁺ξ to ~1e-4: on the row side, full row rank, the bound is tight)
+    assert 0 < moved <= bound * (1 + 1e-3)
+    # the old form with the same σ, on the exact pseudoinverse
+    sp = torch.linalg.pinv(sig, rtol=1e-12)
+    g = torch.randn(h + 1, n, generator=torch.Generator().manual_seed(4), dtype=F64)
+    old = (sigma * sp.norm() / math.sqrt(sp.numel()) * sig @ (g @ t)).norm()
+    assert old > 1e4 * bound  # measured 1.4e5 (n = 20) and 1.8e5 (n = 60)
+
+
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", ["none", "truncation", "damping"])
 @pytest.mark.parametrize("n", [6, 40])  # row side (n ≤ h+1) and column side (n > h+1)
 def test_pinv_strategies_match_explicit_svd(name, n):
@@ -334,6 +388,7 @@ def _spy_eigh(monkeypatch):
     return calls
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", ["none", "damping", "noise"])
 @pytest.mark.parametrize("n", [12, 60])  # row side (n ≤ h+1) and column side (n > h+1)
 @pytest.mark.parametrize("factored", [False, True])
@@ -347,7 +402,7 @@ def test_cholesky_paths_match_eigh_on_full_rank_grams(name, n, factored, monkeyp
     c = torch.randn(r, h, dtype=F64) / h**0.5
     feats, basis = (z, torch.linalg.qr(c.T)[0].T) if factored else ((z @ c).relu(), None)
     t = torch.randn(n, k, dtype=F64)
-    reg = Regularizer(name, damping=1e-3, noise=0.2)
+    reg = Regularizer(name, damping=1e-3, noise=0.2, rtol=0.0, atol=0.0)  # noise on the exact filter
     ref = pinv_solve(feats, t, reg, basis=basis, solver="eigh", generator=torch.Generator().manual_seed(3))
     calls = _spy_eigh(monkeypatch)
     got = pinv_solve(feats, t, reg, basis=basis, solver="auto", generator=torch.Generator().manual_seed(3))
@@ -355,6 +410,7 @@ def test_cholesky_paths_match_eigh_on_full_rank_grams(name, n, factored, monkeyp
     assert _rel(got[0], ref[0]) < 1e-8 and _rel(got[1], ref[1]) < 1e-8
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("linear", [True, False], ids=["linear-first", "relu"])
 @pytest.mark.parametrize("reg", ["none", {"name": "damping", "damping": 1e-4}])
 def test_gn_direction_solver_auto_equals_eigh(linear, reg):
@@ -367,7 +423,7 @@ def test_gn_direction_solver_auto_equals_eigh(linear, reg):
 
 @pytest.mark.parametrize("name", ["none", "noise", "damping"])
 def test_cholesky_path_falls_back_to_eigh_on_rank_deficient_gram(name, monkeypatch):
-    """Σ of rank 4 < n: ΣΣᵀ is singular, so `none`/`noise` must leave the Cholesky path (eigh then drops the zero
+    """Σ of rank 4 < n: ΣΣᵀ is singular, so `none`/`noise` (at rtol = atol = 0) must leave the Cholesky path (eigh then drops the zero
     eigenvalues) — the step is the minimum-norm least-squares one of an explicit pseudoinverse. `damping` stays on
     its Cholesky of G + δI and still equals eigh: exact zeros carry Σᵀv = 0."""
     torch.manual_seed(0)
@@ -376,7 +432,7 @@ def test_cholesky_path_falls_back_to_eigh_on_rank_deficient_gram(name, monkeypat
     t = torch.randn(n, 2, dtype=F64)
     sig = torch.cat([feats, torch.ones(n, 1, dtype=F64)], 1)
     assert torch.linalg.matrix_rank(sig) == 4
-    reg = Regularizer(name, damping=1e-3, noise=0.0)
+    reg = Regularizer(name, damping=1e-3, noise=0.0, rtol=0.0, atol=0.0)
     ref = pinv_solve(feats, t, reg, solver="eigh")
     calls = _spy_eigh(monkeypatch)
     dw, ach = pinv_solve(feats, t, reg, solver="auto")
@@ -409,14 +465,15 @@ def test_damping_cholesky_follows_its_definition_below_the_eigh_floor():
 
 @pytest.mark.parametrize("reg", ["none", "noise", "truncation"])
 def test_real_images_solver_auto_equals_eigh(reg):
-    """mnist5k images (their Grams are numerically rank-deficient: blank pixels): `none`/`noise` must notice it and
-    hand over to eigh, so auto and eigh give the same step to 1e-8 — and truncation is the eigh path itself."""
+    """mnist5k images (their Grams are numerically rank-deficient: blank pixels): `none`/`noise` (at rtol = atol =
+    0) must notice it and hand over to eigh, so auto and eigh give the same step to 1e-8 — and truncation is the eigh
+    path itself."""
     from revgn_cli.data import load_dataset
 
     ds = load_dataset("mnist5k")
     m = _model64(784, 2, 128, seed=0, init_std=0.05)
     x, t = ds.x_train[:96].to(F64), nn.functional.one_hot(ds.y_train[:96], 10).to(F64)
-    kw = dict(regularizer={"name": reg, "noise": 0.1}, combine="mean")
+    kw = dict(regularizer={**EXACT_NOISE, "noise": 0.1} if reg == "noise" else reg, combine="mean")
     auto = _flat(gn_direction(m, x, t, solver="auto", generator=torch.Generator().manual_seed(0), **kw))
     eigh = _flat(gn_direction(m, x, t, solver="eigh", generator=torch.Generator().manual_seed(0), **kw))
     assert torch.isfinite(auto).all() and _rel(auto, eigh) < 1e-8
@@ -549,6 +606,7 @@ def _digits():
     return x, t
 
 
+@pytest.mark.kernels
 def test_digits_full_batch_gn_beats_adam_and_sgd():
     """20 full-batch steps on 1024 digits at the paper's learning rates: GN (0.5, truncation, sum) ends below Adam
     (1e-4) and SGD (0.1). d = 64: the linear first block has rank ≤ 33 < n, so truncation is needed (as in the paper).
@@ -594,6 +652,35 @@ def test_gauss_newton_step_weight_decay_and_state():
     other = GaussNewton(m, lr=1.0)
     other.load_state_dict(st)
     assert other.state_dict() == st and other.stats == {"gn_solver_fallbacks": 0.0}
+
+
+@pytest.mark.kernels
+def test_gauss_newton_noise_stream_is_seeded_and_resumable():
+    """GaussNewton(seed=…) draws the noise from its own host generator: the same seed gives the same steps, another
+    seed other steps, and a fresh optimiser loaded from state_dict() continues the stream where it stopped (the
+    state holds it as bytes, no tensor: it stays on the host whatever the run's device)."""
+    from revgn_cli.devices import held_tensors
+
+    m, x, t = _full_rank_case()
+    reg = {"name": "noise", "noise": 0.2}
+
+    def directions(opt, k):
+        return [_flat(opt.direction(x, t)[0]) for _ in range(k)]
+
+    a = directions(GaussNewton(copy.deepcopy(m), lr=0.1, regularizer=reg, seed=3), 3)
+    again = GaussNewton(copy.deepcopy(m), lr=0.1, regularizer=reg, seed=3)
+    b = directions(again, 1)
+    state = again.state_dict()
+    assert not list(held_tensors(state)) and isinstance(state["noise_rng"], bytes)
+    resumed = GaussNewton(copy.deepcopy(m), lr=0.1, regularizer=reg, seed=99)
+    resumed.load_state_dict(state)
+    b += directions(resumed, 2)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert _rel(a[1], a[0]) > 1e-6  # fresh draws per step
+    other = directions(GaussNewton(copy.deepcopy(m), lr=0.1, regularizer=reg, seed=4), 1)[0]
+    assert _rel(other, a[0]) > 1e-6
+    # other regularisers draw nothing and keep no stream
+    assert "noise_rng" not in GaussNewton(m, lr=0.1, regularizer="truncation", seed=3).state_dict()
 
 
 def test_gauss_newton_float32_default_path():

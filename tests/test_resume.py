@@ -16,9 +16,12 @@ from typer.testing import CliRunner
 from revgn_cli.cli import app
 from revgn_cli.results import run_summaries
 
+# GN with the noise regulariser (its configured σ): the resumed run must continue the noise stream as well as the
+# batch order. The reference run must *train* (test_reference_run_trains): equality of rows on a trajectory that
+# blows up would hold or fail with the CPU's kernels, not with the resume logic.
 LONG = ["dataset=digits", "model=tiny", "regime=mini_batch", "regime.batch_size=128", "train.epochs=12",
         "train.checkpoint_every=1", "metrics.every=2", "metrics.probe_size=6", "metrics.cka_probe_size=64",
-        "device=cpu", "optimizer=gn", "optimizer.lr=0.1", "regularizer=noise", "regularizer.noise=0.05"]
+        "device=cpu", "optimizer=gn", "optimizer.lr=0.1", "regularizer=noise"]
 
 
 def _spawn(overrides: list[str]) -> subprocess.Popen:
@@ -86,6 +89,15 @@ def _resume_matches(ov: list[str], res: Path, reference: pd.DataFrame) -> None:
     assert r.exit_code == 0, r.output
     assert "resumed" in r.output
     pd.testing.assert_frame_equal(_rows(res).reset_index(drop=True), reference.reset_index(drop=True))
+
+
+@pytest.mark.kernels
+def test_reference_run_trains(reference):
+    """GN + noise on digits/tiny halves its train loss in 12 epochs, and no epoch ends above where it started
+    (measured 2.42 → 0.20 under the native, AVX2 and MKL_CBWR=COMPATIBLE kernels)."""
+    ep = reference[reference.split == "epoch"].train_loss.to_numpy()
+    assert len(ep) == 13 and (ep < float("inf")).all()
+    assert ep[-1] < 0.5 * ep[0] and ep.max() <= ep[0]
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference):

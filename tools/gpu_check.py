@@ -3,7 +3,7 @@
 Such a machine may be offline and may already hold torch (any CUDA build ≥ 2.11) with some of revgn's other
 dependencies. So, standard library only:
  1. find a python whose torch sees a CUDA device (--python, $GPU_PYTHON, python3, python); none: one line, exit 3
-    (`make gpu-check` then exits 0: there is nothing to check, which is not a failure);
+    (`make gpu-check` then fails: a check that ran nothing must never read as a pass);
  2. make `.gpu-env`, a venv that sees that python's packages (torch is never reinstalled or upgraded) and install
     into it only the requirements that are missing — from --wheels DIR (no index) when given, else from the index;
  3. install the project itself there without dependencies (editable; a .pth to the source tree if pip cannot);

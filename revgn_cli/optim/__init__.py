@@ -29,7 +29,7 @@ __all__ = [
 OPTIMIZERS = ("gn", "adam", "sgd", "linearised", "ggn_cg", "kfac")
 
 def make_optimizer(
-    model: RevMLP, opt: Mapping, reg: Mapping | None = None, loss: str = "ce"
+    model: RevMLP, opt: Mapping, reg: Mapping | None = None, loss: str = "ce", seed: int | None = None
 ) -> GaussNewton | TorchStepper | LinearisedStepper | GGNCG | KFAC:
     """Build the optimiser named by opt["name"] over model.trainable().
 
@@ -41,6 +41,7 @@ def make_optimizer(
     reg keys: those of Regularizer. GN uses all of them. For the others only reg.name == "weight_decay" has an
     effect (torch's coupled `weight_decay=reg.weight_decay`, i.e. L2 added to the gradient); truncation, damping
     and noise shape GN's pseudoinverse and are ignored there.
+    seed: the seed of GN's `noise` draws (GaussNewton(seed=...)); None: torch's global RNG.
     """
     name = str(opt.get("name", "gn")).lower()
     if name not in OPTIMIZERS:
@@ -52,7 +53,7 @@ def make_optimizer(
     if name == "gn":
         return GaussNewton(
             model, lr=float(o["lr"]), combine=str(o["combine"]), regularizer=r, loss=loss,
-            loss_hessian=str(o["loss_hessian"]), solver=str(o["solver"]),
+            loss_hessian=str(o["loss_hessian"]), solver=str(o["solver"]), seed=seed,
         )
     wd = r.weight_decay if r.name == "weight_decay" else 0.0
     if name == "ggn_cg":

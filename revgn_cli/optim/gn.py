@@ -147,7 +147,10 @@ def _factor_linear(hl: HalfLayer) -> tuple[Tensor, Tensor]:
 def _solve_half(
     hl: HalfLayer, z: Tensor, feats: Tensor | None, t: Tensor, reg: Regularizer, **kw: Any
 ) -> tuple[Tensor, Tensor]:
-    """ΔW̃ = Σ⁺ t for one half-layer at input z (features φ = σ(zC) if already computed); returns (ΔW̃, ΣΔW̃)."""
+    """ΔW̃ = Σ⁺ t for one half-layer at input z (features φ = σ(zC) if already computed); returns (ΔW̃, ΣΔW̃).
+
+    The `noise` regulariser draws its perturbation of t inside this solve (pinv_solve), one fresh ξ per half-layer.
+    """
     if feats is None:  # linear half-layer: solve on the [zRᵀ, 1] side (see _factor_linear)
         rt, basis = _factor_linear(hl)
         return pinv_solve(z @ rt, t, reg, basis=basis, **kw)
@@ -257,8 +260,8 @@ def gn_direction(
         fast_gram: float32 models only: form the n×n Gram in float32 when the regulariser truncates at
             ≥ 1e-2·s_max anyway, and apply the float64 solve to the features in float32 (GaussNewton turns this
             on; tests of exactness leave it off; see pinv.pinv_solve).
-        solver: "auto" (per filter the cheapest exact path: a float64 Cholesky for none/noise/damping, eigh for
-            truncation; see pinv.solver_path — damping then also keeps the directions below eigh's machine floor,
+        solver: "auto" (per filter the cheapest exact path: a float64 Cholesky for none/damping, eigh for
+            truncation/weight_decay/noise unless rtol = atol = 0; see pinv.solver_path — damping then also keeps the directions below eigh's machine floor,
             as its definition asks) or "eigh" (always float64 eigh).
         counters: mapping incremented in place (key "gn_solver_fallbacks") when a solve falls back to float64 SVD.
         generator: RNG for the `noise` regulariser (default: torch's global RNG).
@@ -276,6 +279,8 @@ class GaussNewton:
     weight_decay: None → regularizer.weight_decay if regularizer.name == "weight_decay", else 0; a number
     overrides that for any regulariser. It decays every trained tensor (weights and biases), as − α λ θ in
     DESIGN §2. solver: "auto" | "eigh", see gn_direction.
+    seed: seeds the host generator of the `noise` regulariser's draws (its state is in state_dict, so a resumed
+    run draws what the uninterrupted one would); None: torch's global RNG. Other regularisers draw nothing.
     """
 
     def __init__(
@@ -289,6 +294,7 @@ class GaussNewton:
         loss_hessian: str = "identity",
         fast_gram: bool = True,
         solver: str = "auto",
+        seed: int | None = None,
     ):
         if combine not in COMBINES:
             raise ValueError(f"unknown combine {combine!r}; valid: {', '.join(COMBINES)}")
@@ -304,6 +310,8 @@ class GaussNewton:
         self.loss, self.loss_hessian, self.fast_gram, self.solver = loss, loss_hessian, fast_gram, solver
         self.stats: dict[str, float] = {FALLBACK_COUNTER: 0.0}
         self.generator: torch.Generator | None = None
+        if seed is not None and self.regularizer.name == "noise":
+            self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
 
     def direction(self, x: Tensor, t_onehot: Tensor) -> tuple[list[Tensor], Tensor]:
         """(Δθ, pre-update loss tensor) for the batch."""
@@ -328,6 +336,8 @@ class GaussNewton:
             "name": "gn", "lr": self.lr, "combine": self.combine, "regularizer": asdict(self.regularizer),
             "weight_decay": self.weight_decay, "loss": self.loss, "loss_hessian": self.loss_hessian,
             "fast_gram": self.fast_gram, "solver": self.solver, "stats": dict(self.stats),
+            # bytes, not a tensor: the host stream stays on the host whatever device the run (and its state) is on
+            **({"noise_rng": bytes(self.generator.get_state().numpy())} if self.generator is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -341,3 +351,5 @@ class GaussNewton:
         self.fast_gram = bool(state.get("fast_gram", self.fast_gram))
         self.solver = str(state.get("solver", self.solver))
         self.stats = {FALLBACK_COUNTER: 0.0, **{k: float(v) for k, v in state.get("stats", {}).items()}}
+        if self.generator is not None and state.get("noise_rng") is not None:
+            self.generator.set_state(torch.frombuffer(bytearray(state["noise_rng"]), dtype=torch.uint8))

@@ -8,8 +8,10 @@ row side, ΣᵀΣ on the column side — whichever is smaller):
     none         f(λ) = 1/λ                      (λ above the machine-precision floor, else 0)
     truncation   f(λ) = 1/λ if s ≥ rtol·s_max and s ≥ atol, else 0     (paper code: rtol=1e-2, atol=1e-5)
     damping      f(λ) = 1/(λ + δ), δ = damping·s_max²                   (Σᵀ(ΣΣᵀ + δI)⁻¹, push-through form)
-    noise        none, plus noise·‖Σ⁺‖_F/√numel(Σ⁺) · G t with G ∈ ℝ^{(h+1)×n} standard Gaussian, fresh per call:
-                 this is *exactly* (Σ⁺ + s‖Σ⁺‖_F/√numel·G) t, i.e. perturbing Σ⁺ itself, without forming Σ⁺.
+    noise        truncation applied to a noisy target: ΔW̃ = Σ⁺(t + σ·rms(t)·ξ), ξ ∈ ℝ^{n×k} standard Gaussian,
+                 fresh per call (σ = `noise`; rtol = atol = 0 makes it the exact filter). Its function-space size
+                 is bounded: ‖Σ(ΔW̃_noisy − ΔW̃)‖ = σ·rms(t)·‖ΣΣ⁺ξ‖ ≤ σ·rms(t)·‖ξ‖, as ΣΣ⁺ is a projector
+                 (docs/gn.md: perturbing Σ⁺ itself instead grows with Σ's condition number).
     weight_decay truncation (the paper's main-run pseudoinverse); the decay itself lives in GaussNewton's update.
 
 The Gram matrix squares Σ's condition number, so by default it is formed and factored in float64. `fast_gram`
@@ -17,10 +19,11 @@ lets a float32 caller *form* it in float32 (still factored in float64) when the 
 below s < 1e-2·s_max anyway (see `gram_dtype`).
 
 Solver paths (`solver_path`, one table): a filter that needs no eigenvectors is applied by a float64 Cholesky —
-`none`/`noise` solve G⁻¹ when G is certified to have no eigenvalue below the machine floor, `damping` solves
-(G + δI)⁻¹ with a certified λ_max — and everything else (truncation, or `solver="eigh"`, or a Gram the Cholesky
-path cannot certify) takes the float64 `eigh` path: f applied to G's eigenvalues. A failing eigh (LinAlgError or
-non-finite output) is retried with a float64 SVD of Σ itself and counted in `counters["gn_solver_fallbacks"]`.
+`none` (and a truncation filter at rtol = atol = 0) solves G⁻¹ when G is certified to have no eigenvalue below the
+machine floor, `damping` solves (G + δI)⁻¹ with a certified λ_max — and everything else (truncation, or
+`solver="eigh"`, or a Gram the Cholesky path cannot certify) takes the float64 `eigh` path: f applied to G's
+eigenvalues. A failing eigh (LinAlgError or non-finite output) is retried with a float64 SVD of Σ itself and
+counted in `counters["gn_solver_fallbacks"]`.
 """
 from __future__ import annotations
 
@@ -31,9 +34,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Regularizer", "REGULARIZERS", "SOLVERS", "pinv_solve", "solver_path", "spectral_filter", "gram_dtype"]
+__all__ = [
+    "Regularizer", "REGULARIZERS", "SOLVERS", "TRUNCATING", "noisy_target", "pinv_solve", "solver_path",
+    "spectral_filter", "gram_dtype",
+]
 
 REGULARIZERS = ("none", "truncation", "damping", "noise", "weight_decay")
+TRUNCATING = ("truncation", "weight_decay", "noise")  # the regularisers that solve with the truncation filter
 SOLVERS = ("auto", "eigh")  # auto: the cheapest exact path per filter (solver_path); eigh: always float64 eigh
 FALLBACK_COUNTER = "gn_solver_fallbacks"
 
@@ -44,9 +51,9 @@ class Regularizer:
 
     name: none | truncation | damping | noise | weight_decay.
     rtol, atol: truncation thresholds on singular values (s < rtol·s_max or s < atol are dropped); also used by
-        weight_decay, which solves with the truncation pseudoinverse.
+        weight_decay and noise, which solve with the truncation pseudoinverse (rtol = atol = 0: the exact one).
     damping: δ relative to s_max² (δ = damping·s_max²).
-    noise: s, the relative scale of the Gaussian perturbation of Σ⁺.
+    noise: σ, the scale of the Gaussian added to each solve's target, relative to the target's rms.
     weight_decay: λ in θ ← θ − α(Δθ + λθ); only read by GaussNewton (and by make_optimizer for adam/sgd).
     """
 
@@ -87,7 +94,7 @@ class Regularizer:
     @property
     def relative_cutoff(self) -> float:
         """Smallest s/s_max the filter keeps at full weight (0 for filters that keep everything)."""
-        if self.name in ("truncation", "weight_decay"):
+        if self.name in TRUNCATING:
             return self.rtol
         if self.name == "damping":
             return self.damping**0.5  # f(λ) is halved at λ = δ, i.e. s = √damping·s_max
@@ -115,8 +122,8 @@ def _filter_damping(lam: Tensor, keep: Tensor, lam_max: Tensor, reg: Regularizer
 
 _FILTERS: dict[str, Callable[[Tensor, Tensor, Tensor, Regularizer], Tensor]] = {
     "none": _filter_exact,
-    "noise": _filter_exact,
     "truncation": _filter_truncation,
+    "noise": _filter_truncation,
     "weight_decay": _filter_truncation,
     "damping": _filter_damping,
 }
@@ -189,10 +196,10 @@ def _eigh_gram(phi: Tensor, row_side: bool, counters: MutableMapping[str, float]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Solver paths: each applies f(G) for one family of filters to a right-hand side B (t on the row side, Σᵀt on the
-# column side) and returns (f(G) B, G f(G) B, Σ f(λ)) in float64 — the last is ‖Σ⁺‖_F² for the exact filter (noise
-# needs it) — or None when it cannot guarantee the float64 eigh path's answer; the caller then takes that path.
+# column side) and returns (f(G) B, G f(G) B) in float64, or None when it cannot guarantee the float64 eigh path's
+# answer; the caller then takes that path.
 
-Solved = tuple[Tensor, Tensor, Tensor | None]
+Solved = tuple[Tensor, Tensor]
 
 
 def _solve_eigh(
@@ -202,7 +209,6 @@ def _solve_eigh(
     """Every filter, from the float64 eigenpairs of the Gram (the reference path and the fallback of the others)."""
     lam, vec = _eigh_gram(phi, row_side, counters)  # float64
     f = spectral_filter(lam, reg, floor)
-    fro2 = f.sum()
     kept = f != 0
     if not bool(kept.all()):  # only the kept eigenvectors enter the products (on MNIST ~3/4 are cut: 4× fewer flops)
         lam, f, vec = lam[kept], f[kept], vec[:, kept]
@@ -212,7 +218,7 @@ def _solve_eigh(
     proj = vec.T @ rhs
     sol = vec @ (f[:, None] * proj)
     gsol = vec @ ((lam * f)[:, None] * proj) if row_side else sol  # G f(G) t: no n×h product (row side only)
-    return sol, gsol, fro2
+    return sol, gsol
 
 
 def _certified_lambda_max(g: Tensor, tol: float = 1e-10, max_steps: int = 80) -> Tensor | None:
@@ -270,7 +276,7 @@ def _lambda_max(g: Tensor, lanczos_from: int = 512, max_steps: int = 24) -> Tens
 
 
 def _solve_cholesky(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: float) -> Solved | None:
-    """f(λ) = 1/λ (none, noise): G⁻¹B by a float64 Cholesky G = LLᵀ.
+    """f(λ) = 1/λ (none, and a truncation at rtol = atol = 0): G⁻¹B by a float64 Cholesky G = LLᵀ.
 
     Equals the eigh path when that path keeps every eigenvalue, i.e. λ_min > floor·λ_max. Certified, not
     estimated: λ_min ≥ 1/tr(G⁻¹) = 1/‖L⁻¹‖_F² and λ_max ≤ ‖G‖_F (conservative by ≤ m and ≤ √m; measured on ReLU
@@ -286,7 +292,7 @@ def _solve_cholesky(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: float) -
     if not (bool(torch.isfinite(tr_inv)) and float(tr_inv) * floor * float(torch.linalg.matrix_norm(g)) < 1.0):
         return None
     b = rhs.to(torch.float64)
-    return torch.cholesky_solve(b, chol), b, tr_inv  # G·G⁻¹B = B exactly
+    return torch.cholesky_solve(b, chol), b  # G·G⁻¹B = B exactly
 
 
 def _solve_cholesky_damped(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: float) -> Solved | None:
@@ -308,25 +314,28 @@ def _solve_cholesky_damped(gram: Tensor, rhs: Tensor, reg: Regularizer, floor: f
         return None
     b = rhs.to(torch.float64)
     sol = torch.cholesky_solve(b, chol)
-    return sol, b - delta * sol, None
+    return sol, b - delta * sol
 
 
 SolverPath = Callable[[Tensor, Tensor, Regularizer, float], "Solved | None"]  # (G, B, reg, floor) → Solved | None
 
 _PATHS: dict[str, SolverPath] = {
     "none": _solve_cholesky,
-    "noise": _solve_cholesky,
     "damping": _solve_cholesky_damped,
-    # truncation, weight_decay: the float64 eigh path. Measured on mnist5k Grams (bench/gn_truncation.py,
+    # truncation, weight_decay, noise: the float64 eigh path. Measured on mnist5k Grams (bench/gn_truncation.py,
     # docs/gn.md), no cheaper method reproduced its step to 1e-6.
 }
 
 
 def solver_path(reg: Regularizer, solver: str = "auto") -> SolverPath | None:
-    """The fast path for reg's filter, or None for the float64 eigh path (solver="eigh", or no fast path)."""
+    """The fast path for reg's filter, or None for the float64 eigh path (solver="eigh", or no fast path).
+
+    A truncation filter at rtol = atol = 0 cuts nothing above the machine floor: it is `none`'s filter and path.
+    """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
-    return None if solver == "eigh" else _PATHS.get(reg.name)
+    exact = reg.name in TRUNCATING and reg.rtol == 0 and reg.atol == 0
+    return None if solver == "eigh" else _PATHS.get("none" if exact else reg.name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -343,7 +352,7 @@ def pinv_solve(
     counters: MutableMapping[str, float] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """ΔW̃ = Σ⁺_reg t and the change it achieves, Σ ΔW̃.
+    """ΔW̃ = Σ⁺_reg t and the change it achieves, Σ ΔW̃ (for `noise`: Σ⁺_reg t̃ with t̃ = noisy_target(t)).
 
     Args:
         feats: φ ∈ ℝ^{n×r}. Σ = [φ B, 1] ∈ ℝ^{n×(h+1)} with B = `basis` (ℝ^{r×h}, orthonormal rows) or B = I (r = h).
@@ -356,11 +365,13 @@ def pinv_solve(
             and apply the (float64) solve to φ in φ's own dtype on the row side.
         solver: "auto" (the filter's fast path, see solver_path) or "eigh" (always the float64 eigh path).
         counters: incremented in place on a solver fallback.
-        generator: RNG for `noise`.
+        generator: RNG for `noise` (default: torch's global RNG).
 
     Returns:
         (ΔW̃ ∈ ℝ^{(h+1)×k}, Σ ΔW̃ ∈ ℝ^{n×k}) in feats' dtype; the last row of ΔW̃ is the bias update.
     """
+    if reg.name == "noise" and reg.noise > 0:
+        t = noisy_target(t, reg.noise, generator)
     n, r = feats.shape
     in_dtype = feats.dtype
     form = gram_dtype(in_dtype, reg, fast_gram)
@@ -372,7 +383,7 @@ def pinv_solve(
     solved = path(_gram(phi, row_side), rhs, reg, floor) if path is not None else None
     if solved is None:
         solved = _solve_eigh(phi, row_side, rhs, reg, floor, counters)
-    sol, gsol, fro2 = solved
+    sol, gsol = solved
     if row_side:
         # With fast_gram, Σᵀ(…) is applied in the features' own dtype: float32 products add ~7e-7 relative to ΔW̃
         # (measured, exact path, n = 1024, h = 2048), below the ~9e-7 that float32 features themselves cause.
@@ -386,25 +397,15 @@ def pinv_solve(
     dw, achieved = dw.to(in_dtype), achieved.to(in_dtype)
     if basis is not None:  # back from the [φ, 1] coordinates to the [φB, 1] ones: ΔW̃ = diag(B, 1)ᵀ ΔṼ
         dw = torch.cat([basis.T @ dw[:-1], dw[-1:]], dim=0)
-    if reg.name == "noise" and reg.noise > 0:
-        dw, achieved = _add_noise(dw, achieved, feats, t, basis, fro2, reg, generator)
     return dw, achieved
 
 
-def _add_noise(
-    dw: Tensor, achieved: Tensor, feats: Tensor, t: Tensor, basis: Tensor | None, fro2: Tensor,
-    reg: Regularizer, generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor]:
-    """(Σ⁺ + c·G) t with c = noise·‖Σ⁺‖_F/√numel(Σ⁺), G ∈ ℝ^{(h+1)×n} ~ N(0, 1) fresh: we add c·(G t).
+def noisy_target(t: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
+    """t̃ = t + σ·rms(t)·ξ for t ∈ ℝ^{n×k}, ξ ∈ ℝ^{n×k} standard Gaussian, in t's dtype and on t's device.
 
-    fro2 = ‖Σ⁺‖_F² = Σ_kept 1/λ (the exact pseudoinverse's singular values are 1/s) = tr(G⁻¹) when G is invertible.
+    rms(t) = ‖t‖_F/√(nk), so the noise is σ·‖t‖_F in expectation whatever the target's scale. ξ is drawn where the
+    generator lives (a host generator gives the same draws on every device), then moved.
     """
-    n = t.shape[0]
-    rows = dw.shape[0]  # h + 1
-    c = reg.noise * torch.sqrt(fro2.to(torch.float64)) / (rows * n) ** 0.5
-    # Drawn where the generator lives (a host generator gives the same draws on every device), then moved.
-    g = torch.randn(rows, n, generator=generator, dtype=t.dtype,
-                    device=t.device if generator is None else generator.device).to(t.device)
-    extra = (g @ t) * c.to(t.dtype)
-    inner = extra[:-1] if basis is None else basis @ extra[:-1]  # diag(B,1)·extra in the [φ, 1] coordinates
-    return dw + extra, achieved + feats @ inner + extra[-1:]
+    xi = torch.randn(t.shape, generator=generator, dtype=t.dtype,
+                     device=t.device if generator is None else generator.device).to(t.device)
+    return t + (sigma * t.square().mean().sqrt()) * xi

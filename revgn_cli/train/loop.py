@@ -27,7 +27,9 @@ from revgn_cli.models import RevMLP
 from revgn_cli.optim import batch_loss, make_optimizer
 from revgn_cli.results.store import RunDir, atomic_write_bytes
 from revgn_cli.train.evaluate import eval_network, evaluate
-from revgn_cli.train.runtime import epoch_generator, resolve_dtype, rng_state, seed_everything, set_rng_state
+from revgn_cli.train.runtime import (
+    epoch_generator, optimizer_seed, resolve_dtype, rng_state, seed_everything, set_rng_state,
+)
 
 
 class Reporter(Protocol):
@@ -300,7 +302,8 @@ class _Run:
 
     def make_opt(self, phase: int) -> Any:
         opt_cfg = self.plan[phase].optimizer
-        return make_optimizer(self.model, asdict(opt_cfg), asdict(self.cfg.regularizer), loss=self.cfg.train.loss)
+        return make_optimizer(self.model, asdict(opt_cfg), asdict(self.cfg.regularizer), loss=self.cfg.train.loss,
+                              seed=optimizer_seed(self.cfg.seed, phase))
 
     def read_back(self) -> None:
         if self.pending:

@@ -33,6 +33,12 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
 
 
+def optimizer_seed(seed: int, phase: int) -> int:
+    """The seed of an optimiser's own random stream (GN's `noise`) in optimiser phase ``phase``: independent of the
+    batch-order/augmentation streams (epoch_generator) and of the other phases' (a 63-bit SeedSequence draw)."""
+    return int(np.random.SeedSequence([int(seed) % 2**64, 0x6E6F6973, int(phase)]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
