@@ -2,8 +2,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# Pin torch first, from the CPU wheel on disk where there is one, so pip never pulls a multi-GB CUDA build.
+# torch is installed first, pinned by TORCH_SPEC, from wherever pip is configured to look (pip.conf / PIP_FIND_LINKS /
+# PIP_INDEX_URL: a local CPU wheel where there is one). Without one, PyPI's default build is used: on Linux x86_64
+# that is the CUDA build (several GB). TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU-only build,
+# TORCH_INDEX=https://download.pytorch.org/whl/cu126 a given CUDA build (docs/install.md).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
 .PHONY: venv test test-kernels demo bench bench-smoke clean-venv gpu-check gpu-wheels
@@ -13,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e '.[dev]' "$(TORCH_SPEC)"
 	touch $(STAMP)
 
@@ -23,7 +27,7 @@ test: $(STAMP)
 # The numerics-sensitive tests (marker `kernels`: GN exactness, parity with gn_naive, the pseudoinverse filters,
 # short training runs, the kill-and-resume tests' reference run) again under other CPU kernels than the machine's
 # best: ATen's AVX2 kernels, and MKL's conditional-numerical-reproducibility mode. They must pass on any CPU, not on
-# one CPU's rounding. ~95 s of CPU time for both passes (README, "The exact Gauss-Newton step").
+# one CPU's rounding. ~95 s of CPU time for both passes (docs/gn.md).
 KERNEL_TESTS ?= tests/test_gn.py tests/test_damped.py tests/test_resume.py
 test-kernels: $(STAMP)
 	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -m kernels $(KERNEL_TESTS)
@@ -45,7 +49,7 @@ bench-smoke: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# On a GPU machine (README "GPU check"): the python3 with a CUDA torch (or GPU_PYTHON=...), missing requirements
+# On a GPU machine (docs/gpu.md): the python3 with a CUDA torch (or GPU_PYTHON=...), missing requirements
 # from WHEELS=<dir> when offline, then tests/test_cuda.py and bench/gn_step.py on the GPU. Without one: one line
 # and the script's exit status 3 (make then fails: a check that ran nothing is not a pass).
 GPU_PYTHON ?=
