@@ -145,7 +145,8 @@ up() {
   live_pid "$DIR/run/slurmd.pid" slurmd >/dev/null ||
     nice -n 5 slurmd -f "$CONF" || die "slurmd did not start (see $DIR/log/slurmd.log)"
   wait_idle
-  echo "slurm-cluster: up — node $(hostname -s) ($(nproc) CPUs), partition debug; config $CONF; \`make slurm-down\` stops it"
+  echo "slurm-cluster: up — node $(hostname -s) ($(nproc) CPUs), partition debug; config $CONF;" \
+    "\`make slurm-down\` stops it"
 }
 
 stop_pid() {
@@ -162,6 +163,14 @@ stop_pid() {
 down() {
   [[ -d $DIR ]] || { echo "slurm-cluster: not running"; return 0; }
   [[ $(id -u) == 0 ]] || die "needs root to stop the daemons"
+  if live_pid "$DIR/run/slurmctld.pid" slurmctld >/dev/null; then
+    # This cluster's jobs first (they are all this checkout's): none outlives it as an orphaned slurmstepd.
+    SLURM_CONF=$CONF scancel --partition=debug >/dev/null 2>&1 || true
+    for _ in $(seq 1 80); do
+      [[ -z $(SLURM_CONF=$CONF squeue -h -o %i 2>/dev/null) ]] && break
+      sleep 0.5
+    done
+  fi
   stop_pid "$DIR/run/slurmd.pid" slurmd
   stop_pid "$DIR/run/slurmctld.pid" slurmctld
   stop_pid "$DIR/run/munged.pid" munged

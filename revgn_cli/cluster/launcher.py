@@ -106,8 +106,8 @@ class WaitingSlurmLauncher(submitit_launcher.SlurmLauncher):
 
         assert self.config is not None and len(job_overrides) > 0
         # Submission exactly as the plugin's `launch` (hydra-submitit-launcher 1.2): executor, parameters, array.
-        init_params = {"folder": self.params["submitit_folder"], "slurm_max_num_timeout": self.params["max_num_timeout"]}
-        executor = submitit.AutoExecutor(cluster="slurm", **init_params)
+        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
+                                         slurm_max_num_timeout=self.params["max_num_timeout"])
         baseparams = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{x if x in baseparams else f"slurm_{x}": y for x, y in self.params.items()
                                       if x not in ("submitit_folder", "max_num_timeout")})
