@@ -229,7 +229,9 @@ def _summarise_sweep(records: list[dict], expected: int) -> None:
     counts: dict[str, int] = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    out.print("sweep: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" (of {expected} jobs)")
+    requeued = sum(1 for r in records if r.get("slurm_restarts"))  # jobs SLURM requeued, which resumed
+    out.print("sweep: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" (of {expected} jobs"
+              + (f"; {requeued} resumed after SLURM requeued them" if requeued else "") + ")")
     if report_failures(records) or len(records) < expected:
         raise typer.Exit(1)
 

@@ -86,7 +86,7 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
                        device=str(device), torch=torch.__version__, python=platform.python_version(),
                        host=platform.node(), pid=os.getpid(), git_commit=git_commit(),
                        started=meta.get("started", _now()), resumed=resumed or meta.get("resumed", False),
-                       error=None)
+                       error=None, **_slurm_meta(meta))
         t0 = time.time()
         prior_wall = float(meta.get("wall_s", 0.0) or 0.0)
         try:
@@ -102,6 +102,17 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
         run.write_meta(status=final_status, finished=_now(), wall_s=prior_wall + time.time() - t0,
                        epochs_done=st.epoch, steps_done=st.step, final=final, error=st.diverged)
         return RunOutcome(run.run_id, run.path, final_status, resumed=resumed, final=final, error=st.diverged)
+
+
+def _slurm_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The SLURM job training the run and how often SLURM requeued it (``revgn runs show``); a run resumed
+    outside SLURM drops the stale id."""
+    from revgn_cli.cluster.job import slurm_job_id, slurm_restarts
+
+    job = slurm_job_id()
+    if job is None:
+        return {"slurm_job": None, "slurm_restarts": None} if meta.get("slurm_job") else {}
+    return {"slurm_job": job, "slurm_restarts": slurm_restarts()}
 
 
 def _skipped(run: RunDir, meta: dict[str, Any]) -> RunOutcome:
