@@ -98,6 +98,9 @@ def app(node: DictConfig) -> str:
     rid = run_id(cfg)
     try:
         out = execute(cfg, force=os.environ.get("REVGN_FORCE") == "1", reporter=_job_reporter(rid))
+        if out.quarantined:
+            print(f"[revgn sweep] {rid} was corrupt: its files moved to {out.quarantined}; trained again",
+                  file=sys.stderr, flush=True)
         _report({"status": out.status, "run_id": rid, "experiment": cfg.exp_name, "overrides": overrides,
                  "final": out.final})
         return out.status

@@ -4,10 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from revgn_cli.config import Config, config_dict, flatten
-from revgn_cli.results.store import CORRUPT, RunDir, StoreError, iter_run_dirs
+from revgn_cli.results.store import CORRUPT, RunDir, StoreError, iter_run_dirs, read_config, run_state
 
 
 class CorruptRunError(StoreError):
@@ -15,19 +13,6 @@ class CorruptRunError(StoreError):
 
 if TYPE_CHECKING:  # imported in load_runs: `revgn runs` lists runs without pandas
     import pandas as pd
-
-
-def read_config(run: RunDir) -> dict[str, Any]:
-    try:
-        # The C loader when libyaml is there: `revgn runs` parses every run's config (≈10× faster than pure Python).
-        cfg = yaml.load(run.config_path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except FileNotFoundError as e:
-        raise StoreError(f"missing {run.config_path}") from e
-    except yaml.YAMLError as e:
-        raise StoreError(f"corrupt {run.config_path}: {str(e).splitlines()[0]}") from e
-    if not isinstance(cfg, dict):
-        raise StoreError(f"corrupt {run.config_path}: not a mapping")
-    return cfg
 
 
 def config_problem(cfg: dict[str, Any]) -> str | None:
@@ -81,19 +66,17 @@ def normalise_filters(filters: dict[str, Any] | None, kw: dict[str, Any]) -> dic
 
 
 def _summary(run: RunDir) -> dict[str, Any]:
-    """The run's flattened config + meta; raises StoreError saying why the run cannot be trusted."""
-    cfg = read_config(run)
-    problem = config_problem(cfg)
-    if problem:
-        raise StoreError(problem)
-    flat = flatten(cfg)
-    meta = run.read_meta()
-    status = meta.get("status", "unknown")
-    if status in ("done", "diverged") and not run.rows_readable():
-        raise StoreError(f"status {status} but {run.metrics_path.name} is "
-                         f"{'missing' if not run.metrics_path.exists() else 'unreadable or empty'}")
-    flat.update({"run_id": run.run_id, "experiment": run.experiment, "path": str(run.path), "status": status})
+    """The run's flattened config + meta + state (``store.run_state``); raises StoreError saying why the run
+    cannot be trusted."""
+    st = run_state(run)
+    if st.state == CORRUPT:
+        raise StoreError(st.reason or "corrupt")
+    flat = flatten(st.config if st.config is not None else read_config(run))
+    meta = st.meta or {}
+    flat.update({"run_id": run.run_id, "experiment": run.experiment, "path": str(run.path), "status": st.state})
     flat.update({f"meta.{k}": v for k, v in meta.items() if k != "status"})
+    if st.reason:
+        flat["error"] = st.reason
     return flat
 
 
