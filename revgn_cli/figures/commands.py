@@ -44,6 +44,9 @@ def split_args(args: list[str] | None, scale: str | None, results: Path | None) 
     for a in rest:
         if ("=" not in a and not a.startswith("~")) or a.startswith("-"):
             raise ConfigError(f"unexpected argument {a!r}: extra arguments are Hydra overrides key=value")
+    from revgn_cli.overrides import check_group_choices
+
+    check_group_choices(rest)
     return sc, rest, str(res)
 
 
