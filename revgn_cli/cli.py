@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from revgn_cli.confinfo import groups_help
-from revgn_cli.errors import EXIT_EXPECTED, EXIT_INTERRUPTED, EXIT_UNEXPECTED, expected_errors, one_line
+from revgn_cli.errors import EXIT_EXPECTED, EXIT_INTERRUPTED, EXIT_UNEXPECTED, is_expected, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Exact Gauss-Newton on reversible MLPs: train, sweep, inspect runs, plot the paper's figures.")
@@ -40,12 +40,14 @@ def guarded(fn: Callable) -> Callable:
         except Exception as e:  # noqa: BLE001 — the CLI's one place that turns errors into lines
             if STATE["debug"]:
                 raise
-            from revgn_cli.train.loop import Interrupted
+            import sys
 
-            if isinstance(e, Interrupted):
+            # Looked up, not imported: an error before any training must not pay for importing torch (≈1 s).
+            loop = sys.modules.get("revgn_cli.train.loop")
+            if loop is not None and isinstance(e, loop.Interrupted):
                 err.print(f"[yellow]interrupted[/]: {e} (checkpoint saved; rerun the same command to resume)")
                 raise typer.Exit(EXIT_INTERRUPTED)
-            code = EXIT_EXPECTED if isinstance(e, expected_errors()) else EXIT_UNEXPECTED
+            code = EXIT_EXPECTED if is_expected(e) else EXIT_UNEXPECTED
             msg = one_line(e) if code == EXIT_EXPECTED else f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)"
             err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(code)
@@ -257,11 +259,13 @@ def _print_corrupt(rows: list[dict], results: str | Path) -> None:
 
 
 def _summaries(results: str, flt: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Matching runs (a bad path or filter is one error line) with their metrics (last logged if unfinished)."""
+    """Matching runs (a bad path or filter, or filters matching no run, is one error line) with their metrics (last
+    logged if unfinished)."""
     from revgn_cli.results.loader import last_logged, query_runs
     from revgn_cli.results.table import add_metrics
 
-    rows = query_runs(results, flt, include_broken=True)  # unreadable runs are `corrupt` rows, never hidden
+    # Unreadable runs are `corrupt` rows, never hidden.
+    rows = query_runs(results, flt, include_broken=True, require_match=True)
     add_metrics(rows, last_logged)
     return rows
 

@@ -109,6 +109,10 @@ def check_overrides(args: list[str], command: str, *, allow_sweep: bool = False)
             raise _config_error(f"override {a!r} is not key=value (e.g. optimizer=gn or optimizer.lr=0.1)")
         if value.rstrip().endswith(","):
             raise _config_error(f"override {a!r} ends in a comma: drop it ({key}={value.rstrip().rstrip(',')})")
+        if key.lstrip("+") == "exp_name" and not value.strip("'\"").isascii():
+            # Quoting would get it past the parser, but a folder name must be plain ASCII (config.EXP_NAME).
+            raise _config_error(f"exp_name={value}: a folder name of ASCII letters, digits and _ - + = , . "
+                                f"(e.g. exp_name={value.strip(chr(39) + chr(34)).encode('ascii', 'ignore').decode() or 'my_run'})")
         try:
             ov = parser.parse_override(a)
         except HydraException as e:

@@ -50,6 +50,25 @@ def split_args(args: list[str] | None, scale: str | None, results: Path | None) 
     return sc, rest, str(res)
 
 
+def output_folder(out_dir: Path | None, res: str, results: Path | None, args: list[str] | None,
+                  need_runs: str | None = None) -> Path:
+    """The folder figures and claims.md go to, checked writable before anything is drawn.
+
+    With ``--results DIR`` (or ``results_dir=DIR``) and no ``--out``: ``DIR/figures``, so figures made from one
+    results dir never replace those made from another (docs/robustness.md). ``need_runs`` (the target, e.g.
+    ``all``): a results dir without a single run is an error (exit 2) instead of a page of MISSING.
+    """
+    from revgn_cli.figures.outputs import default_out, writable_dir
+    from revgn_cli.results.query import QueryError
+    from revgn_cli.results.store import iter_run_dirs
+
+    if need_runs and next(iter_run_dirs(res), None) is None:
+        raise QueryError(f"no runs in {res}: nothing to plot or verify (`revgn reproduce {need_runs} --results {res}` "
+                         "trains them)")
+    given = results is not None or any(a.startswith("results_dir=") for a in args or [])
+    return writable_dir(out_dir if out_dir is not None else default_out(res, given, DEFAULT_OUT))
+
+
 def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
                  skip_missing: bool, allow_partial: bool = False) -> tuple[list[str], list[str]]:
     """Render each figure; returns (rendered, missing). A missing figure raises unless ``skip_missing``."""
@@ -163,8 +182,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
              list_: bool = typer.Option(False, "--list", help="Table of every figure: caption, presets, whether its runs exist."),
              results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
              out_dir: Optional[Path] = typer.Option(None, "--out", help="figN: the folder for figN.png / .pdf (default: "
-                                                    "figures); runs: a FILE.png (PDF beside it) or a folder (default: "
-                                                    "<results>/plots)."),
+                                                    "figures; with --results DIR: DIR/figures); runs: a FILE.png|.pdf|"
+                                                    ".svg (PDF beside it) or a folder (default: <results>/plots)."),
              scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
              x: str = typer.Option("epoch", "--x", help="runs: x axis column (epoch, step)."),
              y: str = typer.Option("train_loss,test_loss", "--y", help="runs: metrics, comma list (one panel row each)."),
@@ -183,7 +202,6 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             plot_user_runs(overrides or [], results, out_dir, x=x, y=y, hue=hue, col_key=col_key, style_key=style_key,
                            allow_partial=allow_partial)
             return
-        out_dir = out_dir or DEFAULT_OUT
         sc, ov, res = split_args(overrides, scale, results)
         if list_:
             out.print(list_table(res, sc, ov))
@@ -196,6 +214,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
         names = [s.name for s in select(target)]
         many = target.strip().lower() in ("all", "main")
+        out_dir = output_folder(out_dir, res, results, overrides, need_runs=target if many else None)
         done, missing = plot_figures(names, res, out_dir, sc, ov, skip_missing=many, allow_partial=allow_partial)
         if many:
             out.print(f"plotted {len(done)} figure(s) into {out_dir}" +
@@ -265,7 +284,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
     def verify(target: Optional[str] = typer.Argument("all", help="figN (comma lists ok), main or all"),
                overrides: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper and Hydra overrides the runs were trained with"),
                results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
-               out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where claims.md goes."),
+               out_dir: Optional[Path] = typer.Option(None, "--out", help="Where claims.md goes (default: figures; "
+                                                      "with --results DIR: DIR/figures)."),
                scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
                strict: bool = typer.Option(False, "--strict", help="Exit 1 unless every claim passes."),
                allow_partial: bool = typer.Option(False, "--allow-partial", help=PARTIAL_HELP)) -> None:
@@ -277,6 +297,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
         sc, ov, res = split_args(overrides, scale, results)
         names = [s.name for s in select(target or "all")]
+        out_dir = output_folder(out_dir, res, results, overrides, need_runs=target or "all")
         outcomes = run_verify(names, res, out_dir, sc, ov, allow_partial=allow_partial)
         if strict and any(o.status != "PASS" for o in outcomes):
             raise typer.Exit(1)

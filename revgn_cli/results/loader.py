@@ -114,18 +114,25 @@ def run_summaries(results_dir: str | Path, filters: dict[str, Any] | None = None
 
 
 def query_runs(results_dir: str | Path, filters: dict[str, Any] | None = None, *, strict: bool = True,
-               include_broken: bool = False) -> list[dict[str, Any]]:
+               include_broken: bool = False, require_match: bool = False) -> list[dict[str, Any]]:
     """``run_summaries`` that refuses a query which cannot mean what it says (``strict``): a results path that is
-    missing or a file, a filter key no run has (with the closest valid key), a value the key's type cannot take."""
-    from revgn_cli.results.query import check_filters, check_results_dir
+    missing or a file, a filter key no run has (with the closest valid key), a value the key's type cannot take;
+    with ``require_match``, filters that select no run (naming the values that exist)."""
+    from revgn_cli.results.query import check_filters, check_results_dir, no_match_error
 
     if not strict:
         return run_summaries(results_dir, filters, include_broken=include_broken)
     check_results_dir(results_dir)
     every = run_summaries(results_dir, None, include_broken=include_broken)
     check_filters(every, filters or {}, flatten(config_dict(Config())))
-    # As run_summaries filters: a corrupt run is matched on the keys it has.
-    return [s for s in every if _matches(s, filters or {}, partial=s["status"] == CORRUPT)]
+
+    def matches(s: dict[str, Any], flt: dict[str, Any]) -> bool:  # a corrupt run: matched on the keys it has
+        return _matches(s, flt, partial=s["status"] == CORRUPT)
+
+    hits = [s for s in every if matches(s, filters or {})]
+    if require_match and filters and every and not hits:
+        raise no_match_error(every, filters, matches)
+    return hits
 
 
 def corrupt_error(summ: dict[str, Any], results_dir: str | Path) -> CorruptRunError:
