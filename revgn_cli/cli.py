@@ -286,7 +286,7 @@ def _runs_listing(results: str, flt: dict[str, Any], columns: Optional[str], sor
         cols = cols if "run_id" in cols or fmt != "table" else ["run_id", *cols]
     elif fmt == "table":
         cols, hidden = tb.default_columns(rows, filtered=flt)
-        cols, dropped = tb.fit(rows, cols, tb.varying_keys(rows), out.width)  # readable at 80 columns
+        cols, dropped = tb.fit(rows, cols, tb.by_telling(tb.varying_keys(rows)), out.width)  # 80 columns
         hidden = dropped + hidden
     else:
         cols, _ = tb.default_columns(rows, cap=None, filtered=flt)
