@@ -138,7 +138,9 @@ def test_truncated_parquet_is_flagged_and_cleaned(tmp_path):
     assert runner.invoke(app, ["runs", "--check", "--results", str(res)]).exit_code == 0
 
 
-def test_truncated_checkpoint_gives_one_line(tmp_path):
+def test_truncated_checkpoint_is_quarantined_and_the_run_trains_again(tmp_path):
+    """A checkpoint that does not load makes the run corrupt: `train` moves its files, unchanged, to the quarantine
+    (nothing resumes from them, nothing is deleted) and trains it anew."""
     res = tmp_path / "results"
     ov = [*BASE, f"results_dir={res}", "train.epochs=2"]
     assert runner.invoke(app, ["--quiet", "train", *ov]).exit_code == 0
@@ -147,13 +149,16 @@ def test_truncated_checkpoint_gives_one_line(tmp_path):
     ck.write_bytes(ck.read_bytes()[:50])
     meta = run / "meta.json"
     meta.write_text(meta.read_text().replace('"done"', '"failed"'))
-    before = snapshot(res)
+    before = snapshot(run)
     r = runner.invoke(app, ["--quiet", "train", *ov])
-    assert_one_clear_error(r, contains="checkpoint")
-    assert "--force" in r.stderr
-    after = snapshot(res)
-    kept = lambda snap: {k: v for k, v in snap.items() if k.endswith((".parquet", ".pt"))}  # noqa: E731
-    assert kept(after) == kept(before)
+    assert r.exit_code == 0, r.output
+    assert "was corrupt" in r.stderr and ".quarantine" in r.stderr
+    moved = next(res.glob(f".quarantine/*/default/{run.name}"))
+    assert snapshot(moved) == before  # byte for byte, every file
+    assert "checkpoint last.pt does not load" in next(res.glob(".quarantine/*/REASONS.txt")).read_text()
+    from revgn_cli.results.store import RunDir, run_state
+
+    assert run_state(RunDir(run), checkpoints=True).state == "done"
 
 
 def test_fetch_unknown_dataset():
@@ -165,8 +170,9 @@ def test_runs_bad_filter(existing):
 
 
 def test_clean_keeps_what_it_cannot_attribute(tmp_path):
-    """A run stored one level too high (what exp_name=. used to make) and an unknown directory holding a
-    checkpoint are reported by --check but survive --clean -y; a plain empty orphan is still removed."""
+    """A run stored one level too high (what exp_name=. used to make), an unknown directory holding a checkpoint
+    and an empty folder the store did not make are reported by --check and survive --clean -y; an empty run
+    directory (a run id's name) is garbage and goes."""
     res = tmp_path / "results"
     assert runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={res}"]).exit_code == 0
     run = next(p for p in res.glob("default/*") if p.is_dir())
@@ -179,13 +185,15 @@ def test_clean_keeps_what_it_cannot_attribute(tmp_path):
     (planted / "weights.pt").write_bytes(b"not ours")
     empty = res / "default" / "empty-orphan"
     empty.mkdir()
+    empty_run = res / "default" / "0123456789ab"
+    empty_run.mkdir()
     before = snapshot(res)
     r = runner.invoke(app, ["runs", "--check", "--results", str(res)])
     assert r.exit_code == 1
     assert "mystery" in r.output and run.name in r.output and "kept" in r.output
     r = runner.invoke(app, ["runs", "--clean", "-y", "--results", str(res)])
     assert r.exit_code == 0, r.output
-    assert not empty.exists()
+    assert empty.is_dir() and not empty_run.exists()
     assert snapshot(res) == before  # every file survived: the run's checkpoint, the planted one
 
 

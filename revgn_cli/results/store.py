@@ -253,6 +253,19 @@ def _max_epoch(run: RunDir, md: Any) -> float | None:
     return max(vals) if vals else None
 
 
+def _checkpoint_truncated(path: Path) -> str | None:
+    """The cheap check every listing makes: a checkpoint is a zip archive (torch.save), and a cut one has lost
+    its central directory at the end. Reads the directory only; no torch."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"checkpoint {path.name} does not load (truncated or not a checkpoint: {e})"
+    return None
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why a checkpoint file does not load, or None. ``torch.load(weights_only=True)``: nothing in the file runs;
     a revgn checkpoint holds tensors, plain containers and the numpy RNG state (allowed by name)."""
@@ -275,10 +288,10 @@ def run_state(run: RunDir, *, checkpoints: bool = False, own_lock: bool = False)
 
     ``corrupt`` (with the reason): config.yaml or meta.json missing or unreadable, a config that does not fit the
     schema, a status not in ``STATUSES``, rows unreadable, or fewer than a finished run promises (a ``done`` run's
-    rows end at ``train.epochs``); with ``checkpoints``, also a checkpoint that does not load (reads each file:
-    ``runs --check`` and ``train`` do, listings do not). ``stale``: meta.json says ``running`` but no process holds
-    the run's lock. A run whose lock is held is ``running`` whatever its files say (it may be half-written) —
-    unless ``own_lock``: the caller holds it, so the files are as they will stay.
+    rows end at ``train.epochs``), a checkpoint cut short (its zip directory, always) or, with ``checkpoints``, one
+    that ``torch.load`` cannot read (``runs --check`` and ``train`` ask for that; listings stay fast without).
+    ``stale``: meta.json says ``running`` but no process holds the run's lock. A run whose lock is held is
+    ``running`` whatever its files say (it may be half-written) — unless ``own_lock``: the caller holds it.
     """
     def held() -> bool:
         return not own_lock and run.lock().held_elsewhere()
@@ -310,9 +323,9 @@ def run_state(run: RunDir, *, checkpoints: bool = False, own_lock: bool = False)
     problem = _rows_problem(run, status, (cfg.get("train") or {}).get("epochs"))
     if problem:
         return RunState(CORRUPT, problem, meta, cfg)
-    if checkpoints and run.ckpt_dir.is_dir():
+    if run.ckpt_dir.is_dir():
         for ck in sorted(run.ckpt_dir.glob("*.pt")):
-            problem = checkpoint_problem(ck)
+            problem = checkpoint_problem(ck) if checkpoints else _checkpoint_truncated(ck)
             if problem:
                 return RunState(CORRUPT, problem, meta, cfg)
     return RunState(status, meta=meta, config=cfg)
