@@ -17,7 +17,8 @@ from revgn_cli.results.query import QueryError, differing_keys, unknown_key_erro
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 DEFAULT_METRICS = ("train_loss", "test_loss", "test_acc")
 # Never a "varying" column: where output goes / how it is shown, per-run bookkeeping, or shown already.
-NOT_VARYING = ("results_dir", "device", "dataset.root", "exp_name", "run_id", "status", "path", "epochs", "wall_s")
+NOT_VARYING = ("results_dir", "device", "dataset.root", "exp_name", "run_id", "status", "path", "epochs", "wall_s",
+               "error")  # a corrupt or stale run's reason: printed under the table, whole
 # Varying keys shown first (the ones a reader scans for); the rest follow alphabetically.
 PRIORITY = ("experiment", "seed", "optimizer.name", "optimizer.lr", "dataset.name", "regime.name", "model.init_std")
 # Which varying keys to keep when not all fit, most telling first: the settings that make runs different
