@@ -191,7 +191,7 @@ def _print_jobs(jobs: list) -> None:
         t.add_column(col)
     for i, j in enumerate(jobs):
         rd = run_dir_for(j.cfg)
-        status = (rd.status() or "—") if rd.exists() else "—"
+        status = rd.status() or "—"  # store.run_state; None: no run dir
         t.add_row(str(i), rd.run_id, j.cfg.exp_name, " ".join(j.overrides), status)
     out.print(t)
 
