@@ -116,8 +116,11 @@ def app(node: DictConfig) -> str:
     rid = run_id(cfg)
     try:
         out = execute(cfg, force=os.environ.get("REVGN_FORCE") == "1", reporter=_job_reporter(rid))
+        if out.quarantined:
+            print(f"[revgn sweep] {rid} was corrupt: its files moved to {out.quarantined}; trained again",
+                  file=sys.stderr, flush=True)
         report_job({"status": out.status, "run_id": rid, "experiment": cfg.exp_name, "overrides": overrides,
-                 "final": out.final, **where})
+                    "final": out.final, **where})
         return out.status
     except Interrupted as e:  # checkpointed at its last update, meta says `interrupted` (execute)
         if on_slurm:  # the cluster stopped it: SLURM runs it again and that run reports
