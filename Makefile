@@ -63,3 +63,12 @@ GPU_PLATFORM ?= manylinux2014_x86_64,manylinux_2_17_x86_64,manylinux_2_28_x86_64
 gpu-wheels:
 	@$(PYTHON) tools/gpu_check.py --download $(or $(WHEELS),.gpu-wheels) --python-version $(GPU_PY_VERSION) \
 	--platform $(GPU_PLATFORM)
+
+# A one-node SLURM cluster on this machine (root; apt installs slurm and munge when missing): docs/cluster.md.
+# tests/test_slurm.py runs against it; without it those tests skip.
+.PHONY: slurm-up slurm-down
+slurm-up:
+	@tools/slurm_cluster.sh up
+
+slurm-down:
+	@tools/slurm_cluster.sh down

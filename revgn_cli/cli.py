@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from revgn_cli.confinfo import groups_help
-from revgn_cli.errors import EXIT_EXPECTED, EXIT_INTERRUPTED, EXIT_UNEXPECTED, expected_errors, one_line
+from revgn_cli.errors import EXIT_EXPECTED, EXIT_INTERRUPTED, EXIT_UNEXPECTED, is_expected, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Exact Gauss-Newton on reversible MLPs: train, sweep, inspect runs, plot the paper's figures.")
@@ -32,17 +32,22 @@ def guarded(fn: Callable) -> Callable:
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/] (checkpoint saved; rerun the same command to resume)")
+            # Not the training loop's Interrupted (below): stopped during set-up, or at once by a second Ctrl-C, so
+            # no checkpoint was written now; one saved earlier is still what the rerun resumes from.
+            err.print("[yellow]interrupted[/] (no checkpoint written now; rerunning the same command resumes from "
+                      "the last one saved, if any)")
             raise typer.Exit(EXIT_INTERRUPTED)
         except Exception as e:  # noqa: BLE001 — the CLI's one place that turns errors into lines
             if STATE["debug"]:
                 raise
-            from revgn_cli.train.loop import Interrupted
+            import sys
 
-            if isinstance(e, Interrupted):
+            # Looked up, not imported: an error before any training must not pay for importing torch (≈1 s).
+            loop = sys.modules.get("revgn_cli.train.loop")
+            if loop is not None and isinstance(e, loop.Interrupted):
                 err.print(f"[yellow]interrupted[/]: {e} (checkpoint saved; rerun the same command to resume)")
                 raise typer.Exit(EXIT_INTERRUPTED)
-            code = EXIT_EXPECTED if isinstance(e, expected_errors()) else EXIT_UNEXPECTED
+            code = EXIT_EXPECTED if is_expected(e) else EXIT_UNEXPECTED
             msg = one_line(e) if code == EXIT_EXPECTED else f"{type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)"
             err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(code)
@@ -123,6 +128,9 @@ def train(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_H
     from revgn_cli.train.runner import execute
 
     res = execute(cfg, force=force, reporter=_reporter())
+    if res.quarantined:
+        err.print(f"[yellow]was corrupt[/]: its files moved to {res.quarantined} (move them back to restore); "
+                  "trained again", highlight=False, soft_wrap=True)
     verb = (f"already {res.prior}, skipped (use --force to retrain)" if res.status == "skipped" else res.status)
     out.print(f"run {res.run_id}: {verb}{' (resumed)' if res.resumed else ''} → {res.path}")
     if res.final:
@@ -218,7 +226,7 @@ def _print_jobs(jobs: list) -> None:
         t.add_column(col)
     for i, j in enumerate(jobs):
         rd = run_dir_for(j.cfg)
-        status = (rd.status() or "—") if rd.exists() else "—"
+        status = rd.status() or "—"  # store.run_state; None: no run dir
         t.add_row(str(i), rd.run_id, j.cfg.exp_name, " ".join(j.overrides), status)
     out.print(t)
 
@@ -229,7 +237,9 @@ def _summarise_sweep(records: list[dict], expected: int) -> None:
     counts: dict[str, int] = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    out.print("sweep: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" (of {expected} jobs)")
+    requeued = sum(1 for r in records if r.get("slurm_restarts"))  # jobs SLURM requeued, which resumed
+    out.print("sweep: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" (of {expected} jobs"
+              + (f"; {requeued} resumed after SLURM requeued them" if requeued else "") + ")")
     if report_failures(records) or len(records) < expected:
         raise typer.Exit(1)
 
@@ -248,8 +258,9 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
                                                 "mean ± 95 % t-interval over its seeds; --sort by a group mean."),
          fold_seeds: bool = typer.Option(False, "--fold-seeds", help="Group runs that differ only in the seed."),
          check: bool = typer.Option(False, "--check", help="Validate every run dir; report corrupt/orphaned ones."),
-         clean: bool = typer.Option(False, "--clean", help="Delete what --check flags (asks first)."),
-         yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before --clean deletes.")) -> None:
+         clean: bool = typer.Option(False, "--clean", help="Delete temporary files and empty run dirs; move damaged "
+                                    "runs whole to <results>/.quarantine/ (asks first; never deletes data)."),
+         yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before --clean.")) -> None:
     """Table of the runs in results/: the keys that differ among them, status, progress, last metrics.
 
     Examples: [bold]revgn runs exp_name=lr_sweep --sort test_acc:desc[/] · [bold]revgn runs --format csv > runs.csv[/] ·
@@ -262,15 +273,12 @@ def runs(filters: Optional[list[str]] = typer.Argument(None, help="key=value fil
     args, res = pop_results(filters, results)
     if check or clean:
         check_results_dir(res)
-        from revgn_cli.results.integrity import check_runs, clean_runs
+        from revgn_cli.results.integrity import check_runs
 
         problems = check_runs(res)
-        _print_problems(problems)
+        _print_problems(problems, res)
         if clean and problems:
-            n_del = sum(not p.keep for p in problems)
-            if not yes and not typer.confirm(f"delete {n_del} flagged path(s)?", default=False):
-                raise typer.Exit(1)
-            out.print(f"removed {clean_runs(problems)} path(s)")
+            _clean(problems, res, yes)
         if check and problems and not clean:
             raise typer.Exit(1)
         return
@@ -297,11 +305,13 @@ def _print_corrupt(rows: list[dict], results: str | Path) -> None:
 
 
 def _summaries(results: str, flt: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Matching runs (a bad path or filter is one error line) with their metrics (last logged if unfinished)."""
+    """Matching runs (a bad path or filter, or filters matching no run, is one error line) with their metrics (last
+    logged if unfinished)."""
     from revgn_cli.results.loader import last_logged, query_runs
     from revgn_cli.results.table import add_metrics
 
-    rows = query_runs(results, flt, include_broken=True)  # unreadable runs are `corrupt` rows, never hidden
+    # Unreadable runs are `corrupt` rows, never hidden.
+    rows = query_runs(results, flt, include_broken=True, require_match=True)
     add_metrics(rows, last_logged)
     return rows
 
@@ -322,7 +332,7 @@ def _runs_listing(results: str, flt: dict[str, Any], columns: Optional[str], sor
         cols = cols if "run_id" in cols else ["run_id", *cols]  # csv/json too: a row must say which run it is
     elif fmt == "table":
         cols, hidden = tb.default_columns(rows, filtered=flt)
-        cols, dropped = tb.fit(rows, cols, tb.varying_keys(rows), out.width)  # readable at 80 columns
+        cols, dropped = tb.fit(rows, cols, tb.by_telling(tb.varying_keys(rows)), out.width)  # 80 columns
         hidden = dropped + hidden
     else:
         cols, _ = tb.default_columns(rows, cap=None, filtered=flt)
@@ -392,16 +402,37 @@ def compare(run_ids: Optional[list[str]] = typer.Argument(None, help="Two or mor
     out.print(compare_table(chosen, keys), highlight=False)
 
 
-def _print_problems(problems: list) -> None:
+def _print_problems(problems: list, results: str) -> None:
+    """One line per flagged path, relative to the results dir and never cut: what is wrong, what --clean does."""
     if not problems:
         out.print("all runs OK")
         return
-    t = Table(title=f"{len(problems)} problem(s)")
-    for col in ("path", "problem"):
-        t.add_column(col)
+    from revgn_cli.results.integrity import DELETE, QUARANTINE
+
+    does = {DELETE: "--clean deletes it", QUARANTINE: "--clean quarantines it", "keep": "--clean leaves it"}
+    out.print(f"{len(problems)} problem(s) in {results}:", highlight=False)
     for p in problems:
-        t.add_row(str(p.path), p.reason)
-    out.print(t)
+        rel = p.path.relative_to(results) if p.path.is_relative_to(results) else p.path
+        out.print(f"  {rel}: {p.reason} [{does[p.action]}]", highlight=False, markup=False, soft_wrap=True)
+
+
+def _clean(problems: list, results: str, yes: bool) -> None:
+    from revgn_cli.results.integrity import DELETE, QUARANTINE, clean_runs
+
+    n_del = sum(p.action == DELETE for p in problems)
+    n_q = sum(p.action == QUARANTINE for p in problems)
+    if not n_del and not n_q:
+        out.print("nothing to clean (the paths above are left alone)")
+        return
+    if not yes and not typer.confirm(f"delete {n_del} temporary file(s)/empty dir(s) and move {n_q} damaged run(s) "
+                                     f"to {results}/.quarantine/?", default=False):
+        raise typer.Exit(1)
+    deleted, moved = clean_runs(problems, results)
+    out.print(f"deleted {deleted} temporary file(s)/empty dir(s)", highlight=False)
+    if moved:
+        where = moved[0].parent.parent
+        out.print(f"quarantined {len(moved)} damaged run(s) in {where} (see REASONS.txt there); to restore one, move "
+                  f"it back: mv {moved[0]} {Path(results) / moved[0].parent.name}/", highlight=False, soft_wrap=True)
 
 
 @data_app.command("list")

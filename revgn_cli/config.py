@@ -196,6 +196,7 @@ def _get(cfg: Config, dotted: str) -> Any:
 
 
 EXP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]*")
+EXP_NAME_MAX = 100  # characters: a folder name (file systems allow 255 bytes; paths and the lock file need room)
 
 
 def validate(cfg: Config) -> Config:
@@ -266,6 +267,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.spawn_epoch needs a full optimiser (gn, adam, sgd) before the spawn, not linearised")
     if cfg.dataset.augment not in (None, "none", "crop", "crop_flip"):
         raise ConfigError(f"dataset.augment={cfg.dataset.augment!r} is not one of null, none, crop, crop_flip")
+    if len(cfg.exp_name or "") > EXP_NAME_MAX:
+        raise ConfigError(f"exp_name is {len(cfg.exp_name)} characters long: give at most {EXP_NAME_MAX} "
+                          f"(e.g. exp_name={cfg.exp_name[:20]})")
     if not EXP_NAME.fullmatch(cfg.exp_name or ""):
         # results/<exp_name>/ must be a directory of its own: `.` would put runs into the results root, `.hydra`
         # into Hydra's bookkeeping, `a/b` one level too deep — where `revgn runs` cannot see them.

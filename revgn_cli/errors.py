@@ -8,17 +8,24 @@ from __future__ import annotations
 EXIT_UNEXPECTED, EXIT_EXPECTED, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    # Imported here, not at the top: `revgn --help` must not pay for Hydra and pandas (fast start).
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+# (module, class) of every expected failure; see is_expected.
+EXPECTED = (("revgn_cli.config", "ConfigError"), ("revgn_cli.results.store", "StoreError"),
+            ("revgn_cli.data", "DataError"), ("hydra.errors", "HydraException"),
+            ("omegaconf.errors", "OmegaConfBaseException"))
 
-    from revgn_cli.config import ConfigError
-    from revgn_cli.data import DataError
-    from revgn_cli.results.store import StoreError
 
-    return (ConfigError, StoreError, DataError, HydraException, OmegaConfBaseException, FileNotFoundError,
-            PermissionError)
+def is_expected(exc: BaseException) -> bool:
+    """Is ``exc`` an expected failure (exit 2)? Imports nothing: a class whose module was never imported cannot
+    have been raised, so only the loaded ones are checked (`revgn --help` and error paths stay fast)."""
+    import sys
+
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return True
+    for mod, name in EXPECTED:
+        m = sys.modules.get(mod)
+        if m is not None and isinstance(exc, getattr(m, name)):
+            return True
+    return False
 
 
 def one_line(exc: BaseException) -> str:

@@ -48,6 +48,43 @@ def _flag_error(flag: str, command: str) -> Exception:
                          f"(see `revgn {command} --help`)")
 
 
+def _option_values(value: str) -> list[str]:
+    """The options an override names: ``a``, ``a,b``, ``choice(a,b)``; none for other sweep functions (range …)."""
+    v = value.strip()
+    if "(" in v:
+        fn, _, inner = v.partition("(")
+        if fn.strip() != "choice":
+            return []
+        v = inner.rstrip(")")
+    return [x.strip().strip("'\"") for x in v.split(",") if x.strip()]
+
+
+def check_group_choices(args: list[str]) -> None:
+    """``group=option`` must name a file conf/<group>/<option>.yaml: one line with the close names otherwise.
+
+    Hydra rejects most unknown options itself, but not ``experiment`` (an optional default): without this a typo
+    there (``experiment=fig1_quik``) would silently train the default config.
+    """
+    import difflib
+
+    from revgn_cli.confinfo import config_groups
+
+    groups = None
+    for a in args:
+        key, eq, value = a.partition("=")
+        key = key.lstrip("+~").split("@", 1)[0]
+        if not eq or "." in key or "/" in key:
+            continue
+        groups = config_groups() if groups is None else groups
+        if key not in groups:
+            continue
+        for opt in _option_values(value):
+            if opt not in groups[key] and opt.lower() not in ("null", "none"):
+                near = difflib.get_close_matches(opt, groups[key], n=3, cutoff=0.5)
+                hint = f" — did you mean {' or '.join(near)}?" if near else f" (one of: {', '.join(groups[key])})"
+                raise _config_error(f"unknown {key} {opt!r} (no conf/{key}/{opt}.yaml){hint}")
+
+
 def check_overrides(args: list[str], command: str, *, allow_sweep: bool = False) -> None:
     """Raise one ``ConfigError`` line naming the override and the fix for what Hydra's parser would reject.
 
@@ -61,6 +98,7 @@ def check_overrides(args: list[str], command: str, *, allow_sweep: bool = False)
             raise _flag_error(a.split("=", 1)[0], command)
     if not args:
         return
+    check_group_choices(args)
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -71,6 +109,10 @@ def check_overrides(args: list[str], command: str, *, allow_sweep: bool = False)
             raise _config_error(f"override {a!r} is not key=value (e.g. optimizer=gn or optimizer.lr=0.1)")
         if value.rstrip().endswith(","):
             raise _config_error(f"override {a!r} ends in a comma: drop it ({key}={value.rstrip().rstrip(',')})")
+        if key.lstrip("+") == "exp_name" and not value.strip("'\"").isascii():
+            # Quoting would get it past the parser, but a folder name must be plain ASCII (config.EXP_NAME).
+            raise _config_error(f"exp_name={value}: a folder name of ASCII letters, digits and _ - + = , . "
+                                f"(e.g. exp_name={value.strip(chr(39) + chr(34)).encode('ascii', 'ignore').decode() or 'my_run'})")
         try:
             ov = parser.parse_override(a)
         except HydraException as e:

@@ -60,6 +60,11 @@ def check_launcher(plain: list[str], hydra_overrides: list[str]) -> None:
             bad = [o for o in hydra_overrides if o.startswith("hydra/launcher=")]
             raise ConfigError(f"{bad[0] if bad else str(e).splitlines()[0]}: no such launcher (installed: "
                               f"{', '.join(names)})") from None
+    delay, limit = node.hydra.launcher.get("signal_delay_s"), node.hydra.launcher.get("timeout_min")
+    if isinstance(delay, int) and isinstance(limit, int) and delay >= limit * 60:
+        # SLURM would send the time-limit signal (SIGUSR2) at or before the start: every job a "timeout"
+        raise ConfigError(f"hydra.launcher.signal_delay_s={delay} must be below the time limit "
+                          f"hydra.launcher.timeout_min={limit} (= {limit * 60} s)")
     n_jobs = node.hydra.launcher.get("n_jobs")
     if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs == 0):
         raise ConfigError(f"hydra.launcher.n_jobs={n_jobs!r}: give the number of parallel jobs (>= 1; -1 = one per "
@@ -271,7 +276,7 @@ def launch(overrides: list[str], *, force: bool = False, quiet: bool = False,
     try:
         env = dict(os.environ, REVGN_SWEEP_REPORT=str(report.resolve()), REVGN_FORCE="1" if force else "0",
                    HYDRA_FULL_ERROR="0")
-        cmd = [sys.executable, "-m", "revgn_cli.sweep_app", "--multirun", *overrides]
+        cmd = [sys.executable, "-m", "revgn_cli.sweep_app", "--multirun", *overrides, *_waiting_slurm(overrides)]
         with JobGroup().forwarding() as group:
             tail = _run_with_progress(cmd, env, len(jobs), quiet, group)
         records = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
@@ -286,6 +291,26 @@ def launch(overrides: list[str], *, force: bool = False, quiet: bool = False,
         return records
     finally:
         report.unlink(missing_ok=True)
+
+
+def _waiting_slurm(overrides: list[str]) -> list[str]:
+    """hydra-submitit-launcher's SLURM launcher returns as soon as a job writes *a* result and gives up on the rest
+    when one ends without; run it through revgn's subclass, which waits for each job's final state
+    (revgn_cli.cluster.launcher). Composes the launcher only when the sweep names one."""
+    if not any(o.startswith(("hydra/launcher=", "hydra.launcher")) for o in overrides):
+        return []
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from revgn_cli.cluster.launcher import PLUGIN_TARGET, TARGET
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
+        node = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+    return [f"hydra.launcher._target_={TARGET}"] if node.hydra.launcher.get("_target_") == PLUGIN_TARGET else []
 
 
 FAILED = ("failed", "invalid")

@@ -138,7 +138,9 @@ def test_truncated_parquet_is_flagged_and_cleaned(tmp_path):
     assert runner.invoke(app, ["runs", "--check", "--results", str(res)]).exit_code == 0
 
 
-def test_truncated_checkpoint_gives_one_line(tmp_path):
+def test_truncated_checkpoint_is_quarantined_and_the_run_trains_again(tmp_path):
+    """A checkpoint that does not load makes the run corrupt: `train` moves its files, unchanged, to the quarantine
+    (nothing resumes from them, nothing is deleted) and trains it anew."""
     res = tmp_path / "results"
     ov = [*BASE, f"results_dir={res}", "train.epochs=2"]
     assert runner.invoke(app, ["--quiet", "train", *ov]).exit_code == 0
@@ -147,13 +149,16 @@ def test_truncated_checkpoint_gives_one_line(tmp_path):
     ck.write_bytes(ck.read_bytes()[:50])
     meta = run / "meta.json"
     meta.write_text(meta.read_text().replace('"done"', '"failed"'))
-    before = snapshot(res)
+    before = snapshot(run)
     r = runner.invoke(app, ["--quiet", "train", *ov])
-    assert_one_clear_error(r, contains="checkpoint")
-    assert "--force" in r.stderr
-    after = snapshot(res)
-    kept = lambda snap: {k: v for k, v in snap.items() if k.endswith((".parquet", ".pt"))}  # noqa: E731
-    assert kept(after) == kept(before)
+    assert r.exit_code == 0, r.output
+    assert "was corrupt" in r.stderr and ".quarantine" in r.stderr
+    moved = next(res.glob(f".quarantine/*/default/{run.name}"))
+    assert snapshot(moved) == before  # byte for byte, every file
+    assert "checkpoint last.pt does not load" in next(res.glob(".quarantine/*/REASONS.txt")).read_text()
+    from revgn_cli.results.store import RunDir, run_state
+
+    assert run_state(RunDir(run), checkpoints=True).state == "done"
 
 
 def test_fetch_unknown_dataset():
@@ -165,8 +170,9 @@ def test_runs_bad_filter(existing):
 
 
 def test_clean_keeps_what_it_cannot_attribute(tmp_path):
-    """A run stored one level too high (what exp_name=. used to make) and an unknown directory holding a
-    checkpoint are reported by --check but survive --clean -y; a plain empty orphan is still removed."""
+    """A run stored one level too high (what exp_name=. used to make), an unknown directory holding a checkpoint
+    and an empty folder the store did not make are reported by --check and survive --clean -y; an empty run
+    directory (a run id's name) is garbage and goes."""
     res = tmp_path / "results"
     assert runner.invoke(app, ["--quiet", "train", *BASE, f"results_dir={res}"]).exit_code == 0
     run = next(p for p in res.glob("default/*") if p.is_dir())
@@ -179,13 +185,15 @@ def test_clean_keeps_what_it_cannot_attribute(tmp_path):
     (planted / "weights.pt").write_bytes(b"not ours")
     empty = res / "default" / "empty-orphan"
     empty.mkdir()
+    empty_run = res / "default" / "0123456789ab"
+    empty_run.mkdir()
     before = snapshot(res)
     r = runner.invoke(app, ["runs", "--check", "--results", str(res)])
     assert r.exit_code == 1
     assert "mystery" in r.output and run.name in r.output and "kept" in r.output
     r = runner.invoke(app, ["runs", "--clean", "-y", "--results", str(res)])
     assert r.exit_code == 0, r.output
-    assert not empty.exists()
+    assert empty.is_dir() and not empty_run.exists()
     assert snapshot(res) == before  # every file survived: the run's checkpoint, the planted one
 
 
@@ -276,3 +284,93 @@ def test_verify_fig13_names_the_missing_runs(tmp_path):
     r = runner.invoke(app, ["verify", "fig13", "--results", str(res), "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "weight_decay" in (tmp_path / "claims.md").read_text()
+
+
+# --- presets, output paths, exp_name ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmd", [["train"], ["train", "--show-config"], ["sweep", "--dry-run"],
+                                 ["reproduce", "fig1", "--dry-run"]])
+@pytest.mark.parametrize("override,near", [("experiment=fig1_quik", "fig1_quick"), ("dataset=mnist5", "mnist5k"),
+                                           ("model=tiniy", "tiny"), ("optimizer=adamm", "adam"),
+                                           ("regime=minibatch", "mini_batch"), ("regularizer=nonee", "none")])
+def test_unknown_group_option_names_the_close_ones(cmd, override, near, tmp_path):
+    """Finding: `train experiment=nosuch` trained the default config and exited 0."""
+    res = tmp_path / "results"
+    r = runner.invoke(app, ["--quiet", *cmd, override, f"results_dir={res}"])
+    assert_one_clear_error(r, contains=f"did you mean {near}")
+    assert r.exit_code == 2 and not res.exists()
+
+
+def test_verify_without_runs_exits_2_and_keeps_figures(tmp_path, monkeypatch):
+    """Finding: `verify all --results /tmp/empty` replaced ./figures/claims.md with 20 MISSING and exited 0."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "claims.md").write_text("made from my real runs")
+    (tmp_path / "empty").mkdir()
+    for cmd in (["verify", "all"], ["plot", "all"]):
+        r = runner.invoke(app, [*cmd, "--results", str(tmp_path / "empty")])
+        assert_one_clear_error(r, contains="no runs")
+        assert r.exit_code == 2
+    assert (tmp_path / "figures" / "claims.md").read_text() == "made from my real runs"
+
+
+def test_results_without_out_writes_beside_the_results(tmp_path, monkeypatch):
+    from test_figures import write_preset
+
+    monkeypatch.chdir(tmp_path)
+    res = tmp_path / "other results"
+    write_preset(res, "minibatch_quick")
+    for cmd in (["verify", "fig2"], ["plot", "fig2"]):
+        r = runner.invoke(app, [*cmd, "--results", str(res)])
+        assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (res / "figures").iterdir()) == ["captions.md", "claims.md", "fig2.pdf", "fig2.png"]
+    assert not (tmp_path / "figures").exists()
+
+
+def test_out_paths_are_checked_up_front(existing, tmp_path):
+    a_file = tmp_path / "taken"
+    a_file.write_text("mine")
+    r = runner.invoke(app, ["verify", "fig2", "--results", str(existing), "--out", str(a_file)])
+    assert_one_clear_error(r, contains="is an existing file")
+    assert r.exit_code == 2 and a_file.read_text() == "mine"
+    r = runner.invoke(app, ["plot", "runs", "--results", str(existing), "--out", str(a_file / "sub")])
+    assert_one_clear_error(r, contains="cannot write into")
+    r = runner.invoke(app, ["plot", "fig2", "--results", str(existing), "--out", str(tmp_path / "x.svg")])
+    assert_one_clear_error(r, contains="give a folder")
+
+
+@pytest.mark.parametrize("ext", ["svg", "pdf", "png"])
+def test_plot_runs_out_file_is_that_file_in_that_format(existing, tmp_path, ext):
+    """Finding: `--out x.svg` made a folder named x.svg."""
+    target = tmp_path / f"x.{ext}"
+    r = runner.invoke(app, ["plot", "runs", "--results", str(existing), "--out", str(target)])
+    assert r.exit_code == 0, r.output
+    assert target.is_file()
+    head = target.read_bytes()[:64]
+    assert {"svg": b"<?xml", "pdf": b"%PDF", "png": b"\x89PNG"}[ext] in head
+
+
+def test_plot_runs_into_an_unwritable_results_dir_is_one_line(existing, tmp_path):
+    import os
+    import shutil
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    res = tmp_path / "ro"
+    shutil.copytree(existing, res)
+    res.chmod(0o555)
+    try:
+        r = runner.invoke(app, ["plot", "runs", "--results", str(res)])
+        assert_one_clear_error(r, contains="--out")
+    finally:
+        res.chmod(0o755)
+
+
+@pytest.mark.parametrize("value", ["café", "'café'", "x" * 300])
+def test_exp_name_errors_are_one_line_with_a_fix_that_works(value, tmp_path):
+    """Findings: `exp_name=café` said "quote it", and quoting then failed; 300 characters raised OSError."""
+    res = tmp_path / "results"
+    for cmd in (["train"], ["train", "--show-config"], ["sweep", "--dry-run"]):
+        r = runner.invoke(app, ["--quiet", *cmd, *BASE, f"exp_name={value}", f"results_dir={res}"])
+        assert_one_clear_error(r, contains="exp_name")
+        assert r.exit_code == 2 and "quote" not in r.stderr and not res.exists()

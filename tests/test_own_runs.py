@@ -203,7 +203,8 @@ def test_unfinished_runs_show_last_logged_metrics_and_any_status(cmp_results, tm
     assert row.status == "interrupted" and row.epochs == 2
     assert row.test_loss == pytest.approx(ep.test_loss.iloc[-1])
     r = invoke("runs", "--results", str(res))
-    assert "interrupted" in r.output and "corrupt" in r.output and "—" not in r.output
+    assert "interrupted" in r.stdout and "corrupt" in r.stdout and "—" not in r.stdout
+    assert "meta.json has no valid status ('corrupt')" in r.stderr  # the why, under the table
 
 
 # --- filter errors -----------------------------------------------------------------------------------------------
@@ -249,7 +250,8 @@ def test_importing_the_cli_pulls_in_no_heavy_module():
     (["--cfg", "job"], "revgn train --show-config"),
     (["optimizer.lr=0.1,0.2"], "revgn sweep optimizer.lr=0.1,0.2"),
     (["train.epochs=1,"], "drop it (train.epochs=1)"),
-    (["exp_name=café"], "exp_name='café'"),
+    (["exp_name=café"], "a folder name of ascii letters"),  # not "quote it": quoted, it is still no folder name
+    (["dataset.root=/tmp/café"], "dataset.root='/tmp/café'"),  # where quoting works, the hint says how
     (["optimizer"], "not key=value"),
 ])
 def test_train_parse_errors_name_the_override_and_the_fix(args, contains, results):
@@ -353,3 +355,46 @@ def test_schema_precheck_is_never_looser_than_omegaconf(path, value):
     node[path[-1]] = value
     if fits_schema(bad):
         OmegaConf.merge(OmegaConf.structured(Config), bad)  # raises if the pre-check was too loose
+
+
+# --- runs: filters that match nothing, 80 columns, fast error paths -------------------------------------------------
+
+@pytest.mark.parametrize("flt,names", [(["exp_name=nosuch"], "exp_name has: cmp"),
+                                       (["optimizer.lr=0.3"], "optimizer.lr has: 0.05, 0.1"),
+                                       (["optimizer.lr=0.1", "seed=2"], "each matches some")])
+def test_runs_filter_matching_nothing_exits_2_naming_what_exists(cmp_results, flt, names):
+    """Finding: `revgn runs exp_name=nosuch` printed an empty table and exited 0."""
+    one_error(invoke("runs", *flt, "--results", str(cmp_results)), names)
+
+
+def test_runs_at_80_columns_tells_gn_from_adam(tmp_path, monkeypatch):
+    """Finding: on a mixed results dir the table kept experiment and seed but dropped optimizer and lr."""
+    from test_figures import write_preset
+
+    res = tmp_path / "results"
+    for preset in ("fig1_quick", "minibatch_quick"):
+        write_preset(res, preset)
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buf, width=80))
+    r = runner.invoke(app, ["runs", "--results", str(res)])
+    assert r.exit_code == 0, r.output
+    text = buf.getvalue()
+    assert max(len(ln.rstrip()) for ln in text.splitlines()) <= 80
+    head = " ".join(text.split("─")[0].splitlines()[-3:])  # the (wrapped) header above the rule
+    assert "optimizer" in head and "lr" in head.split()
+    caption = " ".join(text.split("also differing:")[1].split())
+    assert "seed" in caption and "experiment" in caption  # what was dropped is named
+    summ = {s["run_id"][:8]: s for s in run_summaries(res)}
+    for ln in text.splitlines():
+        if ln[:8] in summ:
+            assert ln.split()[3] == summ[ln[:8]]["optimizer.name"]
+
+
+def test_runs_error_paths_import_no_torch(cmp_results):
+    """Finding: error paths took 3× as long as the listing (the error handler imported torch)."""
+    code = ("import sys; from typer.testing import CliRunner; from revgn_cli.cli import app; "
+            f"r = CliRunner().invoke(app, ['runs', '--results', {str(cmp_results)!r}, *sys.argv[1:]]); "
+            "print(r.exit_code, 'torch' in sys.modules)")
+    for args in (["--sort", "nosuchkey"], ["exp_name=nosuch"], ["optimiser.name=gn"]):
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+        assert r.stdout.split() == ["2", "False"], (args, r.stdout, r.stderr)

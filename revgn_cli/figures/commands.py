@@ -45,7 +45,29 @@ def split_args(args: list[str] | None, scale: str | None, results: Path | None) 
     for a in rest:
         if ("=" not in a and not a.startswith("~")) or a.startswith("-"):
             raise ConfigError(f"unexpected argument {a!r}: extra arguments are Hydra overrides key=value")
+    from revgn_cli.overrides import check_group_choices
+
+    check_group_choices(rest)
     return sc, rest, str(res)
+
+
+def output_folder(out_dir: Path | None, res: str, results: Path | None, args: list[str] | None,
+                  need_runs: str | None = None) -> Path:
+    """The folder figures and claims.md go to, checked writable before anything is drawn.
+
+    With ``--results DIR`` (or ``results_dir=DIR``) and no ``--out``: ``DIR/figures``, so figures made from one
+    results dir never replace those made from another (docs/robustness.md). ``need_runs`` (the target, e.g.
+    ``all``): a results dir without a single run is an error (exit 2) instead of a page of MISSING.
+    """
+    from revgn_cli.figures.outputs import default_out, writable_dir
+    from revgn_cli.results.query import QueryError
+    from revgn_cli.results.store import iter_run_dirs
+
+    if need_runs and next(iter_run_dirs(res), None) is None:
+        raise QueryError(f"no runs in {res}: nothing to plot or verify (`revgn reproduce {need_runs} --results {res}` "
+                         "trains them)")
+    given = results is not None or any(a.startswith("results_dir=") for a in args or [])
+    return writable_dir(out_dir if out_dir is not None else default_out(res, given, DEFAULT_OUT))
 
 
 def plot_figures(names: list[str], results: str, out_dir: Path, scale: str, overrides: list[str], *,
@@ -247,8 +269,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
              list_: bool = typer.Option(False, "--list", help="Table of every figure: caption, presets, whether its runs exist."),
              results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
              out_dir: Optional[Path] = typer.Option(None, "--out", help="figN: the folder for figN.png / .pdf (default: "
-                                                    "figures); runs: a FILE.png (PDF beside it) or a folder (default: "
-                                                    "<results>/plots)."),
+                                                    "figures; with --results DIR: DIR/figures); runs: a FILE.png|.pdf|"
+                                                    ".svg (PDF beside it) or a folder (default: <results>/plots)."),
              scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
              x: str = typer.Option("epoch", "--x", help="runs: x axis column (epoch, step)."),
              y: str = typer.Option("train_loss,test_loss", "--y", help="runs: metrics, comma list (one panel row each)."),
@@ -270,7 +292,6 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                            allow_partial=allow_partial,
                            average_over=[k.strip() for k in (average_over or "").split(",") if k.strip()])
             return
-        out_dir = out_dir or DEFAULT_OUT
         sc, ov, res = split_args(overrides, scale, results)
         if list_:
             out.print(list_table(res, sc, ov))
@@ -283,6 +304,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
         names = [s.name for s in select(target)]
         many = target.strip().lower() in ("all", "main")
+        out_dir = output_folder(out_dir, res, results, overrides, need_runs=target if many else None)
         done, missing = plot_figures(names, res, out_dir, sc, ov, skip_missing=many, allow_partial=allow_partial)
         if many:
             out.print(f"plotted {len(done)} figure(s) into {out_dir}" +
@@ -352,7 +374,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                overrides: Optional[list[str]] = typer.Argument(None, help="scale=quick|paper, protocol=both|paper|tuned "
                                                                "(default both) and Hydra overrides the runs were trained with"),
                results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
-               out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where claims.md goes."),
+               out_dir: Optional[Path] = typer.Option(None, "--out", help="Where claims.md goes (default: figures; "
+                                                      "with --results DIR: DIR/figures)."),
                scale: Optional[str] = typer.Option(None, "--scale", help="quick | paper (default: quick)"),
                strict: bool = typer.Option(False, "--strict", help="Exit 1 unless every paper-protocol claim HOLDS."),
                allow_partial: bool = typer.Option(False, "--allow-partial", help=PARTIAL_HELP)) -> None:
@@ -367,6 +390,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         protocols, overrides = pop_protocol(overrides, "both")
         sc, ov, res = split_args(overrides, scale, results)
         names = [s.name for s in select(target or "all")]
+        out_dir = output_folder(out_dir, res, results, overrides, need_runs=target or "all")
         outcomes = run_verify(names, res, out_dir, sc, ov, allow_partial=allow_partial, protocols=protocols)
         if strict and any(o.status != "HOLDS" for o in outcomes if o.protocol == "paper"):
             raise typer.Exit(1)

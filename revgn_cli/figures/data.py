@@ -60,7 +60,7 @@ def identity_overrides(overrides: Iterable[str]) -> tuple[str, ...]:
 def job_status(results_dir: str | Path, job: PresetJob) -> str | None:
     """The run's status; ``corrupt`` (not finished: reproduce trains it again) when its files cannot be read."""
     run = RunDir(Path(results_dir).expanduser() / job.exp_name / job.run_id)
-    return run.status() if run.exists() else None
+    return run.status()  # store.run_state (None: no run dir)
 
 
 def job_label(job: PresetJob) -> str:

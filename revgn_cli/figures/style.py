@@ -169,11 +169,11 @@ def finish(fig: Figure, title: str) -> Figure:
     return fig
 
 
-def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
-    """Write ``<out>/<name>.png`` and ``.pdf``; return both paths."""
+def save(fig: Figure, out_dir: str | Path, name: str, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """Write ``<out>/<name>.<fmt>`` for each format (PNG and PDF by default); return the paths."""
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    paths = [out / f"{name}.{f}" for f in formats]
     with style():
         for p in paths:
             fig.savefig(p)

@@ -133,8 +133,13 @@ def plot_user_runs(args: list[str], results: Any, out: Any, *, x: str, y: str, h
     from revgn_cli.results.query import QueryError
     from revgn_cli.results.table import varying_keys
 
+    from revgn_cli.figures.outputs import file_target
+
     filters, res = pop_results(args, results)
     flt = parse_filters(filters)
+    # Checked before any run is read: a read-only results dir or an --out that names a file of another kind is
+    # one line naming the fix, not an OSError after the figure was drawn.
+    folder, stem, formats = file_target(Path(out) if out is not None else Path(res) / "plots")
     summaries = query_runs(res, flt)  # a bad path or filter: one error line naming the fix
     ys = [m.strip() for m in y.split(",") if m.strip()]
     from revgn_cli.config import Config, config_dict, flatten
@@ -166,11 +171,7 @@ def plot_user_runs(args: list[str], results: Any, out: Any, *, x: str, y: str, h
                          f"--style / --col, filter them, or say --average-over {','.join(left)}")
     fig = plot_runs(df, x=x, ys=ys, hue=hue, col_key=col_key, style_key=style_key,
                     title=" ".join(filters) or f"runs in {res}")
-    target = Path(out).expanduser() if out is not None else Path(res).expanduser() / "plots"
-    if target.suffix.lower() in (".png", ".pdf"):
-        paths = save(fig, target.parent, target.stem)
-    else:
-        paths = save(fig, target, figure_name(filters, ys))
+    paths = save(fig, folder, stem or figure_name(filters, ys), *([formats] if formats else []))
     fig.clear()
     stdout.print(f"plot runs ({df['run_id'].nunique()} run(s)): {' '.join(str(p) for p in paths)}", highlight=False,
                  soft_wrap=True)

@@ -1,106 +1,102 @@
-"""``revgn runs --check`` / ``--clean``: find run directories that cannot be trusted, and only those."""
+"""``revgn runs --check`` / ``--clean``: find the run directories that cannot be trusted — and never destroy data.
+
+``--clean`` deletes only provable garbage: the temporary files of interrupted atomic writes and empty run
+directories (``<experiment>/<12 hex digits>/`` with nothing in them). A damaged run (``store.run_state`` says
+``corrupt``) moves whole, unchanged, into ``<results>/.quarantine/<timestamp>/<experiment>/<run_id>``; moving it
+back restores it. Anything the store did not make (a folder of the user's, a file it never writes) is left alone.
+"""
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from revgn_cli.results.loader import config_problem, read_config
-from revgn_cli.results.store import ROW_KEYS, STATUSES, RunDir, StoreError
+from revgn_cli.results.store import (
+    CORRUPT, RUN_ID, STALE, STORE_FILES, RunDir, quarantine, quarantine_root, run_state,
+)
+
+DELETE, QUARANTINE, KEEP = "delete", "quarantine", "keep"  # what --clean does with a flagged path
 
 
 @dataclass
 class Problem:
     path: Path
     reason: str
-    keep: bool = False  # reported only: --clean never deletes it (it may hold a run's data)
+    action: str = KEEP  # DELETE (garbage), QUARANTINE (a damaged run, moved whole) or KEEP (reported only)
+
+    @property
+    def keep(self) -> bool:
+        return self.action == KEEP
 
 
-def _readable_meta(d: Path) -> bool:
-    try:
-        RunDir(d).read_meta()
-    except StoreError:
+def _only_store_files(d: Path) -> bool:
+    """Everything in ``d`` has a name the store writes (a run dir that holds files of the user's is theirs)."""
+    for p in d.iterdir():
+        if p.name in STORE_FILES or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            continue
         return False
-    return (d / "meta.json").is_file()
+    ck = d / "checkpoints"
+    return not ck.exists() or (ck.is_dir() and all(p.suffix in (".pt", ".tmp") for p in ck.iterdir()))
 
 
-def _holds_checkpoint(d: Path) -> bool:
-    return any(p.is_file() for p in d.rglob("*.pt"))
+def _tmp_files(d: Path) -> list[Path]:
+    return sorted(p for p in [*d.glob(".*.tmp"), *d.glob("checkpoints/.*.tmp")] if p.is_file())
 
 
-def _check_run(run: RunDir) -> str | None:
-    """Why this run dir is corrupt, or None when config, meta, rows and status agree."""
-    try:
-        cfg = read_config(run)
-    except StoreError as e:
-        return str(e)
-    problem = config_problem(cfg)
-    if problem:
-        return problem
-    try:
-        meta = run.read_meta()
-    except StoreError as e:
-        return str(e)
-    status = meta.get("status")
-    if status not in STATUSES:
-        return f"meta.json has no valid status ({status!r})"
-    if not run.metrics_path.exists():
-        return None if status in ("running", "failed", "interrupted") else f"status {status} but no metrics.parquet"
-    try:
-        rows = run.read_rows()
-    except StoreError as e:
-        return str(e)
-    missing = [k for k in ROW_KEYS if k not in rows.columns]
-    if missing:
-        return f"metrics.parquet lacks columns {missing}"
-    if status == "done":
-        epochs = cfg.get("train", {}).get("epochs")
-        last = rows.loc[rows["split"] == "epoch", "epoch"].max() if len(rows) else None
-        if epochs is not None and (last is None or int(last) != int(epochs)):
-            return f"status done but the rows end at epoch {last} of {epochs}"
-    if status == "running" and not run.lock().held_elsewhere():
-        return "status running but no process holds it (killed?): `revgn train` with its config resumes it"
-    return None
+def _check_dir(d: Path) -> list[Problem]:
+    run = RunDir(d)
+    if not run.meta_path.exists() and not run.config_path.exists():
+        if not RUN_ID.fullmatch(d.name) or not _only_store_files(d):
+            return [Problem(d, "not a run (no config.yaml, no meta.json; not made by revgn): left alone")]
+        if not any(d.iterdir()):
+            return [Problem(d, "empty run directory (nothing was written)", DELETE)]
+        if run.lock().held_elsewhere():
+            return []  # being created right now
+        return [Problem(d, "damaged run: no config.yaml and no meta.json", QUARANTINE)]
+    st = run_state(run, checkpoints=True)
+    if st.state == "running":
+        return []  # a live process owns it, temporary files included
+    if st.state == CORRUPT:  # its temporary files move with it
+        return [Problem(d, st.reason or "corrupt", QUARANTINE)]
+    out = [Problem(d, f"stale: {st.reason}")] if st.state == STALE else []
+    return out + [Problem(t, "leftover temporary file of an interrupted write", DELETE) for t in _tmp_files(d)]
 
 
 def check_runs(results_dir: str | Path) -> list[Problem]:
-    """Every corrupt run dir, orphaned directory and stale temporary file under ``results_dir``."""
+    """Every corrupt or stale run, and the garbage --clean may delete, under ``results_dir``.
+
+    Only experiment directories that hold at least one run are looked into; the others (``plots/``, a folder of
+    the user's) are not revgn's and are not reported.
+    """
     root = Path(results_dir)
     problems: list[Problem] = []
     if not root.is_dir():
         return problems
     for exp in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if _readable_meta(exp):  # a run one level too high (an old exp_name=.): its files are nobody's orphans
+        if (exp / "meta.json").is_file():  # a run one level too high (an old exp_name=.)
             problems.append(Problem(exp, "a run stored outside <experiment>/<run_id>/; kept — move it into an "
-                                         "experiment directory to use it", keep=True))
+                                         "experiment directory to use it"))
             continue
-        for d in sorted(p for p in exp.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            run = RunDir(d)
-            if not run.meta_path.exists() and not run.config_path.exists():
-                if _holds_checkpoint(d):
-                    problems.append(Problem(d, "no config.yaml or meta.json but holds a checkpoint no run claims; "
-                                               "kept — inspect and delete by hand", keep=True))
-                else:
-                    problems.append(Problem(d, "orphaned directory (no config.yaml, no meta.json)"))
-                continue
-            reason = _check_run(run)
-            if reason:
-                problems.append(Problem(d, reason))
-            for tmp in d.rglob(".*.tmp"):
-                problems.append(Problem(tmp, "leftover temporary file of an interrupted write"))
+        subdirs = sorted(p for p in exp.iterdir() if p.is_dir() and not p.name.startswith("."))
+        ours = [d for d in subdirs if RUN_ID.fullmatch(d.name) or (d / "meta.json").exists()
+                or (d / "config.yaml").exists()]
+        if not ours:
+            continue
+        for d in subdirs:
+            problems += _check_dir(d)
     return problems
 
 
-def clean_runs(problems: list[Problem]) -> int:
-    """Delete exactly the flagged paths (a stale `running` run is resumable, so it is kept, and so is whatever
-    ``check_runs`` marked ``keep``); return how many."""
-    removed = 0
+def clean_runs(problems: list[Problem], results_dir: str | Path) -> tuple[int, list[Path]]:
+    """Delete the garbage, quarantine the damaged runs, leave the rest; return (deleted, quarantined paths)."""
+    deleted, moved = 0, []
+    dest = quarantine_root(results_dir)
     for p in problems:
-        if p.keep or p.reason.startswith("status running but no process"):
-            continue
-        if p.path.is_dir():
-            shutil.rmtree(p.path)
-        else:
-            p.path.unlink(missing_ok=True)
-        removed += 1
-    return removed
+        if p.action == DELETE:
+            if p.path.is_dir():
+                p.path.rmdir()  # empty by construction: rmdir refuses anything else
+            else:
+                p.path.unlink(missing_ok=True)
+            deleted += 1
+        elif p.action == QUARANTINE and p.path.is_dir():
+            moved.append(quarantine(RunDir(p.path), p.reason, dest))
+    return deleted, moved

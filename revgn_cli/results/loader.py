@@ -4,10 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from revgn_cli.config import Config, config_dict, flatten
-from revgn_cli.results.store import CORRUPT, RunDir, StoreError, iter_run_dirs
+from revgn_cli.results.store import CORRUPT, RunDir, StoreError, iter_run_dirs, read_config, run_state
 
 
 class CorruptRunError(StoreError):
@@ -15,19 +13,6 @@ class CorruptRunError(StoreError):
 
 if TYPE_CHECKING:  # imported in load_runs: `revgn runs` lists runs without pandas
     import pandas as pd
-
-
-def read_config(run: RunDir) -> dict[str, Any]:
-    try:
-        # The C loader when libyaml is there: `revgn runs` parses every run's config (≈10× faster than pure Python).
-        cfg = yaml.load(run.config_path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except FileNotFoundError as e:
-        raise StoreError(f"missing {run.config_path}") from e
-    except yaml.YAMLError as e:
-        raise StoreError(f"corrupt {run.config_path}: {str(e).splitlines()[0]}") from e
-    if not isinstance(cfg, dict):
-        raise StoreError(f"corrupt {run.config_path}: not a mapping")
-    return cfg
 
 
 def config_problem(cfg: dict[str, Any]) -> str | None:
@@ -81,19 +66,17 @@ def normalise_filters(filters: dict[str, Any] | None, kw: dict[str, Any]) -> dic
 
 
 def _summary(run: RunDir) -> dict[str, Any]:
-    """The run's flattened config + meta; raises StoreError saying why the run cannot be trusted."""
-    cfg = read_config(run)
-    problem = config_problem(cfg)
-    if problem:
-        raise StoreError(problem)
-    flat = flatten(cfg)
-    meta = run.read_meta()
-    status = meta.get("status", "unknown")
-    if status in ("done", "diverged") and not run.rows_readable():
-        raise StoreError(f"status {status} but {run.metrics_path.name} is "
-                         f"{'missing' if not run.metrics_path.exists() else 'unreadable or empty'}")
-    flat.update({"run_id": run.run_id, "experiment": run.experiment, "path": str(run.path), "status": status})
+    """The run's flattened config + meta + state (``store.run_state``); raises StoreError saying why the run
+    cannot be trusted."""
+    st = run_state(run)
+    if st.state == CORRUPT:
+        raise StoreError(st.reason or "corrupt")
+    flat = flatten(st.config if st.config is not None else read_config(run))
+    meta = st.meta or {}
+    flat.update({"run_id": run.run_id, "experiment": run.experiment, "path": str(run.path), "status": st.state})
     flat.update({f"meta.{k}": v for k, v in meta.items() if k != "status"})
+    if st.reason:
+        flat["error"] = st.reason
     return flat
 
 
@@ -131,18 +114,25 @@ def run_summaries(results_dir: str | Path, filters: dict[str, Any] | None = None
 
 
 def query_runs(results_dir: str | Path, filters: dict[str, Any] | None = None, *, strict: bool = True,
-               include_broken: bool = False) -> list[dict[str, Any]]:
+               include_broken: bool = False, require_match: bool = False) -> list[dict[str, Any]]:
     """``run_summaries`` that refuses a query which cannot mean what it says (``strict``): a results path that is
-    missing or a file, a filter key no run has (with the closest valid key), a value the key's type cannot take."""
-    from revgn_cli.results.query import check_filters, check_results_dir
+    missing or a file, a filter key no run has (with the closest valid key), a value the key's type cannot take;
+    with ``require_match``, filters that select no run (naming the values that exist)."""
+    from revgn_cli.results.query import check_filters, check_results_dir, no_match_error
 
     if not strict:
         return run_summaries(results_dir, filters, include_broken=include_broken)
     check_results_dir(results_dir)
     every = run_summaries(results_dir, None, include_broken=include_broken)
     check_filters(every, filters or {}, flatten(config_dict(Config())))
-    # As run_summaries filters: a corrupt run is matched on the keys it has.
-    return [s for s in every if _matches(s, filters or {}, partial=s["status"] == CORRUPT)]
+
+    def matches(s: dict[str, Any], flt: dict[str, Any]) -> bool:  # a corrupt run: matched on the keys it has
+        return _matches(s, flt, partial=s["status"] == CORRUPT)
+
+    hits = [s for s in every if matches(s, filters or {})]
+    if require_match and filters and every and not hits:
+        raise no_match_error(every, filters, matches)
+    return hits
 
 
 def corrupt_error(summ: dict[str, Any], results_dir: str | Path) -> CorruptRunError:

@@ -121,3 +121,23 @@ def differing_keys(summaries: list[dict[str, Any]], ignore: Iterable[str] = ()) 
     keys = sorted({k for s in summaries for k in s if k not in skip and not k.startswith("meta.")})
     return [k for k in keys
             if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in summaries}) > 1]
+
+
+def no_match_error(summaries: list[dict[str, Any]], filters: dict[str, Any], matches: Any) -> QueryError:
+    """Why ``filters`` select no run, naming the values that exist (``exp_name=nosuch`` → "exp_name has: a, b").
+
+    Args:
+        summaries: every run's summary (unfiltered); filters: key → wanted value(s);
+        matches: ``(summary, {key: want}) -> bool``, the filter rule of the caller.
+    """
+    for key, want in filters.items():
+        if not any(matches(s, {key: want}) for s in summaries):
+            have = sorted({str(s.get(key)) for s in summaries}, key=str)
+            shown = ", ".join(have[:8]) + (f" … ({len(have)} values)" if len(have) > 8 else "")
+            wanted = ",".join(map(str, want)) if isinstance(want, (list, tuple, set)) else want
+            return QueryError(f"no run has {key}={wanted}; {key} has: {shown} "
+                              f"({len(summaries)} run(s) in all)")
+    spec = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple, set)) else v}"
+                    for k, v in filters.items())
+    return QueryError(f"no run matches all of {spec} (each matches some of the {len(summaries)} run(s); "
+                      "`revgn runs` without filters lists them)")

@@ -17,9 +17,15 @@ from revgn_cli.results.query import QueryError, differing_keys, unknown_key_erro
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 DEFAULT_METRICS = ("train_loss", "test_loss", "test_acc")
 # Never a "varying" column: where output goes / how it is shown, per-run bookkeeping, or shown already.
-NOT_VARYING = ("results_dir", "device", "dataset.root", "exp_name", "run_id", "status", "path", "epochs", "wall_s")
+NOT_VARYING = ("results_dir", "device", "dataset.root", "exp_name", "run_id", "status", "path", "epochs", "wall_s",
+               "error")  # a corrupt or stale run's reason: printed under the table, whole
 # Varying keys shown first (the ones a reader scans for); the rest follow alphabetically.
 PRIORITY = ("experiment", "seed", "optimizer.name", "optimizer.lr", "dataset.name", "regime.name", "model.init_std")
+# Which varying keys to keep when not all fit, most telling first: the settings that make runs different
+# experiments before the seed, which only tells replicates of one setting apart (a GN and an Adam row must not
+# look alike at 80 columns); keys not named here come between, alphabetically.
+TELLING = ("optimizer.name", "optimizer.lr", "experiment", "dataset.name", "regime.name", "model.init_std")
+LEAST_TELLING = ("seed",)
 MAX_AUTO = 4  # varying columns in the table at most (csv/json get them all): the table must fit 80 columns
 SHORT_ID = 8  # run-id characters shown in the table (unique enough; csv/json and `runs show` have the full id)
 FORMATS = ("table", "csv", "json")
@@ -51,6 +57,15 @@ def varying_keys(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(vary, key=lambda k: (PRIORITY.index(k) if k in PRIORITY else len(PRIORITY), k))
 
 
+def by_telling(keys: Iterable[str]) -> list[str]:
+    """``keys`` ordered most telling first (``TELLING``, the rest alphabetically, ``LEAST_TELLING`` last)."""
+    def rank(k: str) -> tuple:
+        if k in TELLING:
+            return (0, TELLING.index(k), k)
+        return (2, LEAST_TELLING.index(k), k) if k in LEAST_TELLING else (1, 0, k)
+    return sorted(keys, key=rank)
+
+
 def known_columns(rows: list[dict[str, Any]]) -> set[str]:
     return {k for r in rows for k in r if not k.startswith("meta.")} | set(METRICS) | {"epochs", "wall_s"}
 
@@ -70,7 +85,8 @@ def default_columns(rows: list[dict[str, Any]], *, cap: int | None = MAX_AUTO,
     """(columns, varying keys left out by ``cap``): run id, status, epochs, the varying keys, the keys the listing
     was filtered on (``optimizer.name=adam`` shows the optimizer even if every listed run has it), metrics."""
     vary = varying_keys(rows)
-    shown, hidden = (vary, []) if cap is None else (vary[:cap], vary[cap:])
+    keep = set(by_telling(vary)[:cap] if cap is not None else vary)
+    shown, hidden = [k for k in vary if k in keep], [k for k in by_telling(vary) if k not in keep]
     shown += [k for k in filtered if k not in shown and k not in NOT_VARYING]
     return ["run_id", "status", "epochs", *shown, *DEFAULT_METRICS], hidden
 
@@ -156,7 +172,8 @@ def table_width(rows: list[dict[str, Any]], columns: list[str], wrap_header: boo
 
 
 def fit(rows: list[dict[str, Any]], columns: list[str], droppable: list[str], width: int) -> tuple[list[str], list[str]]:
-    """Drop ``droppable`` columns, last first, until the table fits ``width`` (3 characters between columns).
+    """Drop ``droppable`` columns, last first (pass them ``by_telling``), until the table fits ``width`` (3
+    characters between columns).
 
     Returns (columns kept, columns dropped), so the caption can name what was left out.
     """

@@ -55,7 +55,8 @@ def show_run(summary: dict[str, Any], config_yaml: str) -> RenderableType:
              ("status", status_text(summary.get("status"))), ("epochs", summary.get("epochs")),
              ("wall s", summary.get("wall_s")), ("error", summary.get("meta.error") or summary.get("error")),
              ("started", summary.get("meta.started")), ("finished", summary.get("meta.finished")),
-             ("device", summary.get("meta.device")), ("git commit", summary.get("meta.git_commit"))]
+             ("device", summary.get("meta.device")), ("git commit", summary.get("meta.git_commit")),
+             ("slurm job", summary.get("meta.slurm_job")), ("slurm requeues", summary.get("meta.slurm_restarts"))]
     items += [(m.replace("_", " "), summary.get(m)) for m in METRICS]
     items += [("run dir", path), ("config", f"{path}/config.yaml"), ("metrics", f"{path}/metrics.parquet"),
               ("meta", f"{path}/meta.json"), ("checkpoint", f"{path}/checkpoints/last.pt")]

@@ -2,7 +2,8 @@
 
 ``train_run`` trains the run described by a ``Config`` into its ``RunDir``: it resumes from the last checkpoint
 when there is one, logs one row per update (``split="step"``) and one per evaluation (``split="epoch"``, epoch 0 =
-at init), checkpoints every ``train.checkpoint_every`` epochs and on SIGINT/SIGTERM, and stops a diverging run.
+at init), checkpoints every ``train.checkpoint_every`` epochs and on a stop signal (SIGINT/SIGTERM/SIGUSR2), and
+stops a diverging run.
 """
 from __future__ import annotations
 
@@ -47,7 +48,12 @@ class NullReporter:
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was written at the last update boundary."""
+    """A stop signal arrived; a checkpoint was written at the last update boundary. ``signum`` says which (a sweep
+    job on SLURM hands SIGTERM and SIGUSR2 back to the cluster to be requeued, revgn_cli.cluster.job)."""
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class Diverged(Exception):
@@ -181,13 +187,17 @@ def _onehot(y: Tensor, c: int, dtype: torch.dtype) -> Tensor:
     return torch.nn.functional.one_hot(y, c).to(dtype)
 
 
+# What stops a run at its next update boundary, with a checkpoint: Ctrl-C, `kill`/`scancel`/`scontrol requeue`
+# (SIGTERM), and SIGUSR2, which SLURM sends before a job's time limit (submitit's `--signal=USR2@signal_delay_s`).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
 # Signals a sweep job caught before its loop started (revgn_cli.sweep_app's handler appends here): the loop then
 # stops at its first update boundary instead of training the whole run.
 PENDING_SIGNALS: list[int] = []
 
 
 class _SignalFlag:
-    """SIGINT/SIGTERM set a flag the loop checks at each update boundary (a second SIGINT interrupts at once)."""
+    """STOP_SIGNALS set a flag the loop checks at each update boundary (a second SIGINT interrupts at once)."""
 
     def __init__(self) -> None:
         self.hit: int | None = PENDING_SIGNALS[0] if PENDING_SIGNALS else None
@@ -199,7 +209,7 @@ class _SignalFlag:
         self.hit = signum
 
     def __enter__(self) -> "_SignalFlag":
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in STOP_SIGNALS:
             try:
                 self._old[s] = signal.signal(s, self._handler)
             except ValueError:  # not the main thread (e.g. a joblib worker thread): leave signals alone
@@ -428,7 +438,7 @@ class _Run:
             self.check_divergence(self.update(order[bi], bi, len(order)))
             if sig.hit is not None:
                 self.save()
-                raise Interrupted(f"signal {sig.hit} at step {st.step}")
+                raise Interrupted(f"signal {sig.hit} at step {st.step}", sig.hit)
         st.epoch += 1
         st.rows.append(self.eval_row(st.epoch))
         st.batch, st.running_sum, st.running_n = 0, 0.0, 0
@@ -464,7 +474,7 @@ def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, rep
               resume: bool = True) -> tuple[str, TrainState]:
     """Train ``cfg`` into ``run``; return (status, final state) with status ``done`` or ``diverged``.
 
-    Raises ``Interrupted`` after checkpointing on SIGINT/SIGTERM; any other exception propagates (the caller
+    Raises ``Interrupted`` after checkpointing on a stop signal; any other exception propagates (the caller
     marks the run ``failed``; its last checkpoint stays for a resume).
     """
     r = _Run(cfg, run, device, td, reporter or NullReporter(), resume)

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from revgn_cli.config import Config, config_dict, run_id
-from revgn_cli.results.store import CORRUPT, RunDir, check_writable
+from revgn_cli.results.store import CORRUPT, RunDir, check_writable, quarantine, run_state
 from revgn_cli.train.loop import Interrupted, Reporter, load_checkpoint_file, prepare_data, train_run
 from revgn_cli.train.runtime import resolve_device
 
@@ -36,6 +36,7 @@ class RunOutcome:
     final: dict[str, Any] | None = None
     prior: str | None = None  # when skipped: the status it had finished with (done | diverged)
     error: str | None = None  # meta.json's reason (a diverged run's)
+    quarantined: Path | None = None  # where the damaged files of a corrupt run went before it trained again
 
 
 def git_commit() -> str | None:
@@ -60,20 +61,23 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
     check_writable(cfg.results_dir)
     device = resolve_device(cfg.device)  # fail fast, before touching the run dir
     run = run_dir_for(cfg)
-    meta = run.read_meta()
-    if run.status() in FINISHED and not force:  # finished is final: no lock or data needed to skip
-        return _skipped(run, meta)
+    st = run_state(run, checkpoints=True) if run.path.is_dir() else None
+    if st and st.state in FINISHED and not force:  # finished is final: no lock or data needed to skip
+        return _skipped(run, st.meta or {})
     td = prepare_data(cfg, device)  # bad data or sizes fail here, before anything is written
     if cfg.train.init_from and not run.ckpt_path.exists():
         load_checkpoint_file(cfg.train.init_from)  # not a checkpoint: one line, before anything is written
     with run.lock():
-        meta = run.read_meta()  # again, under the lock: another job may have finished it meanwhile
-        status = run.status()
-        if status in FINISHED and not force:
-            return _skipped(run, meta)
-        # Finished once but its rows are gone or unreadable: not done, and its end-of-run checkpoint would only
-        # resume to an empty table, so it trains again from the start.
-        force = force or status == CORRUPT
+        # Again, under the lock: another job may have finished it meanwhile.
+        st = run_state(run, checkpoints=True, own_lock=True) if run.path.is_dir() else None
+        if st and st.state in FINISHED and not force:
+            return _skipped(run, st.meta or {})
+        moved = None
+        if st and st.state == CORRUPT and any(run.path.iterdir()):
+            # Damaged files (unreadable config/meta/rows, rows cut short, a checkpoint that does not load) are
+            # never resumed from nor deleted: they move whole to <results>/.quarantine/ and the run trains anew.
+            moved = quarantine(run, st.reason or CORRUPT)
+        meta = run.read_meta()
         if force:
             for p in (run.ckpt_dir, run.metrics_path):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -86,7 +90,7 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
                        device=str(device), torch=torch.__version__, python=platform.python_version(),
                        host=platform.node(), pid=os.getpid(), git_commit=git_commit(),
                        started=meta.get("started", _now()), resumed=resumed or meta.get("resumed", False),
-                       error=None)
+                       error=None, **_slurm_meta(meta))
         t0 = time.time()
         prior_wall = float(meta.get("wall_s", 0.0) or 0.0)
         try:
@@ -101,7 +105,19 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
         final = summarise(st.rows)
         run.write_meta(status=final_status, finished=_now(), wall_s=prior_wall + time.time() - t0,
                        epochs_done=st.epoch, steps_done=st.step, final=final, error=st.diverged)
-        return RunOutcome(run.run_id, run.path, final_status, resumed=resumed, final=final, error=st.diverged)
+        return RunOutcome(run.run_id, run.path, final_status, resumed=resumed, final=final, error=st.diverged,
+                          quarantined=moved)
+
+
+def _slurm_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The SLURM job training the run and how often SLURM requeued it (``revgn runs show``); a run resumed
+    outside SLURM drops the stale id."""
+    from revgn_cli.cluster.job import slurm_job_id, slurm_restarts
+
+    job = slurm_job_id()
+    if job is None:
+        return {"slurm_job": None, "slurm_restarts": None} if meta.get("slurm_job") else {}
+    return {"slurm_job": job, "slurm_restarts": slurm_restarts()}
 
 
 def _skipped(run: RunDir, meta: dict[str, Any]) -> RunOutcome:

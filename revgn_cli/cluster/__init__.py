@@ -1,0 +1,1 @@
+"""Sweeps on a SLURM cluster: the job side (``job``) and the submitting side (``launcher``)."""
