@@ -3,7 +3,7 @@
 The dataclasses below are registered in Hydra's ConfigStore as the schema of ``conf/config.yaml``; every group
 option in ``conf/`` is merged into them, so an unknown key or a wrong type in a preset or an override is an error,
 never a silent default. ``compose_config`` is the Compose-API entry used by ``revgn train``; ``revgn sweep`` enters
-through ``revgn_cli.sweep_app`` (a real ``@hydra.main`` app, so launchers work — DESIGN §8).
+through ``revgn_cli.sweep_app`` (a real ``@hydra.main`` app, so launchers work — docs/design.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``@hydra.main`` application behind ``revgn sweep`` (DESIGN §8: multirun and launchers need it).
+"""The ``@hydra.main`` application behind ``revgn sweep`` (docs/design.md: multirun and launchers need it).
 
 Run as ``python -m revgn_cli.sweep_app --multirun OVERRIDES...``. Each job composes its config, runs it through
 ``execute`` (so finished runs are skipped and unfinished ones resume), and never raises: a failure is recorded in

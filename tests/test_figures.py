@@ -22,7 +22,7 @@ from revgn_cli.results import RunDir
 from revgn_cli.sweep import expand
 
 runner = CliRunner()
-DESIGN_FIGURES = [f"fig{i}" for i in range(1, 16)]  # DESIGN.md §5
+DESIGN_FIGURES = [f"fig{i}" for i in range(1, 16)]  # the paper's figures, in page order
 PRESETS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 
 # ---------------------------------------------------------------------------------------------------------------

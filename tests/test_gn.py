@@ -1,6 +1,6 @@
-"""The exact GN engine (DESIGN §2): right-inverse property, minimum norm, pseudoinverse strategies, optimisers.
+"""The exact GN engine (docs/gn.md): right-inverse property, minimum norm, pseudoinverse strategies, optimisers.
 
-Every exactness test runs in float64 with regularizer=none and every Σ of full row rank, as DESIGN §2 requires.
+Every exactness test runs in float64 with regularizer=none and every Σ of full row rank, as docs/gn.md requires.
 Tests marked `kernels` (exactness, parity with gn_naive, the pseudoinverse filters, a short training run) are run
 again by `make test-kernels` under the AVX2 and the MKL_CBWR=COMPATIBLE kernels: they must not depend on one CPU's
 rounding.

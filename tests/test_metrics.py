@@ -1,4 +1,4 @@
-"""Diagnostics (DESIGN §4, §6): each metric against a float64 naive reference on tiny inputs, plus invariances."""
+"""Diagnostics (docs/results.md, docs/studies.md): each metric against a float64 naive reference on tiny inputs, plus invariances."""
 from __future__ import annotations
 
 import io

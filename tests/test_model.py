@@ -1,4 +1,4 @@
-"""RevMLP (DESIGN §1): exact inverse, parameter layout, the linear-in-θ structure GN relies on."""
+"""RevMLP (docs/design.md): exact inverse, parameter layout, the linear-in-θ structure GN relies on."""
 from __future__ import annotations
 
 import pytest
@@ -42,8 +42,8 @@ def test_block_outputs_and_logits_consistent():
 def test_parameter_layout_and_count():
     """trainable() = [F.weight, F.bias, G.weight, G.bias] per block: 2 half-layers × L × (h·d/2 + d/2) numbers.
 
-    (DESIGN §1 writes 4·L·(h·d/2 + d/2), but its own paper sizes — 12.5M for MNIST, 147.5M for CIFAR-10 — are
-    L·d·(h+1), which is what the model has.)
+    (4·L·(h·d/2 + d/2) would count twice that; the paper's sizes — 12.5M for MNIST, 147.5M for CIFAR-10 — are
+    L·d·(h+1), which is what the model has: docs/design.md.)
     """
     d, L, h = 12, 3, 7
     m = RevMLP(d, L, h)
@@ -72,7 +72,7 @@ def test_readout_orthonormal_and_init():
 
 
 def test_half_layer_is_linear_in_its_parameters():
-    """F(z) = Σ(z) W̃ with Σ = [σ(zC), 1]: the structure that makes GN tractable (DESIGN §1)."""
+    """F(z) = Σ(z) W̃ with Σ = [σ(zC), 1]: the structure that makes GN tractable (docs/design.md)."""
     m = _model(8, 2, 16, linear=True)
     z = torch.randn(5, 4, dtype=torch.float64)
     for hl, linear in ((m.blocks[0].F, True), (m.blocks[1].G, False)):

@@ -17,7 +17,7 @@ import torch
 
 from .base import DataError, Dataset, fetch_hint
 
-MEAN = (0.4914, 0.4822, 0.4465)  # DESIGN §3, per channel
+MEAN = (0.4914, 0.4822, 0.4465)  # docs/configuration.md#data, per channel
 STD = (0.2470, 0.2435, 0.2616)
 ARCHIVE = "cifar-10-python.tar.gz"
 BATCH_DIR = "cifar-10-batches-py"

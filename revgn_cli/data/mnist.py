@@ -9,7 +9,7 @@ import torch
 from .base import DataError, Dataset, fetch_hint
 from .idx import read_idx
 
-MEAN, STD = 0.1307, 0.3081  # DESIGN §3
+MEAN, STD = 0.1307, 0.3081  # docs/configuration.md#data
 FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",

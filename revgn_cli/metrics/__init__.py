@@ -1,4 +1,5 @@
-"""Training-dynamics diagnostics (DESIGN §4, §6): pure functions plus the ``DiagnosticsTracker`` that logs them."""
+"""Training-dynamics diagnostics (columns: docs/results.md; studies: docs/studies.md): pure functions plus the
+``DiagnosticsTracker`` that logs them."""
 from revgn_cli.metrics.cka import CKAReference, cka_prepared, linear_cka, prepare_cka
 from revgn_cli.metrics.function_space import (
     disagreement,

@@ -1,4 +1,4 @@
-"""Linear centred kernel alignment (CKA) between two representations of the same n inputs (DESIGN §4).
+"""Linear centred kernel alignment (CKA) between two representations of the same n inputs (docs/results.md).
 
 Kornblith, Norouzi, Lee & Hinton 2019, "Similarity of Neural Network Representations Revisited" (ICML):
     CKA(X, Y) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)),  K = X Xᵀ, L = Y Yᵀ (linear kernels).

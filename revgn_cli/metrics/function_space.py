@@ -1,4 +1,4 @@
-"""Function-space comparison of two trained models (DESIGN §6; Fort et al. 2020, NeurIPS, "Deep learning versus
+"""Function-space comparison of two trained models (docs/studies.md; Fort et al. 2020, NeurIPS, "Deep learning versus
 kernel learning", parent/child spawning experiments)."""
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def interpolate_params(params_a: Sequence[Tensor], params_b: Sequence[Tensor], a
 
 
 def error_barrier(errors_along_path: Sequence[float]) -> float:
-    """max_α err(α) − (err(0) + err(1))/2 (DESIGN §6) on an α grid whose first/last entries are α = 0 and α = 1.
+    """max_α err(α) − (err(0) + err(1))/2 (docs/studies.md) on an α grid whose first/last entries are α = 0 and α = 1.
 
     Errors in any unit (fraction or %) — the barrier has the same unit. ≥ 0 by construction (the max includes the
     endpoints); NaN if any entry is NaN.

@@ -1,4 +1,4 @@
-"""Relative loss change on the batch just used for an update (DESIGN §4, paper Fig. 3)."""
+"""Relative loss change on the batch just used for an update (docs/results.md, paper Fig. 3)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Empirical neural tangent kernel on logits and kernel-similarity measures (DESIGN §4).
+"""Empirical neural tangent kernel on logits and kernel-similarity measures (docs/results.md).
 
 Θ = J Jᵀ ∈ ℝ^{PC×PC}, J = ∂vec(Z)/∂θ with Z = f(x; θ) ∈ ℝ^{P×C} the logits and θ the trained parameters (every
 ``nn.Parameter`` of the model). Rows/columns are ordered sample-major: index ``i*C + c`` is (sample i, class c),
@@ -9,7 +9,7 @@ Two implementations, both with ``torch.func`` and no Python loop over parameters
 * ``method="jacobian"`` (generic, any module): per-sample ``vmap(jacrev)`` of ``functional_call`` over all
   parameters, J flattened to (PC)×|θ|, Θ = J Jᵀ. Memory P·C·|θ| — for small models and as the reference.
 * ``method="structured"`` (RevMLP only, the default for it): every half-layer's output is Σ(z) W̃ with
-  Σ = [σ(zC), 1] (DESIGN §1), so the logit Jacobian wrt its W̃ = [Wᵀ; bᵀ] for sample i, class c is the outer
+  Σ = [σ(zC), 1] (docs/design.md), so the logit Jacobian wrt its W̃ = [Wᵀ; bᵀ] for sample i, class c is the outer
   product g_ic ⊗ Σ_i, where g_ic = ∂Z_ic/∂(half-layer output_i) = ∂Z_ic/∂b. Hence, exactly,
       Θ[(i,c),(j,c')] = Σ_half-layers ⟨g_ic, g_jc'⟩ · (⟨σ_i, σ_j⟩ + 1).
   g comes from one ``jacrev`` of the C batch-summed logits wrt per-sample bias matrices (one batched forward, C
@@ -100,7 +100,7 @@ def _ntk_structured(model: nn.Module, x: Tensor) -> Tensor:
         return (z @ maps[k] if maps[k] is not None else sig @ hl.weight.T) + bias
 
     def summed_logits(bs: tuple[Tensor, ...]) -> tuple[Tensor, list[Tensor]]:
-        # The coupling forward (DESIGN §1) with a *per-sample* bias matrix b_hl ∈ ℝ^{P×d/2} for every half-layer:
+        # The coupling forward (docs/design.md) with a *per-sample* bias matrix b_hl ∈ ℝ^{P×d/2} for every half-layer:
         # samples are independent, so ∂(Σ_i Z_ic)/∂b_hl[i] = ∂Z_ic/∂(output of hl at sample i) = g_ic.
         h, sigmas = x, []
         for k, blk in enumerate(model.blocks):  # loop over blocks (layers), not parameters

@@ -1,4 +1,4 @@
-"""Training-dynamics diagnostics logged into the metrics rows (DESIGN §4): NTK similarity/velocity on a fixed probe
+"""Training-dynamics diagnostics logged into the metrics rows (docs/results.md): NTK similarity/velocity on a fixed probe
 set, per-block CKA to initialisation, per-half-layer weight similarity to initialisation."""
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ class DiagnosticsTracker:
 
     Args:
         model: a RevMLP (``block_outputs``, ``half_layers``); the probe tensors are moved to its device and dtype.
-        probe_x: [P, d] NTK probe inputs (DESIGN default P = 100 training samples) → Θ ∈ ℝ^{PC×PC}.
-        cka_x: [Q, d] CKA inputs (DESIGN default Q = 1024 fixed training samples).
+        probe_x: [P, d] NTK probe inputs (default P = 100 training samples) → Θ ∈ ℝ^{PC×PC}.
+        cka_x: [Q, d] CKA inputs (default Q = 1024 fixed training samples).
         ntk / cka / weights: switch the three groups off (their columns are then absent from the row).
         cka: "linear" (biased centred-Gram HSIC) or "debiased" (Song et al. 2012's unbiased HSIC, Q ≥ 4).
         probe_seed: seed of the fixed Gaussian probe vector u ∈ ℝ^{PC} of ``ntk_probe_sim``.

@@ -1,7 +1,7 @@
-"""Weight-space similarity to initialisation per half-layer (DESIGN §4, paper appendix figure 9).
+"""Weight-space similarity to initialisation per half-layer (docs/results.md, paper appendix figure 9).
 
 Only the weight matrix W ∈ ℝ^{(d/2)×h} of each half-layer is compared; the bias is excluded because it starts at
-exactly 0 (DESIGN §1), so its cosine to init is undefined and its norm ratio infinite.
+exactly 0 (docs/design.md), so its cosine to init is undefined and its norm ratio infinite.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reversible MLP (DESIGN §1): additive coupling blocks whose trained weights enter linearly.
+"""Reversible MLP (docs/design.md): additive coupling blocks whose trained weights enter linearly.
 
 Shapes: x ∈ ℝ^{n×d}, halves A = x[:, :d/2], B = x[:, d/2:]. Each half-layer is
     F(z) = σ(z C) Wᵀ + b,   C ∈ ℝ^{(d/2)×h} fixed (N(0, 1/h)),  W ∈ ℝ^{(d/2)×h},  b ∈ ℝ^{d/2},
@@ -111,7 +111,7 @@ class CouplingBlock(nn.Module):
 
 
 class RevMLP(nn.Module):
-    """Reversible MLP with a fixed orthonormal read-out U (DESIGN §1).
+    """Reversible MLP with a fixed orthonormal read-out U (docs/design.md).
 
     Args:
         d_in: input dimension d (even); no input projection.

@@ -1,4 +1,4 @@
-"""Optimisers: the exact Gauss-Newton engine (DESIGN §2), damped inexact GN (GGN-CG, K-FAC) and the Adam/SGD
+"""Optimisers: the exact Gauss-Newton engine (docs/gn.md), damped inexact GN (GGN-CG, K-FAC) and the Adam/SGD
 baselines behind one interface.
 
 Every optimiser has `.step(x, t_onehot) -> float` (the pre-update mean batch loss), `.stats` (cumulative float

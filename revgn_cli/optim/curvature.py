@@ -12,7 +12,7 @@ identity either way.
 
 K-FAC needs nn.Linear layers to hook: a RevMLP half-layer computes σ(zC) Wᵀ + b with bare parameters, so
 ``KFACView`` replays the network with one nn.Linear per half-layer that *shares* W and b (the same Parameter
-objects). K-FAC then sees each half-layer's input Σ = [σ(zC), 1] (the joint weight-and-bias block, DESIGN §1) and
+objects). K-FAC then sees each half-layer's input Σ = [σ(zC), 1] (the joint weight-and-bias block, docs/design.md) and
 the gradient at its output: per half-layer, G ≈ A ⊗ B with A = ΣᵀΣ/n and B = (1/n) Σ_i J_{o,i}ᵀ H_i J_{o,i}.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The exact Gauss-Newton step on a RevMLP (DESIGN §2; paper §4, Thm 4.3 and Alg. 1).
+"""The exact Gauss-Newton step on a RevMLP (docs/gn.md; paper §4, Thm 4.3 and Alg. 1).
 
 Per batch (X, T):
  1. Z = f(X) without an autograd graph, loss ℓ = CE(Z, T).
@@ -171,7 +171,7 @@ def _half_layer_jvp(hl: HalfLayer, feats: Tensor | None, dz: Tensor) -> Tensor:
 def _solve_block(
     blk: CouplingBlock, t: Tensor, acts: tuple, reg: Regularizer, **kw: Any
 ) -> tuple[Tensor, Tensor]:
-    """(ΔW̃_F, ΔW̃_G) ∈ ℝ^{(h+1)×(d/2)} each, for the block target t = [t₁, t₂] (DESIGN §2 step 5)."""
+    """(ΔW̃_F, ΔW̃_G) ∈ ℝ^{(h+1)×(d/2)} each, for the block target t = [t₁, t₂] (docs/gn.md, Math step 5)."""
     b, feat_f, y1, feat_g = acts
     w = blk.half
     t1, t2 = t[:, :w], t[:, w:]
@@ -278,7 +278,7 @@ class GaussNewton:
 
     weight_decay: None → regularizer.weight_decay if regularizer.name == "weight_decay", else 0; a number
     overrides that for any regulariser. It decays every trained tensor (weights and biases), as − α λ θ in
-    DESIGN §2. solver: "auto" | "eigh", see gn_direction.
+    docs/gn.md. solver: "auto" | "eigh", see gn_direction.
     seed: seeds the host generator of the `noise` regulariser's draws (its state is in state_dict, so a resumed
     run draws what the uninterrupted one would); None: torch's global RNG. Other regularisers draw nothing.
     """

@@ -1,4 +1,4 @@
-"""Iterative linearisation (DESIGN §6; Goldwaser & Ge, arXiv 2211.12345): train the first-order Taylor model
+"""Iterative linearisation (docs/studies.md; Goldwaser & Ge, arXiv 2211.12345): train the first-order Taylor model
 
     f_lin(x; θ) = f(x; θ_s) + J(x; θ_s)(θ − θ_s)
 

@@ -1,4 +1,4 @@
-"""Batch losses and the GN output residual ε_Z (DESIGN §2, steps 1-2).
+"""Batch losses and the GN output residual ε_Z (docs/gn.md, Math steps 1-2).
 
 Shapes: logits Z ∈ ℝ^{n×C}, one-hot (or any row-stochastic) targets T ∈ ℝ^{n×C}.
 Both losses are means over the batch of a per-sample loss whose gradient w.r.t. z is the identity-Hessian residual:

@@ -1,4 +1,4 @@
-"""Reference GN direction from the full feature Jacobian (DESIGN §2 'Reference'). Small nets only.
+"""Reference GN direction from the full feature Jacobian (docs/gn.md, 'Math'). Small nets only.
 
 Δθ = J_X⁺ ε with J_X = ∂vec(X_L)/∂θ ∈ ℝ^{(n·d)×|θ|} (torch.func.jacrev) and ε = ε_Z Uᵀ, solved in float64 as the
 minimum-norm least-squares solution. This is the features' Jacobian, not the logits': J_Z⁺ ε_Z is a different,

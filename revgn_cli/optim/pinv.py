@@ -1,4 +1,4 @@
-"""Regularised pseudoinverses Σ⁺ for the per-half-layer GN solves (DESIGN §2, step 5).
+"""Regularised pseudoinverses Σ⁺ for the per-half-layer GN solves (docs/gn.md, Math step 5).
 
 Every half-layer solve is ΔW̃ = Σ⁺ t with Σ = [φ, 1] ∈ ℝ^{n×(h+1)} (φ = σ(zC), the features) and t ∈ ℝ^{n×k}.
 All strategies are *spectral filters*: with the SVD Σ = P S Qᵀ they return ΔW̃ = Σᵀ P f(S²) Pᵀ t
@@ -47,7 +47,7 @@ FALLBACK_COUNTER = "gn_solver_fallbacks"
 
 @dataclass(frozen=True)
 class Regularizer:
-    """Which pseudoinverse the GN solves use, and its knobs (DESIGN §2 'Pseudoinverse').
+    """Which pseudoinverse the GN solves use, and its knobs (docs/gn.md, 'Pseudoinverses').
 
     name: none | truncation | damping | noise | weight_decay.
     rtol, atol: truncation thresholds on singular values (s < rtol·s_max or s < atol are dropped); also used by

@@ -62,3 +62,19 @@ def fits_schema(cfg: dict[str, Any], fields: dict[str, Any] | None = None) -> bo
         elif not _value_fits(f, v):
             return False
     return True
+
+
+def config_problem(cfg: dict[str, Any]) -> str | None:
+    """Why a stored config does not fit the schema (unknown key, wrong type), or None."""
+    if fits_schema(cfg):  # the common case, without building an OmegaConf node per run
+        return None
+    from omegaconf import OmegaConf
+
+    from revgn_cli.config import Config
+
+    try:
+        OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    except Exception as e:  # omegaconf's validation errors
+        key = getattr(e, "full_key", None)
+        return f"config.yaml does not match the schema{f' at {key}' if key else ''}: {str(e).splitlines()[0]}"
+    return None

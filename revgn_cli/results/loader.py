@@ -15,24 +15,6 @@ if TYPE_CHECKING:  # imported in load_runs: `revgn runs` lists runs without pand
     import pandas as pd
 
 
-def config_problem(cfg: dict[str, Any]) -> str | None:
-    """Why a stored config does not fit the schema (unknown key, wrong type), or None."""
-    from revgn_cli.results.fastcheck import fits_schema
-
-    if fits_schema(cfg):  # the common case, without building an OmegaConf node per run
-        return None
-    from omegaconf import OmegaConf
-
-    from revgn_cli.config import Config
-
-    try:
-        OmegaConf.merge(OmegaConf.structured(Config), cfg)
-    except Exception as e:  # omegaconf's validation errors
-        key = getattr(e, "full_key", None)
-        return f"config.yaml does not match the schema{f' at {key}' if key else ''}: {str(e).splitlines()[0]}"
-    return None
-
-
 def _matches(flat: dict[str, Any], filters: dict[str, Any], *, partial: bool = False) -> bool:
     """Every filter holds; with ``partial`` (a corrupt run, whose config may be unreadable) keys it lacks pass."""
     for key, want in filters.items():

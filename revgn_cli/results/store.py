@@ -1,4 +1,4 @@
-"""One run's directory on disk: ``results/<experiment>/<run_id>/`` (DESIGN §7).
+"""One run's directory on disk: ``results/<experiment>/<run_id>/`` (docs/results.md).
 
 Files: ``config.yaml`` (resolved config), ``metrics.parquet`` (wide rows, see ``ROW_KEYS``), ``meta.json``
 (status and provenance), ``checkpoints/last.pt``; ``<experiment>/.<run_id>.lock`` is held while a process trains it. Every write goes
@@ -306,7 +306,7 @@ def run_state(run: RunDir, *, checkpoints: bool = False, own_lock: bool = False)
         cfg = read_config(run)
     except StoreError as e:
         return RunState("running", meta=meta) if held() else RunState(CORRUPT, str(e), meta)
-    from revgn_cli.results.loader import config_problem
+    from revgn_cli.results.fastcheck import config_problem
 
     problem = config_problem(cfg)
     if problem:

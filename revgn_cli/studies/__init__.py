@@ -1,4 +1,4 @@
-"""Beyond-the-paper studies (DESIGN §6): iterative linearisation, data-dependent NTK, parent/child spawning with the
+"""Beyond-the-paper studies (docs/studies.md): iterative linearisation, data-dependent NTK, parent/child spawning with the
 error barrier, and kernel distance/velocity for every optimiser.
 
 * ``revgn_cli.optim.linearised`` — the ``optimizer=linearised`` stepper (the studies' training algorithm).

@@ -1,4 +1,4 @@
-"""Parent/child spawning and the error barrier (DESIGN §6; Fort et al. 2020, NeurIPS, "Deep learning versus kernel
+"""Parent/child spawning and the error barrier (docs/studies.md; Fort et al. 2020, NeurIPS, "Deep learning versus kernel
 learning", §4).
 
 For every parent run of a preset's grid (e.g. ``experiment=spawn_quick``: GN, Adam, SGD):
