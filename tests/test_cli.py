@@ -164,7 +164,7 @@ def test_expand_follows_hydra_axis_replacement():
 
 
 def test_submitit_slurm_launcher_composes_with_cluster_keys(tiny):
-    """No cluster here: check the SLURM launcher config composes with the documented keys (docs/design.md)."""
+    """No cluster here: check the SLURM launcher config composes with the documented keys (docs/cluster.md)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
