@@ -201,16 +201,12 @@ def final_value(ep: pd.DataFrame, metric: str, diverged: bool) -> float:
 def at_train_loss(ep: pd.DataFrame, target: float, metric: str = "test_loss") -> float:
     """``metric`` when the run's train loss first reaches ``target`` (≤), linearly interpolated in train loss
     between that epoch row and the previous one; NaN when it never does."""
+    from revgn_cli.figures.claims import at_level  # one interpolation for every matched-loss comparison
+
     d = ep.dropna(subset=["train_loss", metric])
-    tl, mv = d["train_loss"].to_numpy(float), d[metric].to_numpy(float)
-    hit = np.flatnonzero(tl <= target)
-    if not math.isfinite(target) or hit.size == 0:
+    if not math.isfinite(target):
         return math.nan
-    i = int(hit[0])
-    if i == 0 or tl[i - 1] == tl[i]:
-        return float(mv[i])
-    w = (tl[i - 1] - target) / (tl[i - 1] - tl[i])
-    return float(mv[i - 1] + w * (mv[i] - mv[i - 1]))
+    return at_level(d["train_loss"].to_numpy(float), d[metric].to_numpy(float), target)
 
 
 def per_seed_table(runs: pd.DataFrame) -> pd.DataFrame:
