@@ -7,7 +7,6 @@ made from.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 FILE_FORMATS = (".png", ".pdf", ".svg")  # `plot runs --out FILE.<ext>`: that file in that format (PDF beside it)
@@ -32,10 +31,10 @@ def writable_dir(path: Path, flag: str = "--out") -> Path:
                      f"folder, e.g. {flag} {path.with_suffix('')}")
     if path.exists() and not path.is_dir():
         raise _error(f"{flag} {path} is an existing file, not a folder: give a folder (e.g. {flag} {path}_figures)")
+    from revgn_cli.results.store import probe_writable  # stdlib-only at import: error paths stay fast
+
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
-            pass
+        probe_writable(path)
     except OSError as e:
         raise _error(f"cannot write into {path} ({e.strerror or e}): give {flag} DIR somewhere writable") from None
     return path

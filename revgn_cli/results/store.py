@@ -364,13 +364,18 @@ def iter_run_dirs(results_dir: str | Path) -> Iterator[RunDir]:
                 yield RunDir(run)
 
 
+def probe_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and write (and remove) a probe file in it; OSError when either fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+        pass
+
+
 def check_writable(results_dir: str | Path) -> Path:
     """Create ``results_dir`` if needed and prove it is writable, with a one-line error otherwise."""
     root = Path(results_dir).expanduser()
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".probe-"):
-            pass
+        probe_writable(root)
     except OSError as e:
         raise StoreError(f"results dir {root} is not writable: {e.strerror or e}") from e
     return root
