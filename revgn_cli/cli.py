@@ -166,7 +166,8 @@ def sweep(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_H
 
 @app.command(context_settings=EXTRA)
 @guarded
-def tune(experiment: str = typer.Argument(..., help="A preset with a tune grid, e.g. fig1_quick or minibatch_quick."),
+def tune(experiment: str = typer.Argument(..., help="A preset with a tune grid, e.g. fig1_quick, minibatch_quick, "
+                                                   "fig5_quick (tuned per regime)."),
          overrides: Optional[list[str]] = typer.Argument(None, help="Hydra overrides that define the setting "
                                                          "(optimizer=NAME tunes that optimiser only)"),
          results: Optional[Path] = typer.Option(None, "--results", help=RESULTS_HELP),
@@ -179,7 +180,7 @@ def tune(experiment: str = typer.Argument(..., help="A preset with a tune grid, 
     Record: <results>/tune/<experiment>.json. Example: [bold]revgn tune minibatch_quick optimizer=adam[/]
     """
     from revgn_cli.overrides import check_overrides, pop_results
-    from revgn_cli.tune import run_tune
+    from revgn_cli.tune import run_tune_cells
 
     if jobs < 1:
         from revgn_cli.config import ConfigError
@@ -187,16 +188,19 @@ def tune(experiment: str = typer.Argument(..., help="A preset with a tune grid, 
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     rest, res = pop_results(overrides, results, default=None)
     check_overrides(rest, "tune")
-    rec = run_tune(experiment, rest, res, n_jobs=jobs, force=force, quiet=STATE["quiet"])
-    t = Table(title=f"{experiment}{' · ' + rec.setting if rec.setting else ''}: mean final val_loss over seeds")
-    for col in ("optimizer", "rate", "mean val_loss", "diverged seeds", "chosen"):
-        t.add_column(col)
-    for opt, ot in rec.optimizers.items():
-        means, div = ot.mean_val_loss, ot.diverged
-        for r in ot.grid:
-            t.add_row(opt, f"{r:g}", f"{means[r]:.4f}", f"{div[r]}/{len(ot.seeds)}", "◀" if r == ot.chosen else "")
-    out.print(t)
-    out.print("chosen: " + "  ".join(f"{o}={r:g}" for o, r in rec.rates().items()))
+    recs = run_tune_cells(experiment, rest, res, n_jobs=jobs, force=force, quiet=STATE["quiet"],
+                          log=lambda s: out.print(s, highlight=False))
+    for rec in recs:
+        t = Table(title=f"{rec.experiment}{' · ' + rec.setting if rec.setting else ''}: mean final val_loss over seeds")
+        for col in ("optimizer", "rate", "mean val_loss", "diverged seeds", "chosen"):
+            t.add_column(col)
+        for opt, ot in rec.optimizers.items():
+            means, div = ot.mean_val_loss, ot.diverged
+            for r in ot.grid:
+                t.add_row(opt, f"{r:g}", f"{means[r]:.4f}", f"{div[r]}/{len(ot.seeds)}", "◀" if r == ot.chosen else "")
+        out.print(t)
+        out.print("chosen" + (f" ({rec.setting})" if rec.setting else "") + ": "
+                  + "  ".join(f"{o}={r:g}" for o, r in rec.rates().items()))
 
 
 def _expand_with_progress(expand: Callable, overrides: list[str]) -> list:

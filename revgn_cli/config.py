@@ -136,6 +136,15 @@ class TuneConfig:
     grid: dict[str, list[float]] = field(default_factory=dict)  # optimizer name → learning rates to try
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44])
     val_size: int = 1000  # training images held out for validation (regime.val_size of the tune runs)
+    # Keys the preset sweeps besides optimizer and seed whose every value is tuned on its own (fig5: [regime],
+    # fig8: [model.init_std]): each value is a setting with its own record entry and its own chosen rates.
+    per: list[str] = field(default_factory=list)
+    # A preset whose tuned rates this one trains at instead of tuning itself (fig6, fig7: minibatch_quick, the same
+    # model, data and batch; only the run length differs).
+    rates_from: Optional[str] = None
+    # Optimisers whose learning rate is the figure's own axis (fig12: [gn]): the tuned protocol keeps the preset's
+    # rates for them, and only the others (and the claim's reference presets) move to their tuned rates.
+    fixed: list[str] = field(default_factory=list)
 
 
 @dataclass

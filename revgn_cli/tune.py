@@ -22,13 +22,14 @@ import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
 from revgn_cli.config import ConfigError
 
-__all__ = ["TuneError", "TuneMissing", "OptimizerTune", "TuneRecord", "setting_key", "choose", "run_tune",
-           "tuned_rates", "record_path"]
+__all__ = ["TuneError", "TuneMissing", "OptimizerTune", "TuneRecord", "TunePlan", "setting_key", "choose", "run_tune",
+           "run_tune_cells", "tune_plan", "tuned_rates", "record_path"]
 
 TUNE_DIR = "tune"
 # Tune runs log losses only: the diagnostics cost time and never change the trajectory.
@@ -161,6 +162,11 @@ def tuned_rates(results_dir: str | Path, experiment: str, overrides: list[str] |
     return load_record(results_dir, experiment, overrides).rates()
 
 
+def _no_grid(experiment: str) -> TuneError:
+    return TuneError(f"experiment {experiment} declares no tune grid: add `tune.grid.<optimizer>: [rates]` to "
+                     f"conf/experiment/{experiment}.yaml (e.g. fig1_quick, minibatch_quick have one)")
+
+
 def _plan(experiment: str, overrides: list[str]) -> tuple[Any, list[str], list[str]]:
     """(the composed config, the optimisers to tune, the setting overrides)."""
     from revgn_cli.config import compose_config
@@ -169,18 +175,124 @@ def _plan(experiment: str, overrides: list[str]) -> tuple[Any, list[str], list[s
     cfg = compose_config([f"experiment={experiment}", *setting])  # the preset's own optimiser: rates may interpolate
     grid = {o: list(r) for o, r in cfg.tune.grid.items()}
     if not grid:
-        raise TuneError(f"experiment {experiment} declares no tune grid: add `tune.grid.<optimizer>: [rates]` to "
-                        f"conf/experiment/{experiment}.yaml (e.g. fig1_quick, minibatch_quick have one)")
+        raise _no_grid(experiment)
     named = [o.split("=", 1)[1] for o in overrides if o.startswith("optimizer=")]
-    opts = [o for o in grid if not named or o in named]
-    if not opts:
-        raise TuneError(f"optimizer={named[0]} has no tune grid in {experiment} (grids: {', '.join(grid)})")
+    if named:
+        opts = [o for o in grid if o in named]
+        if not opts:
+            raise TuneError(f"optimizer={named[0]} has no tune grid in {experiment} (grids: {', '.join(grid)})")
+    else:  # the optimisers the preset runs (fig13 runs GN only, though it inherits minibatch_quick's Adam grid)
+        runs = _preset_optimizers(experiment, setting)
+        opts = [o for o in grid if o in runs and o not in cfg.tune.fixed]
+        if not opts:
+            raise TuneError(f"{experiment} runs {', '.join(runs)}, and none has a tune grid that is not fixed "
+                            f"(grids: {', '.join(grid)}; tune.fixed: {', '.join(cfg.tune.fixed) or 'none'})")
     for o in opts:
         if not grid[o]:
             raise TuneError(f"tune.grid.{o} of {experiment} is empty")
     if not cfg.tune.seeds:
         raise TuneError(f"tune.seeds of {experiment} is empty")
     return cfg, opts, setting
+
+
+def _preset_jobs(experiment: str, setting: list[str]) -> list[Any]:
+    from revgn_cli import sweep as sw
+
+    return sw.expand([f"experiment={experiment}", *setting])
+
+
+def _preset_optimizers(experiment: str, setting: list[str]) -> list[str]:
+    """The optimisers the preset's jobs run, in sweep order."""
+    return list(dict.fromkeys(j.cfg.optimizer.name for j in _preset_jobs(experiment, setting)))
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+@dataclass
+class TunePlan:
+    """How a preset gets its tuned rates: tuned per ``cells`` (the values of its ``tune.per`` axes, [[]] without),
+    or taken from ``source`` (its ``tune.rates_from``); ``fixed`` optimisers keep the preset's own rates.
+    ``switch_to`` maps an optimiser to the one its runs switch to (fig7), whose tuned rate the switch then uses."""
+
+    preset: str
+    source: str
+    cells: list[list[str]]
+    optimizers: list[str]
+    fixed: list[str]
+    switch_to: dict[str, str]
+
+    @property
+    def tuned(self) -> list[str]:
+        return [o for o in self.optimizers if o not in self.fixed]
+
+
+def tune_plan(experiment: str, setting: list[str]) -> TunePlan:
+    """The preset's tune plan in the setting ``setting`` (overrides without ``optimizer=``); ``TuneError`` for a
+    ``tune.per`` key the preset does not sweep, or ``per`` together with ``rates_from``. Cached per process (it
+    composes every job of the preset, and verify asks once per claim)."""
+    return _tune_plan(experiment, tuple(o for o in setting if not o.startswith("optimizer=")))
+
+
+@lru_cache(maxsize=None)
+def _tune_plan(experiment: str, setting_: tuple[str, ...]) -> TunePlan:
+    from revgn_cli.config import compose_config
+
+    setting = list(setting_)
+    cfg = compose_config([f"experiment={experiment}", *setting])
+    t = cfg.tune
+    jobs = _preset_jobs(experiment, setting)
+    opts = list(dict.fromkeys(j.cfg.optimizer.name for j in jobs))
+    if t.rates_from and t.per:
+        raise TuneError(f"{experiment}: tune.per and tune.rates_from exclude each other (the rates of "
+                        f"{t.rates_from} are one setting's)")
+    pinned = {_key(o) for o in setting}
+    per = [k for k in t.per if k not in pinned]
+    cells: list[list[str]] = []
+    for j in jobs:
+        cell = [o for o in j.overrides if _key(o) in per]
+        missing = set(per) - {_key(o) for o in cell}
+        if missing:
+            raise TuneError(f"{experiment}: tune.per names {', '.join(sorted(missing))}, which the preset does not "
+                            f"sweep (hydra.sweeper.params)")
+        cell.sort(key=lambda o: per.index(_key(o)))
+        if cell not in cells:
+            cells.append(cell)
+    switch: dict[str, str] = {}
+    for o in opts:
+        to = compose_config([f"experiment={experiment}", *setting, f"optimizer={o}"]).train.switch_to
+        if to:
+            switch[o] = to
+    return TunePlan(experiment, t.rates_from or experiment, cells or [[]], opts, list(t.fixed), switch)
+
+
+def run_tune_cells(experiment: str, overrides: list[str], results_dir: str | Path | None = None, *,
+                   n_jobs: int = DEFAULT_JOBS, force: bool = False, quiet: bool = False,
+                   log: Any = None) -> list[TuneRecord]:
+    """Everything ``experiment``'s tuned protocol needs: one ``run_tune`` per value of its ``tune.per`` axes, or the
+    tune of its ``tune.rates_from`` preset, or nothing when every optimiser it runs is ``tune.fixed``."""
+    from revgn_cli.overrides import pop_results
+
+    from revgn_cli.config import compose_config
+
+    overrides, res = pop_results(list(overrides), results_dir, default=None)
+    named = [o for o in overrides if o.startswith("optimizer=")]
+    setting = [o for o in overrides if not o.startswith("optimizer=")]
+    t = compose_config([f"experiment={experiment}", *setting]).tune
+    if not (t.grid or t.rates_from or t.fixed):
+        raise _no_grid(experiment)
+    plan = tune_plan(experiment, setting)
+    say = log or (lambda s: None)
+    if plan.source != experiment:
+        say(f"{experiment} trains at the rates tuned for {plan.source} (tune.rates_from)")
+        return run_tune_cells(plan.source, overrides, res, n_jobs=n_jobs, force=force, quiet=quiet, log=log)
+    if not named and not plan.tuned:
+        say(f"{experiment}: nothing to tune (every optimiser it runs, {', '.join(plan.optimizers)}, is tune.fixed: "
+            f"its rate is the figure's axis)")
+        return []
+    return [run_tune(experiment, [*overrides, *cell], res, n_jobs=n_jobs, force=force, quiet=quiet)
+            for cell in plan.cells]
 
 
 def _job_overrides(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str,

@@ -242,7 +242,7 @@ def test_reproduce_tuned_protocol_tunes_then_trains_at_the_chosen_rates(tmp_path
     from revgn_cli import sweep
 
     tuned, launched = [], []
-    monkeypatch.setattr(tune, "run_tune", lambda p, ov, res, quiet=False: tuned.append((p, list(ov))))
+    monkeypatch.setattr(tune, "run_tune", lambda p, ov, res, **kw: tuned.append((p, list(ov))))
     rates = {"gn": 0.3, "adam": 3e-4, "sgd": 0.03}
     monkeypatch.setattr(protocols, "tuned_rates_for", lambda p, r, ov=(): rates)
     monkeypatch.setattr(sweep, "launch", lambda ov, force=False, quiet=False: launched.append(list(ov)) or [])

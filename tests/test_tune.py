@@ -9,7 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from revgn_cli.cli import app
-from revgn_cli.tune import TuneError, TuneMissing, choose, load_record, run_tune, setting_key, tuned_rates
+from revgn_cli import tune
+from revgn_cli.figures.protocols import NoTunedRates, tuned_variants_for
+from revgn_cli.tune import (OptimizerTune, TuneError, TuneMissing, TuneRecord, choose, load_record, run_tune,
+                            run_tune_cells, save_record, setting_key, tune_plan, tuned_rates)
 
 SETTING = ["dataset=digits", "model=tiny", "regime.n_samples=256", "train.epochs=2", "device=cpu"]
 TUNE = ["tune.grid.sgd=[0.03,0.3,10000.0]", "tune.seeds=[1,2]", "tune.val_size=200"]
@@ -71,8 +74,88 @@ def test_tuned_rates_without_a_record_names_the_command(results):
 
 
 def test_cli_preset_without_a_grid_is_one_line_exit_2(results):
-    r = CliRunner().invoke(app, ["tune", "fig5_quick", "--results", str(results)])
+    r = CliRunner().invoke(app, ["tune", "fig5_paper", "--results", str(results)])
     assert r.exit_code == 2, r.output
     assert "declares no tune grid" in r.output and "Traceback" not in r.output
     with pytest.raises(TuneError, match="optimizer=kfac has no tune grid"):
         run_tune("fig1_quick", [*SETTING, "optimizer=kfac"], results, n_jobs=1, quiet=True)
+
+
+# --- how each appendix preset is tuned: per axis value, from another preset, or not at all (the rate is its axis) ---
+
+def test_tune_plan_per_axis_rates_from_fixed_and_switch():
+    p = tune_plan("fig5_quick", [])
+    assert p.cells == [["regime=full_batch"], ["regime=mini_batch"]] and p.tuned == ["gn", "adam", "sgd"]
+    assert tune_plan("fig5_quick", ["regime=mini_batch"]).cells == [[]]  # pinned by the setting: one cell
+    p = tune_plan("fig8_quick", [])
+    assert [c[0].split("=")[0] for c in p.cells] == ["model.init_std"] * 3 and p.optimizers == ["gn"]
+    assert [float(c[0].split("=")[1]) for c in p.cells] == [1e-2, 1e-3, 1e-6]
+    assert tune_plan("fig14_quick", []).cells == [["regularizer=damping"], ["regularizer=noise"]]
+    p = tune_plan("fig7_quick", [])
+    assert p.source == "minibatch_quick" and p.switch_to == {"adam": "gn", "gn": "adam"}
+    p = tune_plan("fig12_quick", [])
+    assert p.fixed == ["gn"] and p.tuned == [] and p.source == "fig12_quick"
+    # fig13 inherits minibatch_quick's Adam and SGD grids, but runs GN only: only GN is tuned
+    assert tune_plan("fig13_quick", []).tuned == ["gn"]
+    with pytest.raises(TuneError, match="tune.per names model.hidden, which the preset does not sweep"):
+        tune_plan("fig13_quick", ["tune.per=[model.hidden]"])
+    with pytest.raises(TuneError, match="exclude each other"):
+        tune_plan("fig5_quick", ["tune.rates_from=minibatch_quick"])
+
+
+def _fake(results, experiment, setting, rates):
+    save_record(results, TuneRecord(experiment, setting, {
+        o: OptimizerTune(r, [r], [1], 10, {r: {1: 0.5}}) for o, r in rates.items()}))
+
+
+def test_tuned_variants_per_cell_switch_fixed_and_the_missing_cell_named(results):
+    _fake(results, "minibatch_quick", "", {"gn": 1.0, "adam": 3e-4, "sgd": 0.1})
+    # fig7: the rates of minibatch_quick, and each switch at the other optimiser's tuned rate
+    assert tuned_variants_for("fig7_quick", results) == [
+        ("optimizer=adam", "optimizer.lr=0.0003", "train.switch_lr=1.0"),
+        ("optimizer=gn", "optimizer.lr=1.0", "train.switch_lr=0.0003")]
+    # fig12: GN's rate is the figure's axis: the preset's own GN jobs, no record needed
+    assert tuned_variants_for("fig12_quick", results) == [("optimizer=gn",)]
+    # fig14: one record entry per regulariser, each variant pinned to its cell
+    _fake(results, "fig14_quick", "regularizer=damping", {"gn": 0.3})
+    with pytest.raises(NoTunedRates, match=r"setting 'regularizer=noise'.*revgn tune fig14_quick regularizer=noise"):
+        tuned_variants_for("fig14_quick", results)
+    _fake(results, "fig14_quick", "regularizer=noise", {"gn": 1.0})
+    v = tuned_variants_for("fig14_quick", results)
+    assert v == [("regularizer=damping", "optimizer=gn", "optimizer.lr=0.3"),
+                 ("regularizer=noise", "optimizer=gn", "optimizer.lr=1.0")]
+    # the variants select exactly the preset's jobs at those rates (the regulariser axis is pinned, not doubled)
+    from revgn_cli.figures.data import preset_jobs
+
+    jobs = [j for extra in v for j in preset_jobs("fig14_quick", extra)]
+    assert len(jobs) == 20 and len({j.run_id for j in jobs}) == 20
+
+
+def test_run_tune_cells_tunes_each_axis_value_into_its_own_entry(results):
+    """fig5 is tuned per regime: two settings, two record entries, each from its own runs (tiny digits runs)."""
+    setting = ["dataset=digits", "model=tiny", "regime.n_samples=256", "regime.batch_size=128", "train.epochs=2"]
+    recs = run_tune_cells("fig5_quick", [*setting, "device=cpu", "optimizer=sgd", "tune.grid.sgd=[0.03,0.3]",
+                                         "tune.seeds=[1,2]", "tune.val_size=100"], results, n_jobs=1, quiet=True)
+    assert [r.setting for r in recs] == [" ".join(sorted([*setting, f"regime={g}"]))
+                                         for g in ("full_batch", "mini_batch")]
+    data = json.loads((results / "tune" / "fig5_quick.json").read_text())
+    assert set(data) == {r.setting for r in recs}
+    from revgn_cli.results import load_runs
+
+    df = load_runs(results, {"experiment": "fig5_quick_tune"}, statuses=("done", "diverged"))
+    assert df.run_id.nunique() == 8 and set(df["regime.name"]) == {"full_batch", "mini_batch"}
+    for rec in recs:  # each entry's chosen rate is the argmin of its own regime's runs
+        g = rec.setting.split("regime=")[1].split()[0]
+        last = df[(df.split == "epoch") & (df["regime.name"] == g)].sort_values("epoch").groupby("run_id").tail(1)
+        assert rec.optimizers["sgd"].chosen == float(last.groupby("optimizer.lr").val_loss.mean().idxmin())
+
+
+def test_run_tune_cells_delegates_rates_from_and_skips_fixed(results, monkeypatch):
+    calls = []
+    monkeypatch.setattr(tune, "run_tune", lambda p, ov, res, **kw: calls.append((p, list(ov))) or p)
+    assert run_tune_cells("fig6_quick", ["train.epochs=3"], results) == ["minibatch_quick"]
+    assert calls == [("minibatch_quick", ["train.epochs=3"])]
+    assert run_tune_cells("fig12_quick", [], results) == [] and len(calls) == 1
+    assert run_tune_cells("fig8_quick", [], results) == ["fig8_quick"] * 3
+    assert [ov for _, ov in calls[1:]] == [[c] for c in ("model.init_std=0.01", "model.init_std=0.001",
+                                                          "model.init_std=1e-06")]

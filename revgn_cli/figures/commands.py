@@ -207,34 +207,35 @@ def figure_presets(specs: list, scale: str) -> list[str]:
 
 
 def tune_step(specs: list, scale: str, overrides: list[str], results: str, *, dry_run: bool,
-              quiet: bool) -> dict[str, dict[str, float] | str]:
-    """The tuned protocol's first step: ``revgn tune`` every preset that declares a grid (finished tuning runs are
-    skipped). preset → {optimizer: chosen rate}, or a line saying why it has none (no grid; dry run)."""
-    from revgn_cli.figures.protocols import NoTunedRates, has_tune_grid, setting_overrides, tuned_rates_for
+              quiet: bool) -> dict[str, list[tuple[str, ...]] | str]:
+    """The tuned protocol's first step: ``revgn tune`` every preset that declares how it is tuned (finished tuning
+    runs are skipped). preset → its tuned job variants (``protocols.tuned_variants_for``), or a line saying why it
+    has none (no grid; dry run)."""
+    from revgn_cli.figures.protocols import NoTunedRates, has_tune_grid, setting_overrides, tuned_variants_for
 
-    chosen: dict[str, dict[str, float] | str] = {}
+    chosen: dict[str, list[tuple[str, ...]] | str] = {}
     setting = setting_overrides(overrides)
     for p in figure_presets(specs, scale):
         if not has_tune_grid(p):
             chosen[p] = "no tune grid"
             continue
         if not dry_run:
-            from revgn_cli.tune import run_tune
+            from revgn_cli import tune
 
             out.print(f"[bold]tuning[/] preset {p} on its validation split …", highlight=False)
-            run_tune(p, setting, results, quiet=quiet)
+            tune.run_tune_cells(p, setting, results, quiet=quiet,
+                                log=lambda s: out.print(f"  {s}", highlight=False))
         try:
-            chosen[p] = tuned_rates_for(p, results, setting)
+            chosen[p] = tuned_variants_for(p, results, setting)
         except NoTunedRates:
             chosen[p] = "tune first (`revgn tune " + p + "`)"
     return chosen
 
 
 def reproduce_plan(specs: list, scale: str, overrides: list[str], results: str, protocols: tuple[str, ...],
-                   tuned: dict[str, dict[str, float] | str]) -> list[tuple[str, str, tuple[str, ...], int, int]]:
+                   tuned: dict[str, list[tuple[str, ...]] | str]) -> list[tuple[str, str, tuple[str, ...], int, int]]:
     """(preset, protocol, extra overrides, n runs, n to train) per launch; a run shared by two entries counts once."""
     from revgn_cli.figures.data import identity_overrides, job_status, preset_jobs
-    from revgn_cli.figures.protocols import tuned_variants
 
     ov = identity_overrides(overrides)
     plan = []
@@ -244,11 +245,11 @@ def reproduce_plan(specs: list, scale: str, overrides: list[str], results: str, 
             if proto == "paper":
                 variants: list[tuple[str, ...]] = [()]
             else:
-                rates = tuned.get(p)
-                if not isinstance(rates, dict):
-                    plan.append((p, f"tuned: {rates or 'no tune grid'}", (), 0, 0))
+                got = tuned.get(p)
+                if not isinstance(got, list):
+                    plan.append((p, f"tuned: {got or 'no tune grid'}", (), 0, 0))
                     continue
-                variants = tuned_variants(rates)
+                variants = got
             for extra in variants:
                 jobs = [j for j in preset_jobs(p, ov + extra) if j.run_id not in seen]
                 seen.update(j.run_id for j in jobs)
