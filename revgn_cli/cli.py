@@ -110,7 +110,7 @@ def _overrides_with_results(overrides: Optional[list[str]], results: Optional[Pa
 @app.command(context_settings=EXTRA, epilog=groups_help())
 @guarded
 def train(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-          force: bool = typer.Option(False, "--force", help="Retrain even if this exact config finished."),
+          force: bool = typer.Option(False, "--force", help="Retrain from scratch even if this exact config finished; the earlier run moves whole to <results>/.quarantine/ (never deleted)."),
           results: Optional[Path] = typer.Option(None, "--results", help=RESULTS_HELP),
           show_config: bool = typer.Option(False, "--show-config", help="Print the resolved config and exit (trains nothing).")) -> None:
     """Train one run (Hydra compose API) into results/<experiment>/<run_id>/.
@@ -129,8 +129,7 @@ def train(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_H
 
     res = execute(cfg, force=force, reporter=_reporter())
     if res.quarantined:
-        err.print(f"[yellow]was corrupt[/]: its files moved to {res.quarantined} (move them back to restore); "
-                  "trained again", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]{res.moved_note()}[/]", highlight=False, soft_wrap=True)
     verb = (f"already {res.prior}, skipped (use --force to retrain)" if res.status == "skipped" else res.status)
     out.print(f"run {res.run_id}: {verb}{' (resumed)' if res.resumed else ''} → {res.path}")
     if res.final:
@@ -145,7 +144,7 @@ def train(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_H
 @app.command(context_settings=EXTRA, epilog=groups_help())
 @guarded
 def sweep(overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP + "; comma lists sweep"),
-          force: bool = typer.Option(False, "--force", help="Retrain finished runs too."),
+          force: bool = typer.Option(False, "--force", help="Retrain finished runs too (earlier runs move to <results>/.quarantine/)."),
           dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and which exist; train nothing."),
           results: Optional[Path] = typer.Option(None, "--results", help=RESULTS_HELP)) -> None:
     """Hydra multirun over comma lists / ranges, through a Hydra launcher.

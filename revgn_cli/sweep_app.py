@@ -117,8 +117,7 @@ def app(node: DictConfig) -> str:
     try:
         out = execute(cfg, force=os.environ.get("REVGN_FORCE") == "1", reporter=_job_reporter(rid))
         if out.quarantined:
-            print(f"[revgn sweep] {rid} was corrupt: its files moved to {out.quarantined}; trained again",
-                  file=sys.stderr, flush=True)
+            print(f"[revgn sweep] {rid} {out.moved_note()}", file=sys.stderr, flush=True)
         report_job({"status": out.status, "run_id": rid, "experiment": cfg.exp_name, "overrides": overrides,
                     "final": out.final, **where})
         return out.status

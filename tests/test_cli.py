@@ -90,9 +90,17 @@ def test_rerun_is_skipped_and_force_retrains(tiny, results):
     assert invoke("train", *tiny).exit_code == 0
     r = invoke("train", *tiny)
     assert r.exit_code == 0 and "skipped" in r.output
+    (first,) = [m for m in results.glob("*/*/meta.json")]
+    before = json.loads(first.read_text())
     r = invoke("train", "--force", *tiny)
-    assert r.exit_code == 0 and "done" in r.output
+    assert r.exit_code == 0 and "done" in r.output and "replaced (--force)" in r.output
     assert len(run_summaries(results)) == 1
+    # The earlier run is never deleted: it moved whole (meta, rows, checkpoint) to the quarantine, unchanged.
+    (old,) = list((results / ".quarantine").glob(f"*/{first.parent.parent.name}/{first.parent.name}"))
+    assert json.loads((old / "meta.json").read_text()) == before
+    assert (old / "metrics.parquet").is_file() and (old / "checkpoints" / "last.pt").is_file()
+    assert "replaced by --force (was done)" in (old.parent.parent / "REASONS.txt").read_text()
+    assert json.loads(first.read_text())["status"] == "done" and (first.parent / "metrics.parquet").is_file()
 
 
 def test_mnist5k_full_batch_run(results):

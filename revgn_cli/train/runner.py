@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import shutil
 import subprocess
 import time
 import traceback
@@ -36,7 +35,15 @@ class RunOutcome:
     final: dict[str, Any] | None = None
     prior: str | None = None  # when skipped: the status it had finished with (done | diverged)
     error: str | None = None  # meta.json's reason (a diverged run's)
-    quarantined: Path | None = None  # where the damaged files of a corrupt run went before it trained again
+    quarantined: Path | None = None  # where the earlier files went (corrupt, or replaced by --force) before it trained
+    why: str | None = None  # why they moved: "corrupt" | "forced"
+
+    def moved_note(self) -> str | None:
+        """One line for the user when the earlier files moved: where to, and how to get them back."""
+        if self.quarantined is None:
+            return None
+        what = "was corrupt" if self.why == "corrupt" else "earlier run replaced (--force)"
+        return f"{what}: its files moved to {self.quarantined} (move them back to restore); trained again"
 
 
 def git_commit() -> str | None:
@@ -72,15 +79,16 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
         st = run_state(run, checkpoints=True, own_lock=True) if run.path.is_dir() else None
         if st and st.state in FINISHED and not force:
             return _skipped(run, st.meta or {})
-        moved = None
+        moved, why = None, None
         if st and st.state == CORRUPT and any(run.path.iterdir()):
             # Damaged files (unreadable config/meta/rows, rows cut short, a checkpoint that does not load) are
             # never resumed from nor deleted: they move whole to <results>/.quarantine/ and the run trains anew.
-            moved = quarantine(run, st.reason or CORRUPT)
+            moved, why = quarantine(run, st.reason or CORRUPT), "corrupt"
+        elif force and run.path.is_dir() and any(run.path.iterdir()):
+            # --force retrains from scratch, but the earlier run (finished or not) is data someone may want back:
+            # it moves whole to the quarantine too, never deleted. The lock lies beside the run dir, so it stays held.
+            moved, why = quarantine(run, f"replaced by --force (was {st.state if st else 'unknown'})"), "forced"
         meta = run.read_meta()
-        if force:
-            for p in (run.ckpt_dir, run.metrics_path):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         resumed = run.ckpt_path.exists()
         run.path.mkdir(parents=True, exist_ok=True)
         from revgn_cli.results.store import atomic_write_text
@@ -106,7 +114,7 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
         run.write_meta(status=final_status, finished=_now(), wall_s=prior_wall + time.time() - t0,
                        epochs_done=st.epoch, steps_done=st.step, final=final, error=st.diverged)
         return RunOutcome(run.run_id, run.path, final_status, resumed=resumed, final=final, error=st.diverged,
-                          quarantined=moved)
+                          quarantined=moved, why=why)
 
 
 def _slurm_meta(meta: dict[str, Any]) -> dict[str, Any]:
