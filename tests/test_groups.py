@@ -32,18 +32,23 @@ SEEDS = (1, 2, 3)
 
 
 def write_run(res: Path, opt: str, lr: float, seed: int, loss: float, acc: float, *, exp: str = "lr",
-              status: str = "done") -> str:
-    """One finished run as `revgn train` leaves it: config.yaml, metrics.parquet (3 evaluations), meta.json."""
+              status: str = "done", val: float | None = None, val_in_meta: bool = True) -> str:
+    """One finished run as `revgn train` leaves it: config.yaml, metrics.parquet (3 evaluations), meta.json.
+    ``val``: the run held out a validation split and its final val_loss is this (``val_in_meta=False``: its
+    meta.final predates the val_* entries, so only its rows have them)."""
     cfg = compose_config(["dataset=digits", "model=tiny", f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={seed}",
-                          f"exp_name={exp}", "train.epochs=2", "metrics.every=0"])
+                          f"exp_name={exp}", "train.epochs=2", "metrics.every=0",
+                          *(["regime.val_size=50"] if val is not None else [])])
     rid = run_id(cfg)
     run = RunDir(res / exp / rid)
     run.path.mkdir(parents=True, exist_ok=True)
     run.config_path.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
     rows = [{"run_id": rid, "epoch": float(e), "step": 4 * e, "split": "epoch", "train_loss": loss + (2 - e) * 0.5,
-             "test_loss": loss + (2 - e) * 0.5, "train_acc": acc, "test_acc": acc} for e in range(3)]
+             "test_loss": loss + (2 - e) * 0.5, "train_acc": acc, "test_acc": acc,
+             **({"val_loss": val + (2 - e) * 0.5, "val_acc": acc} if val is not None else {})} for e in range(3)]
     run.write_rows(rows)
-    final = {k: rows[-1][k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc", *(("val_loss", "val_acc") if val_in_meta else ()))
+    final = {k: rows[-1][k] for k in keys if k in rows[-1]}
     run.write_meta(status=status, run_id=rid, experiment=exp, seed=seed, epochs_done=2, final=final, wall_s=1.0)
     return rid
 
@@ -208,6 +213,24 @@ def test_compare_accuracy_orientation_sesoi_and_baseline(sweep):
                      str(sweep)), "positive")
     one_error(invoke("compare", "--by", "optimizer.lr", "exp_name=lr", "--metric", "test_los", "--results",
                      str(sweep)), "did you mean test_loss")
+
+
+def test_compare_val_loss_of_runs_with_a_validation_split(sweep, tmp_path):
+    """`--metric val_loss` compares the held-out split's loss (tuning runs), read from meta.final or, for a run whose
+    meta.final predates it, from its rows; runs without a validation split say so instead of comparing nothing."""
+    res = tmp_path / "results"
+    val = {0.1: [0.60, 0.64, 0.61], 0.3: [0.50, 0.55, 0.52]}
+    for lr in (0.1, 0.3):
+        for s in SEEDS:
+            write_run(res, "sgd", lr, s, LOSS["sgd", lr][s - 1], ACC["sgd", lr][s - 1], exp="tune",
+                      val=val[lr][s - 1], val_in_meta=s != 2)
+    (rec,) = json.loads(ok("compare", "--by", "optimizer.lr", "--metric", "val_loss", "--format", "json",
+                           "--results", str(res)))["comparisons"]
+    a, b = np.array(val[0.1]), np.array(val[0.3])
+    assert rec["metric"] == "val_loss" and rec["n_pairs"] == 3 and rec["better"] == "lower"
+    assert rec["diff_b_minus_a"] == pytest.approx((b - a).mean()) and rec["p"] == pytest.approx(st.ttest_rel(b, a).pvalue)
+    one_error(invoke("compare", "--by", "optimizer.lr", "exp_name=lr", "--metric", "val_loss", "--results",
+                     str(sweep)), "no matching run logged val_loss")
 
 
 def test_compare_by_refuses_runs_differing_in_another_key(sweep):

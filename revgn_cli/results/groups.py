@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from revgn_cli.results.query import QueryError, unknown_key_error
-from revgn_cli.results.table import METRICS, NOT_VARYING, _sort_value, cell, header, known_columns, varying_keys
+from revgn_cli.results.table import METRICS, NOT_VARYING, VAL_METRICS, _sort_value, cell, header, known_columns, varying_keys
 from revgn_cli.stats import Verdict, judge, judge_family
 
 FINISHED = ("done", "diverged")
@@ -34,7 +34,12 @@ METRIC_RULES: tuple[tuple[str, str, float | None, str], ...] = (
     ("*_acc", "higher", 0.005, ""),
     ("wall_s", "lower", None, "s"),
 )
-SUMMARY_METRICS = (*METRICS, "wall_s")  # the per-run numbers a summary carries (final values)
+SUMMARY_METRICS = (*METRICS, *VAL_METRICS, "wall_s")  # the per-run numbers a summary carries (final values)
+
+
+def _missing(v: Any) -> bool:
+    """No number: absent, None, or NaN (a run that did not log the metric)."""
+    return not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v)
 
 
 def metric_rule(metric: str) -> tuple[str, float | None]:
@@ -276,6 +281,10 @@ def compare_groups(rows: list[dict[str, Any]], key: str, metrics: Sequence[str],
         vals = ", ".join(sorted({cell(other[0], r.get(other[0])) for r in finished}))
         raise QueryError(f"these runs also differ in {', '.join(other)} ({other[0]}: {vals}): filter so that only "
                          f"{key} and the seed differ (e.g. {other[0]}={_example(finished, other[0])})")
+    for m in metrics:
+        if m in VAL_METRICS and all(_missing(r.get(m)) for r in finished):
+            raise QueryError(f"no matching run logged {m}: only runs that hold out a validation split do "
+                             "(regime.val_size > 0, e.g. the tuning runs of `revgn tune`)")
     groups = group_runs(finished, [key])
     if len(groups) < 2:
         raise QueryError(f"{key} has one value ({short_label(groups[0].values)}) among the matching runs: "

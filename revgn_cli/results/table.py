@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 from revgn_cli.results.query import QueryError, differing_keys, unknown_key_error
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+VAL_METRICS = ("val_loss", "val_acc")  # only runs that hold out a validation split (regime.val_size > 0) log them
 DEFAULT_METRICS = ("train_loss", "test_loss", "test_acc")
 # Never a "varying" column: where output goes / how it is shown, per-run bookkeeping, or shown already.
 NOT_VARYING = ("results_dir", "device", "dataset.root", "exp_name", "run_id", "status", "path", "epochs", "wall_s",
@@ -32,19 +33,21 @@ FORMATS = ("table", "csv", "json")
 
 
 def add_metrics(rows: list[dict[str, Any]], last_logged: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    """Give each row ``epochs`` (done), ``wall_s`` and the headline metrics, in place.
+    """Give each row ``epochs`` (done), ``wall_s`` and the headline metrics (``val_*`` too), in place.
 
     Finished runs have them in ``meta.final``; an unfinished (running, interrupted, failed) run gets the last
-    values it logged, read by ``last_logged(row)`` (returns ``{"epoch": e, metric: value, …}`` or ``{}``).
+    values it logged, read by ``last_logged(row)`` (returns ``{"epoch": e, metric: value, …}`` or ``{}``), and so
+    does a run with a validation split whose ``meta.final`` predates the ``val_*`` entries.
     """
     for r in rows:
         final = r.get("meta.final") or {}
         epochs = r.get("meta.epochs_done")
-        if not final or epochs is None:
+        holds_val = (r.get("regime.val_size") or 0) > 0 and not all(k in final for k in VAL_METRICS)
+        if not final or epochs is None or holds_val:
             last = last_logged(r)
-            final = final or {k: v for k, v in last.items() if k in METRICS}
+            final = {**{k: v for k, v in last.items() if k in (*METRICS, *VAL_METRICS)}, **final}
             epochs = epochs if epochs is not None else last.get("epoch")
-        r.update({k: final.get(k) for k in METRICS})
+        r.update({k: final.get(k) for k in (*METRICS, *VAL_METRICS)})
         r["epochs"] = int(epochs) if isinstance(epochs, (int, float)) and math.isfinite(epochs) else None
         r["wall_s"] = r.get("meta.wall_s")
 
@@ -53,7 +56,7 @@ def varying_keys(rows: list[dict[str, Any]]) -> list[str]:
     """Config keys (and ``experiment``) whose value differs among ``rows``, most telling first."""
     if len(rows) < 2:
         return []
-    vary = differing_keys(rows, ignore=(*NOT_VARYING, *METRICS))
+    vary = differing_keys(rows, ignore=(*NOT_VARYING, *METRICS, *VAL_METRICS))
     return sorted(vary, key=lambda k: (PRIORITY.index(k) if k in PRIORITY else len(PRIORITY), k))
 
 

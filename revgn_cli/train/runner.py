@@ -134,9 +134,11 @@ def _skipped(run: RunDir, meta: dict[str, Any]) -> RunOutcome:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Last logged value of the headline metrics (for `revgn runs`)."""
+    """Last logged value of the headline metrics, and of val_loss/val_acc where logged (for `revgn runs`)."""
+    from revgn_cli.results.table import METRICS, VAL_METRICS
+
     out: dict[str, float] = {}
-    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+    for key in (*METRICS, *VAL_METRICS):
         for row in reversed(rows):
             if row.get("split") == "epoch" and key in row:
                 out[key] = float(row[key])
