@@ -50,7 +50,7 @@ def test_the_declared_design_expands_to_the_expected_cells():
     assert d.axes_of("paper") == [(a, d.axes[a].paper) for a in d.axes]
     # each method's tuning overrides name the cell's setting plus the declared grid
     t = d.tune_overrides(d.cells["paper_n1024"])
-    assert "regime.train_size=1024" in t and "tune.grid.gn=[0.03,0.1,0.3]" in t
+    assert "regime.train_size=1024" in t and "tune.grid.gn=[0.1,0.3,1.0]" in t
 
 
 def test_merge_overrides_later_keys_win_in_place():
