@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from revgn_cli import sweep
 from revgn_cli.cli import app
+from revgn_cli.config import ConfigError
 from revgn_cli.stats import judge, trend
 from revgn_cli.studies.scaling import (
-    MARGIN_COLUMNS, CellPlan, RunPlan, fit_budget, load_design, merge_overrides, plan_study, run_study, train_images,
-    updates_of,
+    MARGIN_COLUMNS, CellPlan, RunPlan, describe_plan, fit_budget, load_design, merge_overrides, plan_study, run_study,
+    train_images, updates_of,
 )
 from revgn_cli.studies.scaling_report import axis_trends, cell_verdicts, read_margins
 from test_figures import write_preset
@@ -230,3 +231,36 @@ def test_tuned_rates_are_tuned_once_then_trained_and_recorded(tmp_path, monkeypa
     assert set(df["lr"]) == {"gn=0.3 adam=3e-05"} and set(df["rates"]) == {"tuned"}
     # a second plan finds the records: no tuning planned
     assert not any(c.tuned for c in plan_study(d, [], str(res), budget_s=1e9, tuner=tuner).cells)
+
+
+def test_cells_recorded_whole_in_the_csv_are_not_planned_again_on_a_fresh_machine(tmp_path, monkeypatch):
+    """The committed CSV is what survives a session: a cell it records finished (every run, ≥ min_seeds, the
+    design's rate protocol) is left out of the plan even with an empty results dir; a partial cell is not; --redo
+    brings a recorded one back, and the recorded rows are never overwritten by a run that skipped the cell."""
+    res, csv = tmp_path / "results", tmp_path / "margins.csv"
+    (tmp_path / "d.yaml").write_text(DESIGN)
+    d = load_design(tmp_path / "d.yaml")
+    write_preset(res, "scaling_quick", overrides=("seed=42,43,44,45,46",))  # quick: all 10 runs
+    write_preset(res, "scaling_quick", overrides=("seed=42", "model.hidden=2048"))  # wide: 2 of 12
+    monkeypatch.setattr(sweep, "launch", lambda ov, force=False, quiet=False, jobs=None: [])
+    run_study(d, plan_study(d, [], str(res), budget_s=1e9), [], str(res), csv)
+    before = read_margins(csv)
+
+    fresh = tmp_path / "fresh"  # another machine: no runs at all, only the committed CSV
+    plan = plan_study(d, [], str(fresh), budget_s=1e9, margins=csv)
+    assert list(plan.recorded) == ["quick"] and [c.cell.name for c in plan.cells] == ["wide"]
+    assert "5 seeds" in plan.recorded["quick"]
+    assert any("quick" in ln and "recorded" in ln for ln in describe_plan(plan))
+    run_study(d, plan, [], str(fresh), csv)
+    after = read_margins(csv)
+    pd.testing.assert_frame_equal(after[after.cell == "quick"].reset_index(drop=True),
+                                  before[before.cell == "quick"].reset_index(drop=True))
+    assert [c.cell.name for c in plan_study(d, [], str(fresh), budget_s=1e9, margins=csv, redo=["quick"]).cells] \
+        == ["quick", "wide"]
+    with pytest.raises(ConfigError, match="no such cell"):
+        plan_study(d, [], str(fresh), budget_s=1e9, margins=csv, redo=["nope"])
+    # recorded under another rate protocol: not this design's result, so planned again
+    (tmp_path / "t.yaml").write_text(DESIGN.replace("rates: paper", "rates: tuned\ntune: {grid: {gn: [0.1], "
+                                                    "adam: [1.0e-4]}, seeds: [42], val_size: 1000}"))
+    assert plan_study(load_design(tmp_path / "t.yaml"), [], str(fresh), budget_s=1e9, margins=csv,
+                      tuner=FakeTuner()).recorded == {}

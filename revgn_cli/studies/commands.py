@@ -136,17 +136,21 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             cost_factor: float = typer.Option(1.0, "--cost-factor", help="scaling: multiply the cost model's "
                                               "estimate (it is calibrated on a quiet 2-core CPU)."),
             plan_only: bool = typer.Option(False, "--plan", help="scaling: print the plan and its estimate, train "
-                                           "nothing.")) -> None:
+                                           "nothing."),
+            redo: str = typer.Option("", "--redo", help="scaling: cells (comma list) to run again although the "
+                                     "margins CSV records them finished.")) -> None:
         """Train a study's runs at a scale (finished runs are skipped), render its figure and print its numbers.
 
         Example: [bold]revgn study run linearisation_phase scale=quick --results /tmp/res[/]
 
         [bold]revgn study run scaling[/] follows conf/study/scaling.yaml (scale= is not used): it prints the planned
         cells, runs and estimated wall time, then per cell tunes the rates, trains the missing runs and rewrites the
-        margins CSV; the table and figure come from `revgn study report scaling --from <csv>`.
+        margins CSV; cells the CSV records as finished are not run again (--redo CELL). The table and figure come from
+        `revgn study report scaling --from <csv>`.
         """
         if name == "scaling":
-            return run_scaling(args, results, out_dir, budget, margins, cost_factor, plan_only)
+            return run_scaling(args, results, out_dir, budget, margins, cost_factor, plan_only,
+                               [c.strip() for c in redo.split(",") if c.strip()])
         from revgn_cli import sweep as sw
         from revgn_cli.config import ConfigError
         from revgn_cli.figures.commands import split_args
@@ -194,7 +198,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         out.print(s, highlight=False, soft_wrap=True)
 
     def run_scaling(args: Optional[list[str]], results: Optional[Path], out_dir: Path, budget: str, margins: Path,
-                    cost_factor: float, plan_only: bool) -> None:
+                    cost_factor: float, plan_only: bool, redo: list[str]) -> None:
         from revgn_cli.figures.commands import split_args
         from revgn_cli.studies import scaling as sc
         from revgn_cli.studies.scaling_report import report
@@ -202,7 +206,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         _, ov, res = split_args(args, None, results)
         design = sc.load_design()
         tuner = sc.RevgnTuner(design, res) if design.rates == "tuned" else None
-        plan = sc.plan_study(design, ov, res, budget_s=parse_duration(budget), factor=cost_factor, tuner=tuner)
+        plan = sc.plan_study(design, ov, res, budget_s=parse_duration(budget), factor=cost_factor, tuner=tuner,
+                             margins=margins, redo=redo)
         say(f"scale study ({design.rates} rates, results {res}, margins {margins}):")
         for line in sc.describe_plan(plan):
             say(line)

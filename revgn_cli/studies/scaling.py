@@ -282,6 +282,7 @@ class Plan:
     cells: list[CellPlan]
     cut: list[str]  # what the budget cut, in words
     budget_s: float
+    recorded: dict[str, str] = field(default_factory=dict)  # cell → what the margins CSV holds of it (not re-run)
 
     @property
     def est_s(self) -> float:
@@ -341,16 +342,47 @@ def fit_budget(cells: list[CellPlan], budget_s: float, min_seeds: int) -> list[s
     return cut
 
 
+def recorded_cells(design: Design, margins: Path | None) -> dict[str, str]:
+    """Cells the margins CSV records as finished: every expected run done, measured under the design's rate protocol
+    and with at least ``min_seeds`` seeds. Cell → a short description (seeds, rates, wall time).
+
+    The CSV is what a study commits; the runs behind it may live on another machine (or be gone), so a cell it
+    records whole is not planned again: a study can finish over several sessions. ``--redo CELL`` runs one anew.
+    """
+    if margins is None or not Path(margins).exists():
+        return {}
+    from revgn_cli.studies.scaling_report import read_margins
+
+    df = read_margins(Path(margins))
+    out: dict[str, str] = {}
+    for name, g in df.groupby("cell", sort=False):
+        seeds = sorted({int(s) for s in g["seed"] if s >= 0})
+        if (name in design.cells and len(seeds) >= design.min_seeds and (g["runs_expected"] > 0).all()
+                and (g["runs_done"] == g["runs_expected"]).all() and set(g["rates"]) == {design.rates}):
+            out[str(name)] = (f"{len(seeds)} seeds, lr {g['lr'].iloc[0]}, "
+                              f"{float(g['cell_wall_s'].iloc[0]) / 60:.0f} min of runs")
+    return out
+
+
 def plan_study(design: Design, extra: Sequence[str], results_dir: str, *, budget_s: float = 4 * 3600,
-               factor: float = 1.0, tuner: Tuner | None = None) -> Plan:
-    cells = [plan_cell(design, c, extra, results_dir, tuner, factor) for c in design.ordered()]
+               factor: float = 1.0, tuner: Tuner | None = None, margins: Path | None = None,
+               redo: Sequence[str] = ()) -> Plan:
+    """The cells still to run, in the design's order, cut to ``budget_s``. Cells the ``margins`` CSV records as
+    finished are left out (``Plan.recorded``) unless named in ``redo``."""
+    unknown = sorted(set(redo) - set(design.cells))
+    if unknown:
+        raise ConfigError(f"--redo {','.join(unknown)}: no such cell (cells: {', '.join(design.order)})")
+    recorded = {k: v for k, v in recorded_cells(design, margins).items() if k not in redo}
+    cells = [plan_cell(design, c, extra, results_dir, tuner, factor) for c in design.ordered()
+             if c.name not in recorded]
     cut = fit_budget(cells, budget_s, design.min_seeds)
-    return Plan(cells, cut, budget_s)
+    return Plan(cells, cut, budget_s, recorded)
 
 
 def describe_plan(plan: Plan) -> list[str]:
     """The lines `revgn study run scaling` prints before it starts."""
-    lines = []
+    lines = [f"  {name:<20} recorded in the margins CSV ({what}): not run again (--redo {name} to)"
+             for name, what in plan.recorded.items()]
     for c in plan.cells:
         todo = c.todo()
         tune = f", tuning ~{c.tune_s / 60:.0f} min" if c.tuned else ""
