@@ -220,17 +220,17 @@ def test_claims_are_judged_per_seed_at_matched_train_loss_and_at_the_final_epoch
     assert per.loc[("A", 42), "final_train_loss"] == 0.8 and per.loc[("A", 42), "step_size_ratio_epoch1"] == 0.2
 
 
-def test_run_study_tunes_trains_only_through_the_sweep_and_writes_its_tables(tmp_path):
-    d = _small_design(tmp_path)
-    calls, _ = _fake_tuner({("gn", None, 0.1): [0.5, 0.5], ("gn", None, 0.3): [0.4, 0.4],
-                            ("kfac", 0.01, 0.3): [0.3, 0.3], ("kfac", 0.01, 1.0): [0.9, 0.9],
-                            ("kfac", 0.1, 0.3): [0.5, 0.5], ("kfac", 0.1, 1.0): [0.6, 0.6]})
-    res = tmp_path / "results"
-    launched = []
+TUNED = {("gn", None, 0.1): [0.5, 0.5], ("gn", None, 0.3): [0.4, 0.4],
+         ("kfac", 0.01, 0.3): [0.3, 0.3], ("kfac", 0.01, 1.0): [0.9, 0.9],
+         ("kfac", 0.1, 0.3): [0.5, 0.5], ("kfac", 0.1, 1.0): [0.6, 0.6]}
 
-    def fake_launch(ov, force=False, quiet=False):  # "trains" by writing finished synthetic runs
+
+def _fake_launch(res, launched, seeds=None):
+    """A stand-in for the sweep that "trains" by writing finished synthetic runs (only ``seeds`` when given)."""
+    def launch(ov, force=False, quiet=False):
         launched.append(list(ov))
-        for j in expand(ov):
+        jobs = [j for j in expand(ov) if seeds is None or j.cfg.seed in seeds]
+        for j in jobs:
             cfg, o = j.cfg, j.cfg.optimizer.name
             run = RunDir(res / cfg.exp_name / run_id(cfg))
             run.path.mkdir(parents=True, exist_ok=True)
@@ -239,9 +239,20 @@ def test_run_study_tunes_trains_only_through_the_sweep_and_writes_its_tables(tmp
             run.write_rows([{"run_id": run.run_id, "split": "epoch", "epoch": float(e), "step": e,
                              "train_loss": 2.0 * slow ** e if o == "gn" else 2.0 * 0.3 ** e,
                              "test_loss": 2.0 - 0.3 * e - (0.1 if o == "kfac" else 0.0) + 0.001 * cfg.seed,
-                             "test_acc": 0.5} for e in range(3)])
+                             "test_acc": 0.5, "cka_block2": 1.0 - 0.01 * e} for e in range(3)]
+                           + [{"run_id": run.run_id, "split": "step", "epoch": 0.5, "step": 1,
+                               "step_size_ratio": 0.2 if o == "gn" else 0.9}])
             run.write_meta(status="done", run_id=run.run_id, experiment=cfg.exp_name, seed=cfg.seed, wall_s=1.0)
-        return [{"status": "done"} for _ in expand(ov)]
+        return [{"status": "done"} for _ in jobs]
+    return launch
+
+
+def test_run_study_tunes_trains_only_through_the_sweep_and_writes_its_tables(tmp_path):
+    d = _small_design(tmp_path)
+    calls, _ = _fake_tuner(TUNED)
+    res = tmp_path / "results"
+    launched = []
+    fake_launch = _fake_launch(res, launched)
 
     table, failed = gf.run_study("quick", [], res, tmp_path / "fig", calls=calls, launch=fake_launch,
                                  log=lambda s: None, design=d)
@@ -252,3 +263,48 @@ def test_run_study_tunes_trains_only_through_the_sweep_and_writes_its_tables(tmp
     assert len(per) == 6 and set(per["method"]) == {"GN sum", "K-FAC"} and set(per["seed"]) == {42, 43, 44}
     assert list(table["claim"]) == ["m", "f"] and (table["n"] == 3).all()
     assert (tmp_path / "fig" / "gn_family.png").exists()
+
+
+def test_the_record_carries_finished_methods_to_a_fresh_machine(tmp_path):
+    """Method by method, a finished method's setting and curves go to the record CSV; a later run of the study on
+    a machine without the runs neither tunes nor trains what the record holds and gives the same tables; a method
+    whose design changed, or whose seeds did not all finish, is run again."""
+    d = _small_design(tmp_path)
+    rec = tmp_path / "docs" / "gn_family_quick.csv"
+    calls, tuned = _fake_tuner(TUNED)
+    launched: list = []
+    res = tmp_path / "results"
+    table, _ = gf.run_study("quick", [], res, tmp_path / "fig", calls=calls, launch=_fake_launch(res, launched),
+                            log=lambda s: None, design=d, record=rec)
+    per = pd.read_csv(res / "gn_family_quick" / gf.PER_SEED_FILE)
+    df = pd.read_csv(rec)
+    assert set(df["method"]) == {"GN sum", "K-FAC"} and set(df["seed"]) == {42, 43, 44}
+    assert {"cka_block2", "step_size_ratio", "tuned_val_loss", "design"} <= set(df.columns)
+
+    fresh, launched2, logs = tmp_path / "fresh", [], []
+    calls2, tuned2 = _fake_tuner(TUNED)
+    table2, failed = gf.run_study("quick", [], fresh, tmp_path / "fig2", calls=calls2,
+                                  launch=_fake_launch(fresh, launched2), log=logs.append, design=d, record=rec)
+    assert failed == 0 and launched2 == [] and tuned2 == []
+    assert sum("not run again" in ln for ln in logs) == 2 and (tmp_path / "fig2" / "gn_family.png").exists()
+    pd.testing.assert_frame_equal(table2, table)
+    per2 = pd.read_csv(fresh / "gn_family_quick" / gf.PER_SEED_FILE)
+    pd.testing.assert_frame_equal(per2.drop(columns="run_id"), per.drop(columns="run_id"), check_dtype=False)
+    assert per2.loc[per2.method == "K-FAC", "damping"].eq(0.01).all()
+
+    # K-FAC's grid changed: its record is another design's, so it is tuned and trained again; GN sum is not.
+    d2 = gf.Design(d.base, d.seeds, d.tune_seeds, d.val_size,
+                   {**d.methods, "K-FAC": gf.Method("K-FAC", d.methods["K-FAC"].overrides, (0.3,), (0.01, 0.1))},
+                   d.claims)
+    again, launched3 = tmp_path / "again", []
+    calls3, tuned3 = _fake_tuner(TUNED)
+    gf.run_study("quick", [], again, tmp_path / "fig3", calls=calls3, launch=_fake_launch(again, launched3),
+                 log=lambda s: None, design=d2, record=rec)
+    assert len(launched3) == 1 and "optimizer=kfac" in launched3[0] and len(tuned3) == 2
+
+    # A method whose seeds did not all finish is not recorded (it is not finished).
+    part, rec_p = tmp_path / "part", tmp_path / "partial.csv"
+    calls4, _ = _fake_tuner(TUNED)
+    gf.run_study("quick", [], part, tmp_path / "fig4", calls=calls4, launch=_fake_launch(part, [], seeds={42, 43}),
+                 log=lambda s: None, design=d, record=rec_p)
+    assert not rec_p.exists() and gf.read_record(rec_p, d) == {}

@@ -138,7 +138,11 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             plan_only: bool = typer.Option(False, "--plan", help="scaling: print the plan and its estimate, train "
                                            "nothing."),
             redo: str = typer.Option("", "--redo", help="scaling: cells (comma list) to run again although the "
-                                     "margins CSV records them finished.")) -> None:
+                                     "margins CSV records them finished."),
+            record: Optional[Path] = typer.Option(None, "--record", help="gn_family: the CSV that keeps each finished "
+                                                  "method's setting and curves (default docs/data/gn_family_<scale>"
+                                                  ".csv); a method it holds is not run again (--force: all are).")
+            ) -> None:
         """Train a study's runs at a scale (finished runs are skipped), render its figure and print its numbers.
 
         Example: [bold]revgn study run linearisation_phase scale=quick --results /tmp/res[/]
@@ -169,7 +173,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
             os.nice(10)  # background-friendly: the study runs for hours beside other work
             table, failed = run_study(sc, ov, res, out_dir, force=force, quiet=bool(state.get("quiet")),
-                                      log=lambda s: out.print(s, highlight=False, soft_wrap=True))
+                                      log=lambda s: out.print(s, highlight=False, soft_wrap=True),
+                                      record=record or Path("docs/data") / f"gn_family_{sc}.csv")
             print_frame(table[["claim", "n", "n_nonfinite", "mean", "half", "p_adj", "p_tost_adj", "verdict"]],
                         f"gn_family ({sc}): verdicts (Holm over the family)")
             out.print(f"study gn_family ({sc}): {time.time() - t0:.0f} s", highlight=False)

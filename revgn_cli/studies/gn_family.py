@@ -13,12 +13,18 @@ methods, a metric, ``final`` or ``matched``, a SESOI). The study
    ``gn_family_verdicts.csv`` (one row per claim: mean ± 95 % interval, p, TOST p, Holm-adjusted verdict, from
    ``revgn_cli.stats``), and the figure.
 
+It goes method by method (tune, train, record), and with a *record* (``--record``, a CSV to commit) it keeps each
+finished method's setting and curves there: a method the record holds under the same design is neither tuned nor
+trained again, even on a machine without its runs, so the study can be finished over several sittings.
+
 Matched train loss, per seed and claim: L* = the larger of the two methods' final train losses (the level both
 reach); each method's test loss is taken at the first epoch row whose train loss is ≤ L*, linearly interpolated in
 train loss between that row and the one before. A diverged run gives a non-finite value (``stats`` counts it apart).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,26 +158,29 @@ def mean_val_loss(entry: Mapping[str, Any], rate: float) -> float:
     return float(np.mean(vals)) if vals and all(math.isfinite(v) for v in vals) else math.inf
 
 
-def tune(design: Design, results_dir: Any, calls: TuneCalls, log: Callable[[str], None] = lambda s: None
-         ) -> dict[str, Setting]:
-    """Each method's setting: for every λ of its grid (or none), the tuner's rate; then the λ with the lowest mean
+def tune_method(design: Design, m: Method, results_dir: Any, calls: TuneCalls,
+                log: Callable[[str], None] = lambda s: None) -> Setting:
+    """A method's setting: for every λ of its grid (or none), the tuner's rate; then the λ with the lowest mean
     val_loss at its rate (the first λ when the record gives no val_loss)."""
     exp = experiment(design)
-    out: dict[str, Setting] = {}
-    for m in design.methods.values():
-        best: Setting | None = None
-        for lam in m.damping or (None,):
-            ov = tune_overrides(design, m, lam)
-            rec = calls.run_tune(exp, ov, results_dir)
-            lr = float(calls.tuned_rates(results_dir, exp, ov)[m.optimizer])
-            s = Setting(lr, lam, mean_val_loss(record_entry(rec, m.optimizer), lr))
-            log(f"tuned {m.label}" + (f" λ={lam:g}" if lam is not None else "") + f": lr {lr:g} (val_loss {s.val_loss:.4g})")
-            if best is None or s.val_loss < best.val_loss:
-                best = s
-        if len(m.damping) > 1 and not math.isfinite(best.val_loss):
-            log(f"warning: {m.label}: no finite val_loss for any λ; keeping λ={best.damping:g}")
-        out[m.label] = best
-    return out
+    best: Setting | None = None
+    for lam in m.damping or (None,):
+        ov = tune_overrides(design, m, lam)
+        rec = calls.run_tune(exp, ov, results_dir)
+        lr = float(calls.tuned_rates(results_dir, exp, ov)[m.optimizer])
+        s = Setting(lr, lam, mean_val_loss(record_entry(rec, m.optimizer), lr))
+        log(f"tuned {m.label}" + (f" λ={lam:g}" if lam is not None else "") + f": lr {lr:g} (val_loss {s.val_loss:.4g})")
+        if best is None or s.val_loss < best.val_loss:
+            best = s
+    if len(m.damping) > 1 and not math.isfinite(best.val_loss):
+        log(f"warning: {m.label}: no finite val_loss for any λ; keeping λ={best.damping:g}")
+    return best
+
+
+def tune(design: Design, results_dir: Any, calls: TuneCalls, log: Callable[[str], None] = lambda s: None
+         ) -> dict[str, Setting]:
+    """Every method's setting (``tune_method``)."""
+    return {lab: tune_method(design, m, results_dir, calls, log) for lab, m in design.methods.items()}
 
 
 def run_overrides(design: Design, m: Method, s: Setting, extra: list[str] = ()) -> list[str]:
@@ -262,15 +271,15 @@ def verdict_table(runs: pd.DataFrame, claims: tuple[Claim, ...]) -> pd.DataFrame
 # the study: tune, train, write
 
 
-def method_jobs(design: Design, settings: Mapping[str, Setting], extra: list[str], results_dir: Any
-                ) -> dict[str, list[str]]:
-    """method label → the run ids of its final runs (composed, not trained)."""
+def method_jobs(design: Design, settings: Mapping[str, Setting], extra: list[str], results_dir: Any,
+                methods: Any = None) -> dict[str, list[str]]:
+    """method label → the run ids of its final runs (composed, not trained); ``methods``: only these labels."""
     from revgn_cli.config import run_id
     from revgn_cli.sweep import expand
 
     return {lab: [run_id(j.cfg) for j in expand(run_overrides(design, m, settings[lab],
                                                          [*extra, f"results_dir={results_dir}"]))]
-            for lab, m in design.methods.items()}
+            for lab, m in design.methods.items() if methods is None or lab in methods}
 
 
 def load_method_runs(results_dir: Any, jobs: Mapping[str, list[str]]) -> pd.DataFrame:
@@ -280,6 +289,69 @@ def load_method_runs(results_dir: Any, jobs: Mapping[str, list[str]]) -> pd.Data
     owner = {rid: lab for lab, ids in jobs.items() for rid in ids}
     df = load_runs(results_dir, {"run_id": sorted(owner)}, statuses=("done", "diverged"), strict=False)
     return df.assign(method=df["run_id"].map(owner)) if not df.empty else df.assign(method=[])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the record: finished methods' settings and curves, committed so the study can go on elsewhere
+
+RECORD_BASE = ("method", "design", "run_id", "seed", "status", "experiment", "optimizer.lr", "optimizer.damping",
+               "tuned_val_loss", "split", "epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")
+RECORD_PREFIXES = ("ntk_", "cka_", "step_size_ratio")  # the diagnostics the figure and the per-seed table read
+
+
+def method_fingerprint(design: Design, m: Method) -> str:
+    """What a method's record depends on (base overrides, its overrides and grids, seeds, the tuner's seeds and
+    split): a record made under another design is not this design's result."""
+    key = {"base": design.base, "seeds": design.seeds, "tune_seeds": design.tune_seeds, "val_size": design.val_size,
+           "overrides": m.overrides, "lr": m.lr, "damping": m.damping}
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def record_rows(runs: pd.DataFrame, design: Design, m: Method, s: Setting) -> pd.DataFrame:
+    """A finished method's rows for the record: its epoch rows and its first epoch's step rows (the step size),
+    the columns the tables and the figure read."""
+    r = runs[runs["method"] == m.label]
+    if "split" in r.columns:
+        r = r[(r["split"] == "epoch") | ((r["split"] == "step") & (r["epoch"] <= 1))]
+    r = r.assign(design=method_fingerprint(design, m), tuned_val_loss=s.val_loss)
+    cols = [c for c in RECORD_BASE if c in r.columns] + sorted(c for c in r.columns
+                                                               if c.startswith(RECORD_PREFIXES) and r[c].notna().any())
+    return r[cols]
+
+
+def read_record(path: Path | None, design: Design) -> dict[str, pd.DataFrame]:
+    """Methods the record holds whole under this design (every seed finished) → their rows."""
+    if path is None or not Path(path).exists():
+        return {}
+    df = pd.read_csv(path)
+    out: dict[str, pd.DataFrame] = {}
+    for lab, m in design.methods.items():
+        r = df[(df["method"] == lab) & (df["design"] == method_fingerprint(design, m))]
+        fin = r[r["status"].isin(["done", "diverged"])]
+        if not r.empty and set(design.seeds) <= set(int(x) for x in fin["seed"]):
+            out[lab] = r[r["seed"].isin(design.seeds)]
+    return out
+
+
+def recorded_setting(rows: pd.DataFrame, m: Method) -> Setting:
+    """The setting a method's recorded rows ran at (λ only for a method with a λ grid)."""
+    lam = float(rows["optimizer.damping"].iloc[0]) if m.damping and "optimizer.damping" in rows.columns else None
+    return Setting(float(rows["optimizer.lr"].iloc[0]), lam, float(rows["tuned_val_loss"].iloc[0]))
+
+
+def write_record(path: Path, rows: pd.DataFrame, label: str) -> None:
+    """Replace ``label``'s rows in the record CSV (other methods kept); atomic."""
+    import io
+
+    from revgn_cli.results.store import atomic_write_bytes
+
+    old = pd.read_csv(path) if Path(path).exists() else pd.DataFrame()
+    keep = old[old["method"] != label] if not old.empty else old
+    df = pd.concat([keep, rows], ignore_index=True) if not keep.empty else rows.reset_index(drop=True)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.8g")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(Path(path), buf.getvalue().encode())
 
 
 def write_outputs(runs: pd.DataFrame, design: Design, out_dir: Path) -> tuple[Path, Path]:
@@ -315,23 +387,40 @@ def plot(runs: pd.DataFrame, design: Design, scale: str):
 
 def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path, *, force: bool = False,
               quiet: bool = False, calls: TuneCalls | None = None, launch: Callable[..., list[dict]] | None = None,
-              log: Callable[[str], None] = print, design: Design | None = None) -> tuple[pd.DataFrame, int]:
-    """Tune, train the missing runs, write the tables and the figure; returns (verdict table, failed jobs)."""
+              log: Callable[[str], None] = print, design: Design | None = None,
+              record: Path | None = None) -> tuple[pd.DataFrame, int]:
+    """Method by method: tune, train the missing runs and (with ``record``) keep its setting and curves there; then
+    write the tables and the figure. A method ``record`` holds whole under this design is taken from it (``force``
+    redoes every method). Returns (verdict table, failed jobs)."""
     from revgn_cli import sweep as sw
 
     design = design or load_design(scale)
     calls = calls or default_calls()
     launch = launch or sw.launch
-    settings = tune(design, results_dir, calls, log)
+    recorded = {} if force else read_record(record, design)
     extra = list(overrides) + [o for o in DEFAULT_LAUNCHER if not any(x.startswith("hydra/launcher") for x in overrides)]
-    failed = 0
+    plain = [o for o in overrides if not o.startswith(("hydra/", "hydra."))]
+    failed, parts = 0, []
     for lab, m in design.methods.items():
-        log(f"{lab}: {settings[lab].lr:g}" + (f", λ {settings[lab].damping:g}" if settings[lab].damping is not None else ""))
-        records = launch(run_overrides(design, m, settings[lab], [*extra, f"results_dir={results_dir}"]), force=force,
+        if lab in recorded:
+            s = recorded_setting(recorded[lab], m)
+            log(f"{lab}: recorded in {record} (lr {s.lr:g}" + (f", λ {s.damping:g}" if s.damping is not None else "")
+                + f", {recorded[lab]['seed'].nunique()} seeds): not run again")
+            parts.append(recorded[lab])
+            continue
+        s = tune_method(design, m, results_dir, calls, log)
+        log(f"{lab}: {s.lr:g}" + (f", λ {s.damping:g}" if s.damping is not None else ""))
+        records = launch(run_overrides(design, m, s, [*extra, f"results_dir={results_dir}"]), force=force,
                          quiet=quiet)
         failed += len(sw.report_failures(records))
-    plain = [o for o in overrides if not o.startswith(("hydra/", "hydra."))]
-    runs = load_method_runs(results_dir, method_jobs(design, settings, plain, results_dir))
+        rows = load_method_runs(results_dir, method_jobs(design, {lab: s}, plain, results_dir, methods=[lab]))
+        if not rows.empty:
+            parts.append(rows)
+            done = set(int(x) for x in rows.loc[rows["status"].isin(["done", "diverged"]), "seed"])
+            if record is not None and set(design.seeds) <= done:
+                write_record(record, record_rows(rows, design, m, s), lab)
+                log(f"  → {record}")
+    runs = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if runs.empty:
         raise ConfigError("gn_family: no finished run to summarise")
     exp_dir = Path(results_dir) / runs["experiment"].iloc[0]
