@@ -341,17 +341,9 @@ def recorded_setting(rows: pd.DataFrame, m: Method) -> Setting:
 
 def write_record(path: Path, rows: pd.DataFrame, label: str) -> None:
     """Replace ``label``'s rows in the record CSV (other methods kept); atomic."""
-    import io
+    from revgn_cli.results.store import replace_csv_groups
 
-    from revgn_cli.results.store import atomic_write_bytes
-
-    old = pd.read_csv(path) if Path(path).exists() else pd.DataFrame()
-    keep = old[old["method"] != label] if not old.empty else old
-    df = pd.concat([keep, rows], ignore_index=True) if not keep.empty else rows.reset_index(drop=True)
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format="%.8g")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(Path(path), buf.getvalue().encode())
+    replace_csv_groups(Path(path), rows.assign(method=label), "method")
 
 
 def write_outputs(runs: pd.DataFrame, design: Design, out_dir: Path) -> tuple[Path, Path]:

@@ -17,7 +17,6 @@ model of the plan's wall-time estimate. This module
 from __future__ import annotations
 
 import functools
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -439,15 +438,10 @@ def measure_cell(design: Design, cp: CellPlan, results_dir: str) -> pd.DataFrame
 
 def write_margins(path: Path, cell_rows: pd.DataFrame) -> pd.DataFrame:
     """Replace the rows of ``cell_rows``'s cells in the CSV at ``path`` (other cells kept); atomic."""
-    from revgn_cli.results.store import atomic_write_bytes
+    from revgn_cli.results.store import replace_csv_groups
+
     old = read_margins(path) if path.exists() else pd.DataFrame(columns=list(MARGIN_COLUMNS))
-    keep = old[~old["cell"].isin(set(cell_rows["cell"]))]
-    df = pd.concat([keep, cell_rows], ignore_index=True) if not keep.empty else cell_rows.reset_index(drop=True)
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format="%.6g")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue().encode())
-    return df
+    return replace_csv_groups(path, cell_rows, "cell", old, float_format="%.6g")
 
 
 def train_cell(design: Design, cp: CellPlan, extra: Sequence[str], results_dir: str, *, quiet: bool = False,
