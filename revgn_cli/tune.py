@@ -97,7 +97,7 @@ def _mean(xs: Any) -> float:
 
 def setting_key(overrides: list[str]) -> str:
     """The overrides that define a setting, as a stable string (sorted, space-joined; "" = the preset itself)."""
-    skip = ("optimizer=", "tune.", "+tune.", "results_dir=", "device=", "hydra", "experiment=")
+    skip = ("optimizer=", "tune.", "+tune.", "++tune.", "results_dir=", "device=", "hydra", "experiment=")
     return " ".join(sorted(o for o in overrides if not o.startswith(skip)))
 
 

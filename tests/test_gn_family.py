@@ -118,7 +118,7 @@ def test_design_declares_every_method_and_its_runs_compose():
         ids |= {run_id(c) for c in cfgs}
     assert len(ids) == len(d.methods) * len(d.seeds)  # GN sum/mean and both GGN-CG Hessians are distinct runs
     ov = gf.tune_overrides(d, d.methods["K-FAC"], 0.1)
-    assert "optimizer.damping=0.1" in ov and "tune.grid.kfac=[0.3,1]" in ov and "tune.val_size=1000" in ov and "metrics.every=0" in ov
+    assert "optimizer.damping=0.1" in ov and "++tune.grid.kfac=[0.3,1]" in ov and "tune.val_size=1000" in ov and "metrics.every=0" in ov
 
 
 def _fake_tuner(val):
@@ -170,7 +170,7 @@ def test_tuning_picks_each_methods_lambda_by_its_lowest_validation_loss(tmp_path
     assert st["GN sum"] == gf.Setting(0.3, None, pytest.approx(0.425))
     # λ 0.01: its tuned rate is 0.3 (lr 1 diverged on a seed: +∞), val 0.35; λ 0.1 at lr 0.3 has 0.32: chosen.
     assert st["K-FAC"] == gf.Setting(0.3, 0.1, pytest.approx(0.32))
-    assert len(seen) == 3 and all(any(o.startswith("tune.grid.") for o in ov) for ov in seen)
+    assert len(seen) == 3 and all(any(o.startswith("++tune.grid.") for o in ov) for ov in seen)
 
 
 def test_test_loss_at_matched_train_loss_is_interpolated_between_epoch_rows():
@@ -308,3 +308,14 @@ def test_the_record_carries_finished_methods_to_a_fresh_machine(tmp_path):
     gf.run_study("quick", [], part, tmp_path / "fig4", calls=calls4, launch=_fake_launch(part, [], seeds={42, 43}),
                  log=lambda s: None, design=d, record=rec_p)
     assert not rec_p.exists() and gf.read_record(rec_p, d) == {}
+
+
+def test_every_methods_tuning_overrides_compose_on_the_real_preset():
+    """Each method × λ of the declared design composes with its tuning grid (the preset declares none for most)."""
+    from revgn_cli.config import compose_config
+
+    d = gf.load_design("quick")
+    for m in d.methods.values():
+        for lam in m.damping or (None,):
+            cfg = compose_config([d.base[0], *gf.tune_overrides(d, m, lam)])
+            assert list(cfg.tune.grid[m.optimizer]) == list(m.lr), m.label

@@ -51,7 +51,7 @@ def test_the_declared_design_expands_to_the_expected_cells():
     assert d.axes_of("paper") == [(a, d.axes[a].paper) for a in d.axes]
     # each method's tuning overrides name the cell's setting plus the declared grid
     t = d.tune_overrides(d.cells["paper_n1024"])
-    assert "regime.train_size=1024" in t and "tune.grid.gn=[0.1,0.3,1.0]" in t
+    assert "regime.train_size=1024" in t and "++tune.grid.gn=[0.1,0.3,1.0]" in t
 
 
 def test_merge_overrides_later_keys_win_in_place():
@@ -264,3 +264,15 @@ def test_cells_recorded_whole_in_the_csv_are_not_planned_again_on_a_fresh_machin
                                                     "adam: [1.0e-4]}, seeds: [42], val_size: 1000}"))
     assert plan_study(load_design(tmp_path / "t.yaml"), [], str(fresh), budget_s=1e9, margins=csv,
                       tuner=FakeTuner()).recorded == {}
+
+
+def test_every_cells_tuning_overrides_compose_on_the_real_preset():
+    """The tuner composes the cell's preset with its tuning overrides: every declared grid must be accepted even
+    where the preset declares no tune grid of its own (``tune.grid`` is a struct dict)."""
+    from revgn_cli.config import compose_config
+
+    d = load_design()
+    for name, cell in d.cells.items():
+        cfg = compose_config([*d.base, *d.tune_overrides(cell)])
+        assert {m: list(cfg.tune.grid[m]) for m in d.methods} == {m: [float(v) for v in d.tune["grid"][m]]
+                                                                  for m in d.methods}, name

@@ -141,7 +141,9 @@ def tune_overrides(design: Design, m: Method, damping: float | None) -> list[str
     seeds = ",".join(str(s) for s in design.tune_seeds)
     out = [*design.base[1:], *m.overrides]
     out += [f"optimizer.damping={damping:g}"] if damping is not None else []
-    return out + ["metrics.every=0", f"tune.grid.{m.optimizer}=[{grid}]", f"tune.seeds=[{seeds}]", f"tune.val_size={design.val_size}"]
+    # ++: the preset declares no grid for most methods (tune.grid is a struct dict), so add or override it.
+    return out + ["metrics.every=0", f"++tune.grid.{m.optimizer}=[{grid}]", f"tune.seeds=[{seeds}]",
+                  f"tune.val_size={design.val_size}"]
 
 
 def mean_val_loss(entry: Mapping[str, Any], rate: float) -> float:

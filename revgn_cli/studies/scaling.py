@@ -105,7 +105,8 @@ class Design:
     def tune_overrides(self, cell: Cell) -> list[str]:
         """The overrides that define a cell's tuning setting: its own and the design's grid, seeds and hold-out."""
         t = self.tune
-        grid = [f"tune.grid.{m}=[{','.join(repr(float(v)) for v in t['grid'][m])}]" for m in self.methods]
+        # ++: the preset may declare no grid for a method (tune.grid is a struct dict): add or override it.
+        grid = [f"++tune.grid.{m}=[{','.join(repr(float(v)) for v in t['grid'][m])}]" for m in self.methods]
         return [*cell.overrides, *grid, f"tune.seeds=[{','.join(str(s) for s in t['seeds'])}]",
                 f"tune.val_size={int(t['val_size'])}"]
 
