@@ -276,3 +276,18 @@ def test_every_cells_tuning_overrides_compose_on_the_real_preset():
         cfg = compose_config([*d.base, *d.tune_overrides(cell)])
         assert {m: list(cfg.tune.grid[m]) for m in d.methods} == {m: [float(v) for v in d.tune["grid"][m]]
                                                                   for m in d.methods}, name
+
+
+def test_report_of_the_quick_corner_alone_gives_its_table_and_no_figure(tmp_path):
+    """The first cell to finish is the quick corner, which stands on no axis: its table is reported, the figure
+    (trends along axes) waits for a cell on an axis instead of failing."""
+    from revgn_cli.studies.scaling_report import report
+
+    rows = [{"cell": "quick", "axes": "", "claim": "fig2.test_loss", "seed": s, "margin": 0.01 * (s - 40),
+             "sesoi": 0.01, "rates": "tuned", "lr": "gn=1 adam=0.0003", "runs_done": 10, "runs_expected": 10,
+             "cell_wall_s": 300.0, "hidden": 1024, "batch": 256, "epochs": 12, "updates": 192, "train_images": 4000}
+            for s in range(42, 47)]
+    csv = tmp_path / "m.csv"
+    pd.DataFrame(rows, columns=list(MARGIN_COLUMNS)).to_csv(csv, index=False)
+    table, paths = report(csv, tmp_path / "img")
+    assert paths == [] and "quick" in table and "fig2.test_loss" in table

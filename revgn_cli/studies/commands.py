@@ -225,7 +225,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         if margins.exists():
             table, paths = report(margins, out_dir)
             out.print(table, highlight=False, soft_wrap=True)
-            say(f"figure: {' '.join(map(str, paths))}")
+            say(f"figure: {' '.join(map(str, paths))}" if paths else "figure: none yet (no finished cell on an axis)")
         say(f"study scaling: {time.time() - t0:.0f} s")
         if failed:
             raise typer.Exit(1)
@@ -249,7 +249,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             raise ConfigError(f"`revgn study report` knows the scaling study only, not {name!r}")
         table, paths = report(source, out_dir, doc)
         out.print(table, highlight=False, soft_wrap=True)
-        say(f"figure: {' '.join(map(str, paths))}" + (f"; table → {doc}" if doc else ""))
+        say((f"figure: {' '.join(map(str, paths))}" if paths else "figure: none yet (no finished cell on an axis)")
+            + (f"; table → {doc}" if doc else ""))
 
 
 def parse_duration(text: str) -> float:

@@ -38,7 +38,7 @@ def read_margins(path: Path) -> pd.DataFrame:
     missing = [c for c in MARGIN_COLUMNS if c not in df.columns]
     if missing:
         raise ConfigError(f"{path} is not a scale-study margins file (missing columns: {', '.join(missing)})")
-    df["axes"] = df["axes"].fillna("").astype(str)
+    df["axes"] = df["axes"].astype(object).fillna("").astype(str)
     return df
 
 
@@ -49,7 +49,7 @@ def axis_points(df: pd.DataFrame) -> pd.DataFrame:
         for part in str(axes).split():
             a, v = part.split("=", 1)
             out.append(g.assign(axis=a, value=float(v)))
-    return pd.concat(out, ignore_index=True) if out else df.assign(axis=[], value=[])
+    return pd.concat(out, ignore_index=True) if out else df.iloc[0:0].assign(axis=[], value=[])
 
 
 def cell_verdicts(df: pd.DataFrame) -> pd.DataFrame:
@@ -200,9 +200,11 @@ def report(path: Path, out_dir: Path, doc: Path | None = None) -> tuple[str, lis
     table = markdown(df)
     from revgn_cli.figures.style import save
 
-    fig = plot(df)
-    paths = save(fig, out_dir, "scaling")
-    fig.clear()
+    paths: list[Path] = []
+    if not axis_points(df[df["seed"] >= 0]).empty:  # the figure needs a cell on an axis (the quick corner is on none)
+        fig = plot(df)
+        paths = save(fig, out_dir, "scaling")
+        fig.clear()
     if doc is not None:
         splice(doc, table, str(path))
     return table, paths
