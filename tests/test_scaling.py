@@ -117,13 +117,27 @@ def _cell(name: str, seeds: int, per_run_s: float, done: int = 0) -> CellPlan:
 
 def test_the_budget_cuts_seeds_before_cells():
     cells = [_cell("a", 10, 60.0), _cell("b", 10, 60.0)]  # 2 × 20 runs × 1 min
-    cut = fit_budget(cells, budget_s=25 * 60, min_seeds=5)  # both at 5 seeds: 20 min, fits
-    assert [c.seeds for c in cells] == [5, 5] and cut == ["b: 10 → 5 seeds", "a: 10 → 5 seeds"]
+    cut = fit_budget(cells, budget_s=25 * 60, min_seeds=5)  # b (last in the order) at 5: 10 min; a gets 7: 14 min
+    assert [c.seeds for c in cells] == [7, 5] and cut == ["a: 10 → 7 seeds", "b: 10 → 5 seeds"]
     cells = [_cell("a", 10, 60.0), _cell("b", 10, 60.0)]
     cut = fit_budget(cells, budget_s=12 * 60, min_seeds=5)  # even 5 seeds each overruns: the last cell goes
-    assert [c.cell.name for c in cells] == ["a"] and cells[0].seeds == 5 and cut[-1].startswith("b: not run")
+    assert [c.cell.name for c in cells] == ["a"] and cells[0].seeds == 6
+    assert cut == ["a: 10 → 6 seeds", "b: not run this time (~20 min)"]
     cells = [_cell("a", 10, 60.0, done=10)]  # finished runs cost nothing: nothing to cut
     assert fit_budget(cells, budget_s=1.0, min_seeds=5) == [] and cells[0].seeds == 10
+
+
+def test_a_dropped_cell_gives_its_seeds_back_to_the_cells_kept():
+    # a cheap first cell and a costly last one: the last cannot fit even at 5 seeds, so it goes and the first keeps
+    # all its 10 seeds (it is not left at the 5 it would need were both kept)
+    cells = [_cell("quick", 10, 60.0), _cell("corner", 5, 600.0)]
+    cut = fit_budget(cells, budget_s=35 * 60, min_seeds=5)
+    assert [(c.cell.name, c.seeds) for c in cells] == [("quick", 10)]
+    assert cut == ["corner: not run this time (~100 min)"]
+    # a finished cell at the end is kept (it costs nothing and its margins are still measured); the costly one goes
+    cells = [_cell("quick", 10, 60.0), _cell("corner", 5, 600.0), _cell("done", 10, 60.0, done=10)]
+    cut = fit_budget(cells, budget_s=35 * 60, min_seeds=5)
+    assert [(c.cell.name, c.seeds) for c in cells] == [("quick", 10), ("done", 10)] and len(cut) == 1
 
 
 def test_trend_matches_a_hand_computation():

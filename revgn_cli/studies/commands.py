@@ -130,7 +130,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where <name>.png / .pdf go."),
             force: bool = typer.Option(False, "--force", help="Retrain finished runs too (not for scaling)."),
             budget: str = typer.Option("4h", "--budget", help="scaling: wall-time budget (e.g. 4h, 90m, 3600s); "
-                                       "over it, cells lose seeds (not below the design's min_seeds), then cells."),
+                                       "over it, cells lose seeds (not below the design's min_seeds) before the last "
+                                       "cells in the order are left for later; kept cells get seeds back first."),
             margins: Path = typer.Option(Path("docs/data/scaling_margins.csv"), "--margins",
                                          help="scaling: the per-seed margins CSV it rewrites after each cell."),
             cost_factor: float = typer.Option(1.0, "--cost-factor", help="scaling: multiply the cost model's "

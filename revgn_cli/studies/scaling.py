@@ -322,21 +322,31 @@ def plan_cell(design: Design, cell: Cell, extra: Sequence[str], results_dir: str
 
 
 def fit_budget(cells: list[CellPlan], budget_s: float, min_seeds: int) -> list[str]:
-    """Cut the plan to the budget: seeds first (the last cells in the order first, never below ``min_seeds``), then
-    whole cells from the end of the order. Mutates ``cells``; returns what was cut, in words."""
-    cut: list[str] = []
+    """Cut the plan to the budget, the design's order being its priority: whole cells go from the end of the order
+    only while even every cell at ``min_seeds`` overruns; then the kept cells get their seeds back, the first cells
+    first, one seed at a time while the total fits. A cell never drops below ``min_seeds`` (or its own smaller
+    count). Mutates ``cells``; returns what was cut, in words (seeds first, then cells)."""
+    declared = {id(c): c.seeds for c in cells}
 
     def total() -> float:
         return sum(c.est_s for c in cells)
 
-    for c in reversed(cells):
-        if total() <= budget_s:
-            break
-        if c.seeds > min_seeds and c.todo():
-            before, c.seeds = c.seeds, min_seeds
-            cut.append(f"{c.cell.name}: {before} → {min_seeds} seeds")
-    while cells and total() > budget_s:
-        c = cells.pop()
+    if total() <= budget_s:
+        return []
+    for c in cells:
+        c.seeds = min(c.seeds, min_seeds)
+    dropped: list[CellPlan] = []
+    while total() > budget_s:  # the last cell that still costs anything (a finished one is only measured)
+        dropped.append(cells.pop(max(i for i, c in enumerate(cells) if c.est_s > 0)))
+    for c in cells:
+        while c.seeds < declared[id(c)]:
+            c.seeds += 1
+            if total() > budget_s:
+                c.seeds -= 1
+                break
+    cut = [f"{c.cell.name}: {declared[id(c)]} → {c.seeds} seeds" for c in cells if c.seeds < declared[id(c)]]
+    for c in reversed(dropped):
+        c.seeds = declared[id(c)]
         if c.est_s > 0:
             cut.append(f"{c.cell.name}: not run this time (~{c.est_s / 60:.0f} min)")
     return cut
