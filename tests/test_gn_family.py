@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from revgn_cli.cli import app
-from revgn_cli.config import config_dict, run_id
+from revgn_cli.config import ConfigError, config_dict, run_id
 from revgn_cli.figures.catalog import render
 from revgn_cli.figures.style import visible_lines
 from revgn_cli.results import RunDir
@@ -308,6 +308,32 @@ def test_the_record_carries_finished_methods_to_a_fresh_machine(tmp_path):
     gf.run_study("quick", [], part, tmp_path / "fig4", calls=calls4, launch=_fake_launch(part, [], seeds={42, 43}),
                  log=lambda s: None, design=d, record=rec_p)
     assert not rec_p.exists() and gf.read_record(rec_p, d) == {}
+
+
+def test_methods_trains_only_the_named_methods_and_a_later_sitting_finishes_from_the_record(tmp_path):
+    """--methods: one sitting tunes and trains only the named methods (the claims missing a method are
+    INSUFFICIENT, not judged on nothing); the next sitting takes them from the record and runs the rest."""
+    d = _small_design(tmp_path)
+    rec = tmp_path / "rec.csv"
+    calls, tuned = _fake_tuner(TUNED)
+    launched: list = []
+    res = tmp_path / "results"
+    logs: list[str] = []
+    table, _ = gf.run_study("quick", [], res, tmp_path / "fig", calls=calls, launch=_fake_launch(res, launched),
+                            log=logs.append, design=d, record=rec, methods=["GN sum"])
+    assert len(launched) == 1 and "optimizer=gn" in launched[0] and set(pd.read_csv(rec)["method"]) == {"GN sum"}
+    assert any("K-FAC: not run this sitting" in ln for ln in logs)
+    assert (table["verdict"] == "INSUFFICIENT").all() and (table["n"] == 0).all()
+
+    calls2, _ = _fake_tuner(TUNED)
+    launched2: list = []
+    table2, _ = gf.run_study("quick", [], res, tmp_path / "fig2", calls=calls2, launch=_fake_launch(res, launched2),
+                             log=lambda s: None, design=d, record=rec)
+    assert len(launched2) == 1 and "optimizer=kfac" in launched2[0]
+    assert set(pd.read_csv(rec)["method"]) == {"GN sum", "K-FAC"} and (table2["n"] == 3).all()
+    with pytest.raises(ConfigError, match="no method 'GN'"):
+        gf.run_study("quick", [], res, tmp_path / "fig3", calls=calls2, launch=_fake_launch(res, []),
+                     log=lambda s: None, design=d, record=rec, methods=["GN"])
 
 
 def test_every_methods_tuning_overrides_compose_on_the_real_preset():

@@ -142,7 +142,10 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                                      "margins CSV records them finished."),
             record: Optional[Path] = typer.Option(None, "--record", help="gn_family: the CSV that keeps each finished "
                                                   "method's setting and curves (default docs/data/gn_family_<scale>"
-                                                  ".csv); a method it holds is not run again (--force: all are).")
+                                                  ".csv); a method it holds is not run again (--force: all are)."),
+            methods: str = typer.Option("", "--methods", help="gn_family: train only these methods this sitting "
+                                        "(comma list of the design's labels, e.g. 'GN sum,Adam'); the rest enter the "
+                                        "tables only if the record holds them.")
             ) -> None:
         """Train a study's runs at a scale (finished runs are skipped), render its figure and print its numbers.
 
@@ -175,7 +178,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             os.nice(10)  # background-friendly: the study runs for hours beside other work
             table, failed = run_study(sc, ov, res, out_dir, force=force, quiet=bool(state.get("quiet")),
                                       log=lambda s: out.print(s, highlight=False, soft_wrap=True),
-                                      record=record or Path("docs/data") / f"gn_family_{sc}.csv")
+                                      record=record or Path("docs/data") / f"gn_family_{sc}.csv",
+                                      methods=[x.strip() for x in methods.split(",") if x.strip()] or None)
             print_frame(table[["claim", "n", "n_nonfinite", "mean", "half", "p_adj", "p_tost_adj", "verdict"]],
                         f"gn_family ({sc}): verdicts (Holm over the family)")
             out.print(f"study gn_family ({sc}): {time.time() - t0:.0f} s", highlight=False)

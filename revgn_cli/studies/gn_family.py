@@ -28,7 +28,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -382,13 +382,18 @@ def plot(runs: pd.DataFrame, design: Design, scale: str):
 def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path, *, force: bool = False,
               quiet: bool = False, calls: TuneCalls | None = None, launch: Callable[..., list[dict]] | None = None,
               log: Callable[[str], None] = print, design: Design | None = None,
-              record: Path | None = None) -> tuple[pd.DataFrame, int]:
+              record: Path | None = None, methods: Sequence[str] | None = None) -> tuple[pd.DataFrame, int]:
     """Method by method: tune, train the missing runs and (with ``record``) keep its setting and curves there; then
     write the tables and the figure. A method ``record`` holds whole under this design is taken from it (``force``
-    redoes every method). Returns (verdict table, failed jobs)."""
+    redoes every method). ``methods``: train only these labels this sitting (the others enter the tables only if the
+    record holds them; a claim missing a method is INSUFFICIENT). Returns (verdict table, failed jobs)."""
     from revgn_cli import sweep as sw
 
     design = design or load_design(scale)
+    unknown = sorted(set(methods or ()) - set(design.methods))
+    if unknown:
+        raise ConfigError(f"gn_family --methods: no method {', '.join(map(repr, unknown))} "
+                          f"(methods: {', '.join(design.methods)})")
     calls = calls or default_calls()
     launch = launch or sw.launch
     recorded = {} if force else read_record(record, design)
@@ -401,6 +406,9 @@ def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path,
             log(f"{lab}: recorded in {record} (lr {s.lr:g}" + (f", λ {s.damping:g}" if s.damping is not None else "")
                 + f", {recorded[lab]['seed'].nunique()} seeds): not run again")
             parts.append(recorded[lab])
+            continue
+        if methods is not None and lab not in methods:
+            log(f"{lab}: not run this sitting (--methods)")
             continue
         s = tune_method(design, m, results_dir, calls, log)
         log(f"{lab}: {s.lr:g}" + (f", λ {s.damping:g}" if s.damping is not None else ""))
