@@ -43,11 +43,13 @@ bench: $(STAMP)
 	$(PY) bench/gn_step.py --quick
 	$(PY) bench/metrics_overhead.py
 	$(PY) bench/gn_truncation.py
+	$(PY) bench/ggn_matvec.py
 
 bench-smoke: $(STAMP)
 	$(PY) bench/gn_step.py --smoke
 	$(PY) bench/metrics_overhead.py --smoke
 	$(PY) bench/gn_truncation.py --smoke
+	$(PY) bench/ggn_matvec.py --smoke
 
 clean-venv:
 	rm -rf $(VENV)

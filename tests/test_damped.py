@@ -19,7 +19,8 @@ from revgn_cli.cli import app
 from revgn_cli.models import RevMLP
 from revgn_cli.optim import GGNCG, KFAC, gn_direction, make_optimizer
 from revgn_cli.optim.cg import conjugate_gradient
-from revgn_cli.optim.curvature import KFACView, flat, ggn_matvec, ggn_operator, kfac_operator, unflat
+from revgn_cli.optim.curvature import (KFACView, flat, ggn_batch_matvec, ggn_matvec, ggn_operator, kfac_operator,
+                                       unflat)
 from revgn_cli.optim.losses import batch_loss, output_residual
 from revgn_cli.results import run_summaries
 
@@ -84,6 +85,20 @@ def test_ggn_matvec_equals_dense_jt_h_j(loss_hessian):
     mv = ggn_matvec(ggn_operator(model, x, t, loss_hessian=loss_hessian), model.trainable())
     v = torch.randn(ggn.shape[0], dtype=D, generator=torch.Generator().manual_seed(2))
     assert rel(mv(v), ggn @ v) < 1e-12
+    # the torch.func product GGN-CG uses (forward and VJP graph cached over the batch's CG iterations)
+    cached = ggn_batch_matvec(model, x, t, loss_hessian=loss_hessian)
+    assert rel(cached(v), ggn @ v) < 1e-12
+    w = torch.randn(ggn.shape[0], dtype=D, generator=torch.Generator().manual_seed(3))
+    assert rel(cached(w), ggn @ w) < 1e-12 and rel(cached(v), ggn @ v) < 1e-12  # reusable, no state carried over
+
+
+def test_ggn_batch_matvec_with_mse_is_the_identity_hessian_product():
+    model = RevMLP(8, 2, 6, n_classes=4, init_std=0.3, first_block_linear=False, seed=1).double()
+    x, t = _batch(5, 8, 4)
+    v = torch.randn(sum(p.numel() for p in model.trainable()), dtype=D, generator=torch.Generator().manual_seed(2))
+    for h in ("identity", "exact"):  # MSE's Hessian is the identity whichever is asked for
+        assert rel(ggn_batch_matvec(model, x, t, loss="mse", loss_hessian=h)(v), dense_ggn(model, x, "identity") @ v) \
+            < 1e-12
 
 
 @pytest.mark.kernels

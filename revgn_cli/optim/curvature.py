@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from revgn_cli.models.revmlp import HalfLayer, RevMLP
 
-__all__ = ["IdentityHessianLoss", "ggn_operator", "kfac_operator", "KFACView", "flat", "unflat", "ggn_matvec"]
+__all__ = ["IdentityHessianLoss", "ggn_operator", "kfac_operator", "KFACView", "flat", "unflat", "ggn_matvec",
+           "ggn_batch_matvec"]
 
 
 class IdentityHessianLoss(nn.Module):
@@ -70,6 +71,47 @@ def ggn_matvec(op, params: list[Tensor]) -> Callable[[Tensor], Tensor]:
 
     def mv(v: Tensor) -> Tensor:
         return flat(op @ unflat(v, params))
+
+    return mv
+
+
+def ggn_batch_matvec(model: RevMLP, x: Tensor, t_onehot: Tensor, *, loss: str = "ce",
+                     loss_hessian: str = "identity") -> Callable[[Tensor], Tensor]:
+    """v ↦ G v on flat vectors ∈ ℝ^|θ| for the batch (x ∈ ℝ^{n×d}, t ∈ ℝ^{n×C}), G as in the module docstring.
+
+    The same products as ``ggn_matvec(ggn_operator(...))`` (tests/test_damped.py checks both against a dense
+    float64 JᵀHJ), written with torch.func because CG takes tens to hundreds of products on one batch: the forward
+    pass and its VJP graph are built once per batch (``torch.func.vjp``), and each product is one JVP (J v),
+    H/n applied to the n×C result, and the cached VJP (Jᵀ u). curvlinops' GGN product evaluates the forward twice per
+    product (its JVP and its VJP each run the network); bench/ggn_matvec.py times the two side by side.
+    Memory: the cached graph holds the forward's activations (about one backward's worth) until the closure is freed.
+    """
+    from torch.func import functional_call, jvp, vjp
+
+    params = model.trainable()
+    names = {id(p): k for k, p in model.named_parameters()}
+    keys = [names[id(p)] for p in params]
+    primals = tuple(p.detach() for p in params)
+
+    def f(*ps: Tensor) -> Tensor:
+        return functional_call(model, dict(zip(keys, ps)), (x,), strict=False)
+
+    with torch.enable_grad():
+        z, pullback = vjp(f, *primals)
+    n = z.shape[0]
+    exact_ce = loss == "ce" and loss_hessian == "exact"
+    prob = z.detach().softmax(dim=1) if exact_ce else None
+
+    def hess(u: Tensor) -> Tensor:
+        """H_i u_i / n per row: u for the identity, (diag(p) − ppᵀ) u for the softmax."""
+        if prob is None:
+            return u / n
+        return (prob * u - prob * (prob * u).sum(dim=1, keepdim=True)) / n
+
+    def mv(v: Tensor) -> Tensor:
+        with torch.enable_grad():
+            _, jv = jvp(f, primals, tuple(unflat(v, params)))
+            return flat(pullback(hess(jv))).detach()
 
     return mv
 

@@ -4,8 +4,8 @@ Both take θ ← θ − α Δθ with Δθ ≈ (G + λI)⁻¹ g, where g = ∇_θ
 batch's curvature of the same scaling (revgn_cli/optim/curvature.py: H = I for ``loss_hessian=identity``, the softmax
 Hessian for ``exact``):
 
-* ``GGNCG`` solves the system by conjugate gradient on curvlinops' GGN mat-vecs (each one JVP + VJP through the
-  network; no matrix is formed), from Δ = 0, for at most ``cg_iters`` iterations or until ‖r‖ ≤ cg_tol·‖g‖.
+* ``GGNCG`` solves the system by conjugate gradient on GGN mat-vecs (curvature.ggn_batch_matvec: the batch's forward
+  and VJP graph built once, then one JVP + one cached VJP per product; no matrix is formed), from Δ = 0, for at most ``cg_iters`` iterations or until ‖r‖ ≤ cg_tol·‖g‖.
   ``damping_schedule="lm"`` adapts λ after every step, Levenberg–Marquardt style (Martens 2010 §4.1): with the
   reduction ratio ρ = (ℓ(θ − αΔ) − ℓ(θ)) / (q(−αΔ) − q(0)), q the undamped quadratic model
   q(δ) = ℓ + gᵀδ + ½ δᵀGδ on the same batch, λ ← λ·ω if ρ < ¼ and λ ← λ/ω if ρ > ¾ (ω = ``lm_factor``, 3/2 in the
@@ -19,7 +19,7 @@ Hessian for ``exact``):
   (K + λI)⁻¹ exactly through the factors' eigendecompositions (curvlinops' KFACInverseLinearOperator with
   ``use_exact_damping``), so λ means the same as for GGN-CG. ``step_rule`` (Martens & Grosse 2015):
   ``plain`` takes θ ← θ − αΔθ; ``rescale`` (§6.4, the default) scales the proposal Δ = −Δθ by the minimiser of the
-  damped quadratic model along it, α* = −gᵀΔ / (Δᵀ(G + λI)Δ), with G the exact GGN (one curvlinops mat-vec), so a
+  damped quadratic model along it, α* = −gᵀΔ / (Δᵀ(G + λI)Δ), with G the exact GGN (one mat-vec), so a
   block-diagonal inverse that overshoots is pulled back; ``momentum`` (§7) minimises the same model over
   span{Δ, δ₀}, δ₀ the previous update: δ = αΔ + μδ₀ with (α, μ) from a 2×2 system (two mat-vecs). The update is
   θ ← θ + lr·δ (lr = 1 is M&G's step).
@@ -39,7 +39,7 @@ from torch import Tensor
 
 from revgn_cli.models.revmlp import RevMLP
 from revgn_cli.optim.cg import conjugate_gradient
-from revgn_cli.optim.curvature import KFACView, flat, ggn_matvec, ggn_operator, kfac_operator, unflat
+from revgn_cli.optim.curvature import KFACView, flat, ggn_batch_matvec, kfac_operator, unflat
 from revgn_cli.optim.losses import LOSS_HESSIANS, batch_loss
 
 __all__ = ["GGNCG", "KFAC", "DAMPING_SCHEDULES", "KFAC_STEPS", "LM_ACCEPT", "loss_and_grad", "quadratic_step"]
@@ -155,7 +155,7 @@ class GGNCG(_Damped):
         x, t_onehot = self._batch(x, t_onehot)
         params = self.model.trainable()
         ell, grads = loss_and_grad(self.model, x, t_onehot, self.loss)
-        mv = ggn_matvec(ggn_operator(self.model, x, t_onehot, loss=self.loss, loss_hessian=self.loss_hessian), params)
+        mv = ggn_batch_matvec(self.model, x, t_onehot, loss=self.loss, loss_hessian=self.loss_hessian)
         g = flat(grads)
         res = conjugate_gradient(mv, g, damping=self.damping, max_iters=self.cg_iters, rtol=self.cg_tol)
         return unflat(res.x, params), ell, {"g": g, "mv": mv, "cg": res, "x": x, "t": t_onehot}
@@ -267,7 +267,7 @@ class KFAC(_Damped):
         if self.step_rule != "plain":
             xb, tb = self._batch(x, t_onehot)
             params = self.model.trainable()
-            mv = ggn_matvec(ggn_operator(self.model, xb, tb, loss=self.loss, loss_hessian=self.loss_hessian), params)
+            mv = ggn_batch_matvec(self.model, xb, tb, loss=self.loss, loss_hessian=self.loss_hessian)
             prev = self._previous if self.step_rule == "momentum" else None
             with torch.no_grad():
                 upd, alpha, mu = quadratic_step(mv, flat(grads), -flat(delta), self.damping, prev)
