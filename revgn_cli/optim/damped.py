@@ -5,7 +5,8 @@ batch's curvature of the same scaling (revgn_cli/optim/curvature.py: H = I for `
 Hessian for ``exact``):
 
 * ``GGNCG`` solves the system by conjugate gradient on GGN mat-vecs (curvature.ggn_batch_matvec: the batch's forward
-  and VJP graph built once, then one JVP + one cached VJP per product; no matrix is formed), from Δ = 0, for at most ``cg_iters`` iterations or until ‖r‖ ≤ cg_tol·‖g‖.
+  and VJP graph built once, then one JVP + one cached VJP per product; no matrix is formed), from Δ = 0, for at most
+  ``cg_iters`` iterations or until ‖r‖ ≤ cg_tol·‖g‖.
   ``damping_schedule="lm"`` adapts λ after every step, Levenberg–Marquardt style (Martens 2010 §4.1): with the
   reduction ratio ρ = (ℓ(θ − αΔ) − ℓ(θ)) / (q(−αΔ) − q(0)), q the undamped quadratic model
   q(δ) = ℓ + gᵀδ + ½ δᵀGδ on the same batch, λ ← λ·ω if ρ < ¼ and λ ← λ/ω if ρ > ¾ (ω = ``lm_factor``, 3/2 in the
