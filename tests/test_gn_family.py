@@ -129,11 +129,13 @@ def _fake_tuner(val):
     def opt_of(ov):
         return next(o.split("=")[1] for o in ov if o.startswith("optimizer="))
 
-    def entry(ov):
+    def entry(ov):  # the real record type, so the study reads what revgn_cli.tune.run_tune returns
+        from revgn_cli.tune import OptimizerTune, TuneRecord
+
         o, lam = opt_of(ov), lam_of(ov)
-        per = {lr: {str(42 + i): v for i, v in enumerate(vs)} for (oo, ll, lr), vs in val.items() if (oo, ll) == (o, lam)}
+        per = {lr: {42 + i: v for i, v in enumerate(vs)} for (oo, ll, lr), vs in val.items() if (oo, ll) == (o, lam)}
         means = {lr: (sum(v.values()) / len(v)) for lr, v in per.items()}
-        return {o: {"chosen": min(means, key=means.get), "grid": sorted(per), "val_loss": per}}
+        return TuneRecord("x", "", {o: OptimizerTune(min(means, key=means.get), sorted(per), [42, 43], 200, per)})
 
     calls = []
 
@@ -142,7 +144,7 @@ def _fake_tuner(val):
         return entry(ov)
 
     def tuned_rates(res, exp, ov=()):
-        return {k: v["chosen"] for k, v in entry(ov).items()}
+        return entry(ov).rates()
 
     return gf.TuneCalls(run_tune, tuned_rates), calls
 
@@ -345,3 +347,14 @@ def test_every_methods_tuning_overrides_compose_on_the_real_preset():
         for lam in m.damping or (None,):
             cfg = compose_config([d.base[0], *gf.tune_overrides(d, m, lam)])
             assert list(cfg.tune.grid[m.optimizer]) == list(m.lr), m.label
+
+
+def test_another_studys_flag_is_refused_and_nothing_trains(tmp_path, monkeypatch):
+    """`revgn study run gn_family --plan` once trained for minutes: a flag of the scaling study is an error here."""
+    monkeypatch.setattr(gf, "run_study", lambda *a, **k: pytest.fail("gn_family trained despite a scaling flag"))
+    for flag in (["--plan"], ["--budget", "1h"], ["--redo", "paper"]):
+        r = CliRunner().invoke(app, ["study", "run", "gn_family", "scale=quick", "--results", str(tmp_path), *flag])
+        assert r.exit_code != 0 and f"{flag[0]}: not an option of study 'gn_family' (only of scaling)" in r.output
+    r = CliRunner().invoke(app, ["study", "run", "scaling", "--plan", "--methods", "Adam", "--results", str(tmp_path)])
+    assert r.exit_code != 0 and "--methods: not an option of study 'scaling' (only of gn_family)" in r.output
+    assert not any(tmp_path.iterdir())

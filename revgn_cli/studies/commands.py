@@ -13,6 +13,8 @@ from rich.table import Table
 from revgn_cli.console import out  # noqa: E402
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEFAULT_OUT = Path("figures")
+DEFAULT_BUDGET = "4h"  # scaling: --budget
+DEFAULT_MARGINS = Path("docs/data/scaling_margins.csv")  # scaling: --margins
 
 
 def _fmt(v: Any) -> str:
@@ -129,10 +131,10 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
             out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where <name>.png / .pdf go."),
             force: bool = typer.Option(False, "--force", help="Retrain finished runs too (not for scaling)."),
-            budget: str = typer.Option("4h", "--budget", help="scaling: wall-time budget (e.g. 4h, 90m, 3600s); "
+            budget: str = typer.Option(DEFAULT_BUDGET, "--budget", help="scaling: wall-time budget (e.g. 4h, 90m, 3600s); "
                                        "over it, cells lose seeds (not below the design's min_seeds) before the last "
                                        "cells in the order are left for later; kept cells get seeds back first."),
-            margins: Path = typer.Option(Path("docs/data/scaling_margins.csv"), "--margins",
+            margins: Path = typer.Option(DEFAULT_MARGINS, "--margins",
                                          help="scaling: the per-seed margins CSV it rewrites after each cell."),
             cost_factor: float = typer.Option(1.0, "--cost-factor", help="scaling: multiply the cost model's "
                                               "estimate (it is calibrated on a quiet 2-core CPU)."),
@@ -156,11 +158,22 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         margins CSV; cells the CSV records as finished are not run again (--redo CELL). The table and figure come from
         `revgn study report scaling --from <csv>`.
         """
+        from revgn_cli.config import ConfigError
+
+        # A flag of another study is refused rather than ignored: `--plan` on gn_family would otherwise train for hours.
+        given = {"--budget": budget != DEFAULT_BUDGET, "--margins": margins != DEFAULT_MARGINS,
+                 "--cost-factor": cost_factor != 1.0, "--plan": plan_only, "--redo": bool(redo),
+                 "--record": record is not None, "--methods": bool(methods)}
+        owner = {"--budget": "scaling", "--margins": "scaling", "--cost-factor": "scaling", "--plan": "scaling",
+                 "--redo": "scaling", "--record": "gn_family", "--methods": "gn_family"}
+        wrong = [f for f, on in given.items() if on and owner[f] != name]
+        if wrong:
+            raise ConfigError(f"{', '.join(wrong)}: not an option of study {name!r} (only of "
+                              f"{', '.join(sorted({owner[f] for f in wrong}))}); nothing was run")
         if name == "scaling":
             return run_scaling(args, results, out_dir, budget, margins, cost_factor, plan_only,
                                [c.strip() for c in redo.split(",") if c.strip()])
         from revgn_cli import sweep as sw
-        from revgn_cli.config import ConfigError
         from revgn_cli.figures.commands import split_args
         from revgn_cli.studies.figures import study_figures
 

@@ -85,9 +85,8 @@ class Setting:
 
 @dataclass
 class TuneCalls:
-    """The tuner's Python API (``revgn_cli.tune``: ``run_tune(experiment, overrides, results_dir) -> record`` with
-    the record of the setting mapping optimizer → {chosen, grid, val_loss, …}, and ``tuned_rates``), injectable so
-    tests run the study without training."""
+    """The tuner's Python API (``revgn_cli.tune``: ``run_tune(experiment, overrides, results_dir) -> TuneRecord``
+    and ``tuned_rates``), injectable so tests run the study without training."""
 
     run_tune: Callable[[str, list[str], Any], Any]
     tuned_rates: Callable[..., dict[str, float]]
@@ -97,15 +96,6 @@ def default_calls() -> TuneCalls:
     from revgn_cli import tune as t  # the validation-split rate tuner
 
     return TuneCalls(t.run_tune, t.tuned_rates)
-
-
-def record_entry(record: Any, optimizer: str) -> Mapping[str, Any]:
-    """The optimizer's entry of a tune record (a mapping, or an object whose ``__dict__`` is one)."""
-    rec = record if isinstance(record, Mapping) else getattr(record, "__dict__", {})
-    if optimizer in rec:
-        return rec[optimizer]
-    inner = [v for v in rec.values() if isinstance(v, Mapping) and optimizer in v]  # {setting-key: {opt: …}}
-    return inner[0][optimizer] if len(inner) == 1 else {}
 
 
 def load_design(scale: str = "quick", path: Path | None = None) -> Design:
@@ -146,18 +136,13 @@ def tune_overrides(design: Design, m: Method, damping: float | None) -> list[str
                   f"tune.val_size={design.val_size}"]
 
 
-def mean_val_loss(entry: Mapping[str, Any], rate: float) -> float:
-    """Mean over seeds of a tune record entry's final val_loss at ``rate`` (∞ when a seed diverged or it is absent).
-
-    ``entry["val_loss"]`` maps a rate (number or its string) to per-seed values (a seed → value mapping or a list).
-    """
-    per_rate = entry.get("val_loss", {}) if isinstance(entry, Mapping) else {}
-    vals = next((v for k, v in per_rate.items() if math.isclose(float(k), rate, rel_tol=1e-9)), None)
-    if vals is None:
-        return math.inf
-    vals = list(vals.values()) if isinstance(vals, Mapping) else list(vals)
-    vals = [float(v) if v is not None else math.inf for v in vals]
-    return float(np.mean(vals)) if vals and all(math.isfinite(v) for v in vals) else math.inf
+def tuned_val_loss(record: Any, optimizer: str, rate: float) -> float:
+    """Mean over seeds of the final val_loss a tune record (``revgn_cli.tune.TuneRecord``) holds for ``optimizer`` at
+    ``rate``: ∞ when a seed diverged or the record has no such rate."""
+    t = record.optimizers.get(optimizer)
+    means = t.mean_val_loss if t is not None else {}
+    m = next((v for r, v in means.items() if math.isclose(r, rate, rel_tol=1e-9)), math.inf)
+    return m if math.isfinite(m) else math.inf
 
 
 def tune_method(design: Design, m: Method, results_dir: Any, calls: TuneCalls,
@@ -170,7 +155,7 @@ def tune_method(design: Design, m: Method, results_dir: Any, calls: TuneCalls,
         ov = tune_overrides(design, m, lam)
         rec = calls.run_tune(exp, ov, results_dir)
         lr = float(calls.tuned_rates(results_dir, exp, ov)[m.optimizer])
-        s = Setting(lr, lam, mean_val_loss(record_entry(rec, m.optimizer), lr))
+        s = Setting(lr, lam, tuned_val_loss(rec, m.optimizer, lr))
         log(f"tuned {m.label}" + (f" λ={lam:g}" if lam is not None else "") + f": lr {lr:g} (val_loss {s.val_loss:.4g})")
         if best is None or s.val_loss < best.val_loss:
             best = s
