@@ -11,8 +11,8 @@ that finished, then the smaller rate).
 Tune runs go to ``<results_dir>/<exp_name>_tune/`` (never mixed with the preset's own runs) with the diagnostics off
 (they do not change training). The record is ``<results_dir>/tune/<experiment>.json``:
 ``{setting-key → {optimizer → {chosen, grid, seeds, val_size, val_loss {rate → {seed → loss | null}},
-mean_val_loss {rate → mean | null}, diverged {rate → count}}}}``, where the setting key is the overrides that define
-the setting, sorted and space-joined ("" for the preset itself), without ``optimizer=``, ``tune.*``,
+mean_val_loss {rate → mean | null}, diverged {rate → count}, run_s}}}`` (run_s: the tune runs' training seconds,
+summed), where the setting key is the overrides that define the setting, sorted and space-joined ("" for the preset itself), without ``optimizer=``, ``tune.*``,
 ``results_dir``, ``device`` and Hydra's own.
 """
 from __future__ import annotations
@@ -54,6 +54,7 @@ class OptimizerTune:
     seeds: list[int]
     val_size: int
     val_loss: dict[float, dict[int, float]]
+    run_s: float = 0.0  # the tune runs' training time, summed over runs (meta.json wall_s; resumed runs included)
 
     @property
     def mean_val_loss(self) -> dict[float, float]:
@@ -70,14 +71,14 @@ class OptimizerTune:
         return {"chosen": self.chosen, "grid": self.grid, "seeds": self.seeds, "val_size": self.val_size,
                 "val_loss": {repr(r): {str(s): num(x) for s, x in v.items()} for r, v in self.val_loss.items()},
                 "mean_val_loss": {repr(r): num(x) for r, x in self.mean_val_loss.items()},
-                "diverged": {repr(r): n for r, n in self.diverged.items()}}
+                "diverged": {repr(r): n for r, n in self.diverged.items()}, "run_s": self.run_s}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "OptimizerTune":
         val = {float(r): {int(s): math.inf if x is None else float(x) for s, x in v.items()}
                for r, v in d["val_loss"].items()}
         return cls(float(d["chosen"]), [float(r) for r in d["grid"]], [int(s) for s in d["seeds"]],
-                   int(d["val_size"]), val)
+                   int(d["val_size"]), val, float(d.get("run_s", 0.0)))
 
 
 @dataclass
@@ -341,14 +342,19 @@ def tune_optimizer(experiment: str, cfg: Any, opt: str, setting: list[str], resu
     val: dict[float, dict[int, float]] = {float(r): {} for r in t.grid[opt]}
     for j in jobs:
         val[float(j.cfg.optimizer.lr)][int(j.cfg.seed)] = _final_val_loss(j.cfg)
+    run_s = sum(float(_meta(j.cfg).get("wall_s") or 0.0) for j in jobs)
     return OptimizerTune(choose(val), [float(r) for r in t.grid[opt]], [int(s) for s in t.seeds], int(t.val_size),
-                         val)
+                         val, run_s)
+
+
+def _meta(job_cfg: Any) -> dict[str, Any]:
+    from revgn_cli.train.runner import run_dir_for
+
+    return run_dir_for(job_cfg).read_meta()
 
 
 def _status(job_cfg: Any) -> str | None:
-    from revgn_cli.train.runner import run_dir_for
-
-    return run_dir_for(job_cfg).read_meta().get("status")
+    return _meta(job_cfg).get("status")
 
 
 def run_tune(experiment: str, overrides: list[str], results_dir: str | Path | None = None, *,

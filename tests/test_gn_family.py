@@ -135,7 +135,9 @@ def _fake_tuner(val):
         o, lam = opt_of(ov), lam_of(ov)
         per = {lr: {42 + i: v for i, v in enumerate(vs)} for (oo, ll, lr), vs in val.items() if (oo, ll) == (o, lam)}
         means = {lr: (sum(v.values()) / len(v)) for lr, v in per.items()}
-        return TuneRecord("x", "", {o: OptimizerTune(min(means, key=means.get), sorted(per), [42, 43], 200, per)})
+        run_s = 2.0 * sum(len(v) for v in per.values())  # each tune run "took" 2 s
+        return TuneRecord("x", "", {o: OptimizerTune(min(means, key=means.get), sorted(per), [42, 43], 200, per,
+                                                     run_s)})
 
     calls = []
 
@@ -289,6 +291,11 @@ def test_the_record_carries_finished_methods_to_a_fresh_machine(tmp_path):
                                   launch=_fake_launch(fresh, launched2), log=logs.append, design=d, record=rec)
     assert failed == 0 and launched2 == [] and tuned2 == []
     assert sum("not run again" in ln for ln in logs) == 2 and (tmp_path / "fig2" / "gn_family.png").exists()
+    # What each method cost travels with the record: tuning (2 s a tune run; K-FAC tunes 2 λ × 2 rates × 2 seeds)
+    # and the final runs (1 s each, their meta.json wall_s, 3 seeds).
+    cost = gf.method_costs(df)
+    assert cost.loc["GN sum"].tolist() == [8.0, 3.0, 11.0] and cost.loc["K-FAC"].tolist() == [16.0, 3.0, 19.0]
+    assert "K-FAC: tuning 0.3 min + runs 0.1 min of training (summed over runs)" in logs
     pd.testing.assert_frame_equal(table2, table)
     per2 = pd.read_csv(fresh / "gn_family_quick" / gf.PER_SEED_FILE)
     pd.testing.assert_frame_equal(per2.drop(columns="run_id"), per.drop(columns="run_id"), check_dtype=False)

@@ -58,6 +58,9 @@ def test_tune_end_to_end_chooses_the_argmin_and_round_trips(results):
     assert tuned_rates(results, "fig1_quick", SETTING) == {"sgd": sgd.chosen}
     data = json.loads((results / "tune" / "fig1_quick.json").read_text())
     assert data[rec.setting]["sgd"]["val_loss"]["10000.0"] == {"1": None, "2": None}
+    # What tuning cost: the six tune runs' meta.json wall_s, summed.
+    walls = [json.loads(p.read_text())["wall_s"] for p in (results / "fig1_quick_tune").glob("*/meta.json")]
+    assert len(walls) == 6 and data[rec.setting]["sgd"]["run_s"] == pytest.approx(sum(walls)) and sgd.run_s > 0
     # A rerun finds every run finished and trains nothing.
     mtimes = sorted(p.stat().st_mtime for p in (results / "fig1_quick_tune").glob("*/metrics.parquet"))
     assert run_tune("fig1_quick", [*SETTING, *TUNE, "optimizer=sgd"], results, n_jobs=1, quiet=True) == rec

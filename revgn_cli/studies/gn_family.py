@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -76,11 +76,13 @@ class Design:
 
 @dataclass(frozen=True)
 class Setting:
-    """A method's chosen setting: its lr, its λ (None without one) and the tuner's mean val_loss there."""
+    """A method's chosen setting: its lr, its λ (None without one) and the tuner's mean val_loss there; ``tune_run_s``
+    is what tuning it cost (every λ's tune runs, summed over runs)."""
 
     lr: float
     damping: float | None = None
     val_loss: float = math.nan
+    tune_run_s: float = field(default=0.0, compare=False)
 
 
 @dataclass
@@ -151,9 +153,11 @@ def tune_method(design: Design, m: Method, results_dir: Any, calls: TuneCalls,
     val_loss at its rate (the first λ when the record gives no val_loss)."""
     exp = experiment(design)
     best: Setting | None = None
+    cost = 0.0
     for lam in m.damping or (None,):
         ov = tune_overrides(design, m, lam)
         rec = calls.run_tune(exp, ov, results_dir)
+        cost += rec.optimizers[m.optimizer].run_s
         lr = float(calls.tuned_rates(results_dir, exp, ov)[m.optimizer])
         s = Setting(lr, lam, tuned_val_loss(rec, m.optimizer, lr))
         log(f"tuned {m.label}" + (f" λ={lam:g}" if lam is not None else "") + f": lr {lr:g} (val_loss {s.val_loss:.4g})")
@@ -161,7 +165,7 @@ def tune_method(design: Design, m: Method, results_dir: Any, calls: TuneCalls,
             best = s
     if len(m.damping) > 1 and not math.isfinite(best.val_loss):
         log(f"warning: {m.label}: no finite val_loss for any λ; keeping λ={best.damping:g}")
-    return best
+    return replace(best, tune_run_s=cost)
 
 
 def tune(design: Design, results_dir: Any, calls: TuneCalls, log: Callable[[str], None] = lambda s: None
@@ -282,7 +286,7 @@ def load_method_runs(results_dir: Any, jobs: Mapping[str, list[str]]) -> pd.Data
 # the record: finished methods' settings and curves, committed so the study can go on elsewhere
 
 RECORD_BASE = ("method", "design", "run_id", "seed", "status", "experiment", "optimizer.lr", "optimizer.damping",
-               "tuned_val_loss", "split", "epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")
+               "tuned_val_loss", "tune_run_s", "run_s", "split", "epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")
 RECORD_PREFIXES = ("ntk_", "cka_", "step_size_ratio")  # the diagnostics the figure and the per-seed table read
 
 
@@ -296,7 +300,8 @@ def method_fingerprint(design: Design, m: Method) -> str:
 
 def record_rows(runs: pd.DataFrame, design: Design, m: Method, s: Setting) -> pd.DataFrame:
     """A finished method's rows for the record: its epoch rows and its first epoch's step rows (the step size),
-    the columns the tables and the figure read."""
+    the columns the tables and the figure read, and what the method cost when ``runs`` carries it (``tune_run_s``:
+    its tuning, ``run_s``: its final runs; training seconds summed over runs)."""
     r = runs[runs["method"] == m.label]
     if "split" in r.columns:
         r = r[(r["split"] == "epoch") | ((r["split"] == "step") & (r["epoch"] <= 1))]
@@ -323,7 +328,23 @@ def read_record(path: Path | None, design: Design) -> dict[str, pd.DataFrame]:
 def recorded_setting(rows: pd.DataFrame, m: Method) -> Setting:
     """The setting a method's recorded rows ran at (λ only for a method with a λ grid)."""
     lam = float(rows["optimizer.damping"].iloc[0]) if m.damping and "optimizer.damping" in rows.columns else None
-    return Setting(float(rows["optimizer.lr"].iloc[0]), lam, float(rows["tuned_val_loss"].iloc[0]))
+    return Setting(float(rows["optimizer.lr"].iloc[0]), lam, float(rows["tuned_val_loss"].iloc[0]),
+                   float(rows["tune_run_s"].iloc[0]) if "tune_run_s" in rows.columns else math.nan)
+
+
+def runs_s(results_dir: Any, run_ids: Sequence[str]) -> float:
+    """Training seconds of these runs, summed (their meta.json wall_s, which a resumed run accumulates)."""
+    from revgn_cli.results.loader import query_runs
+
+    return sum(float(x.get("meta.wall_s") or 0.0) for x in query_runs(results_dir, {"run_id": sorted(run_ids)},
+                                                                       strict=False))
+
+
+def method_costs(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per method of record rows: tuning and final runs' training seconds (summed over runs) and their total."""
+    cols = [c for c in ("tune_run_s", "run_s") if c in rows.columns]
+    t = rows.groupby("method", sort=False)[cols].first().reindex(columns=["tune_run_s", "run_s"])
+    return t.assign(total_s=t.sum(axis=1, min_count=2))
 
 
 def write_record(path: Path, rows: pd.DataFrame, label: str) -> None:
@@ -400,8 +421,10 @@ def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path,
         records = launch(run_overrides(design, m, s, [*extra, f"results_dir={results_dir}"]), force=force,
                          quiet=quiet)
         failed += len(sw.report_failures(records))
-        rows = load_method_runs(results_dir, method_jobs(design, {lab: s}, plain, results_dir, methods=[lab]))
+        jobs = method_jobs(design, {lab: s}, plain, results_dir, methods=[lab])
+        rows = load_method_runs(results_dir, jobs)
         if not rows.empty:
+            rows = rows.assign(tune_run_s=s.tune_run_s, run_s=runs_s(results_dir, jobs[lab]))
             parts.append(rows)
             done = set(int(x) for x in rows.loc[rows["status"].isin(["done", "diverged"]), "seed"])
             if record is not None and set(design.seeds) <= done:
@@ -416,5 +439,9 @@ def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
         fig.savefig(out_dir / f"gn_family.{ext}")
+    cost = method_costs(runs)
+    for lab, c in cost.iterrows():
+        log(f"{lab}: tuning {c.tune_run_s / 60:.1f} min + runs {c.run_s / 60:.1f} min of training (summed over runs)")
+    log(f"all methods: {cost.total_s.sum() / 3600:.2f} h of training summed over runs")
     log(f"per-seed table → {per}; verdicts → {ver}; figure → {out_dir / 'gn_family.png'}")
     return pd.read_csv(ver), failed
