@@ -300,6 +300,7 @@ def test_the_record_carries_finished_methods_to_a_fresh_machine(tmp_path):
     per2 = pd.read_csv(fresh / "gn_family_quick" / gf.PER_SEED_FILE)
     pd.testing.assert_frame_equal(per2.drop(columns="run_id"), per.drop(columns="run_id"), check_dtype=False)
     assert per2.loc[per2.method == "K-FAC", "damping"].eq(0.01).all()
+    assert per2.loc[per2.method == "GN sum", "damping"].isna().all()  # GN has no λ: the preset's value is not its
 
     # K-FAC's grid changed: its record is another design's, so it is tuned and trained again; GN sum is not.
     d2 = gf.Design(d.base, d.seeds, d.tune_seeds, d.val_size,

@@ -28,7 +28,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -209,10 +209,11 @@ def at_train_loss(ep: pd.DataFrame, target: float, metric: str = "test_loss") ->
     return at_level(d["train_loss"].to_numpy(float), d[metric].to_numpy(float), target)
 
 
-def per_seed_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, seed) from the runs' rows (a ``method`` column, ``status``): lr, damping, final
-    train/test loss and test accuracy, epochs, diverged, and the median function-space step of its first epoch's
-    updates (``step_size_ratio``, NaN where not logged)."""
+def per_seed_table(runs: pd.DataFrame, damped: Collection[str] | None = None) -> pd.DataFrame:
+    """One row per (method, seed) from the runs' rows (a ``method`` column, ``status``): lr, damping (NaN for a
+    method not in ``damped``, the labels whose optimiser has a λ; None: every method's), final train/test loss and
+    test accuracy, epochs, diverged, and the median function-space step of its first epoch's updates
+    (``step_size_ratio``, NaN where not logged)."""
     rows = []
     for (meth, rid), r in runs.groupby(["method", "run_id"], sort=False):
         ep = _epoch_rows(r)
@@ -221,7 +222,8 @@ def per_seed_table(runs: pd.DataFrame) -> pd.DataFrame:
         ssr = st["step_size_ratio"].dropna() if "step_size_ratio" in st.columns else pd.Series(dtype=float)
         rows.append({"method": meth, "seed": int(r["seed"].iloc[0]), "run_id": rid,
                      "lr": float(r["optimizer.lr"].iloc[0]),
-                     "damping": float(r["optimizer.damping"].iloc[0]) if "optimizer.damping" in r.columns else math.nan,
+                     "damping": float(r["optimizer.damping"].iloc[0])
+                     if "optimizer.damping" in r.columns and (damped is None or meth in damped) else math.nan,
                      "epochs": float(ep["epoch"].max()), "diverged": div,
                      **{f"final_{k}": final_value(ep, k, div) for k in ("train_loss", "test_loss", "test_acc")},
                      "step_size_ratio_epoch1": float(ssr.median()) if len(ssr) else math.nan})
@@ -358,7 +360,7 @@ def write_outputs(runs: pd.DataFrame, design: Design, out_dir: Path) -> tuple[Pa
     """The per-seed table and the verdict table as CSV under ``out_dir`` (created)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     per, ver = out_dir / PER_SEED_FILE, out_dir / VERDICT_FILE
-    per_seed_table(runs).to_csv(per, index=False)
+    per_seed_table(runs, [lab for lab, m in design.methods.items() if m.damping]).to_csv(per, index=False)
     verdict_table(runs, design.claims).to_csv(ver, index=False)
     return per, ver
 
