@@ -12,8 +12,8 @@ Tune runs go to ``<results_dir>/<exp_name>_tune/`` (never mixed with the preset'
 (they do not change training). The record is ``<results_dir>/tune/<experiment>.json``:
 ``{setting-key → {optimizer → {chosen, grid, seeds, val_size, val_loss {rate → {seed → loss | null}},
 mean_val_loss {rate → mean | null}, diverged {rate → count}, run_s}}}`` (run_s: the tune runs' training seconds,
-summed), where the setting key is the overrides that define the setting, sorted and space-joined ("" for the preset itself), without ``optimizer=``, ``tune.*``,
-``results_dir``, ``device`` and Hydra's own.
+summed), where the setting key is the overrides that define the setting, sorted and space-joined ("" for the
+preset itself), without ``optimizer=``, ``tune.*``, ``results_dir``, ``device`` and Hydra's own.
 """
 from __future__ import annotations
 

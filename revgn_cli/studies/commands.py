@@ -131,9 +131,10 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             results: Optional[Path] = typer.Option(None, "--results", help="Results directory (default: results)."),
             out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="Where <name>.png / .pdf go."),
             force: bool = typer.Option(False, "--force", help="Retrain finished runs too (not for scaling)."),
-            budget: str = typer.Option(DEFAULT_BUDGET, "--budget", help="scaling: wall-time budget (e.g. 4h, 90m, 3600s); "
-                                       "over it, cells lose seeds (not below the design's min_seeds) before the last "
-                                       "cells in the order are left for later; kept cells get seeds back first."),
+            budget: str = typer.Option(DEFAULT_BUDGET, "--budget",
+                                       help="scaling: wall-time budget (e.g. 4h, 90m, 3600s); over it, cells lose "
+                                       "seeds (not below the design's min_seeds) before the last cells in the order "
+                                       "are left for later; kept cells get seeds back first."),
             margins: Path = typer.Option(DEFAULT_MARGINS, "--margins",
                                          help="scaling: the per-seed margins CSV it rewrites after each cell."),
             cost_factor: float = typer.Option(1.0, "--cost-factor", help="scaling: multiply the cost model's "
@@ -160,7 +161,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         """
         from revgn_cli.config import ConfigError
 
-        # A flag of another study is refused rather than ignored: `--plan` on gn_family would otherwise train for hours.
+        # A flag of another study is refused, not ignored: `--plan` on gn_family would otherwise train for hours.
         given = {"--budget": budget != DEFAULT_BUDGET, "--margins": margins != DEFAULT_MARGINS,
                  "--cost-factor": cost_factor != 1.0, "--plan": plan_only, "--redo": bool(redo),
                  "--record": record is not None, "--methods": bool(methods)}

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from revgn_cli.config import ConfigError, conf_dir
@@ -288,7 +287,8 @@ def load_method_runs(results_dir: Any, jobs: Mapping[str, list[str]]) -> pd.Data
 # the record: finished methods' settings and curves, committed so the study can go on elsewhere
 
 RECORD_BASE = ("method", "design", "run_id", "seed", "status", "experiment", "optimizer.lr", "optimizer.damping",
-               "tuned_val_loss", "tune_run_s", "run_s", "split", "epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")
+               "tuned_val_loss", "tune_run_s", "run_s", "split", "epoch", "step", "train_loss", "train_acc",
+               "test_loss", "test_acc")
 RECORD_PREFIXES = ("ntk_", "cka_", "step_size_ratio")  # the diagnostics the figure and the per-seed table read
 
 
