@@ -366,3 +366,45 @@ def test_another_studys_flag_is_refused_and_nothing_trains(tmp_path, monkeypatch
     r = CliRunner().invoke(app, ["study", "run", "scaling", "--plan", "--methods", "Adam", "--results", str(tmp_path)])
     assert r.exit_code != 0 and "--methods: not an option of study 'scaling' (only of gn_family)" in r.output
     assert not any(tmp_path.iterdir())
+
+
+def test_the_archive_keeps_the_runs_an_interrupted_sitting_finished(tmp_path):
+    """A sitting stopped mid-method (the sweep interrupted after two of three seeds) leaves those two runs in the
+    archive; a sitting on a fresh machine restores them and trains only the third seed."""
+    from revgn_cli.train.loop import Interrupted
+
+    d = _small_design(tmp_path)
+    arc = tmp_path / "arc"
+    calls, _ = _fake_tuner(TUNED)
+
+    def cut(res):
+        inner = _fake_launch(res, [], seeds={42, 43})
+
+        def launch(ov, force=False, quiet=False):
+            inner(ov, force, quiet)
+            raise Interrupted("stopped by signal 15")
+        return launch
+
+    with pytest.raises(Interrupted):
+        gf.run_study("quick", [], tmp_path / "res", tmp_path / "fig", calls=calls, launch=cut(tmp_path / "res"),
+                     log=lambda s: None, design=d, methods=["K-FAC"], archive=arc)
+    kept = sorted((arc / "gn_family_quick").iterdir())
+    assert len(kept) == 2 and all(sorted(p.name for p in r.iterdir()) == ["config.yaml", "meta.json",
+                                                                           "metrics.parquet"] for r in kept)
+
+    fresh, trained, logs = tmp_path / "fresh", [], []
+    inner = _fake_launch(fresh, [])
+
+    def launch(ov, force=False, quiet=False):  # like the sweep: a finished run dir is skipped, not trained
+        for j in expand(ov):
+            if not (fresh / j.cfg.exp_name / run_id(j.cfg) / "meta.json").exists():
+                trained.append(j.cfg.seed)
+        return inner(ov, force, quiet)
+
+    calls2, _ = _fake_tuner(TUNED)
+    gf.run_study("quick", [], fresh, tmp_path / "fig2", calls=calls2, launch=launch, log=logs.append, design=d,
+                 methods=["K-FAC"], archive=arc)
+    assert trained == [44] and "restored 2 finished run(s) from " + str(arc) in logs
+    assert len(list((arc / "gn_family_quick").iterdir())) == 3
+    per = pd.read_csv(fresh / "gn_family_quick" / gf.PER_SEED_FILE)
+    assert sorted(per.loc[per.method == "K-FAC", "seed"]) == [42, 43, 44]

@@ -305,3 +305,32 @@ def test_report_of_the_quick_corner_alone_gives_its_table_and_no_figure(tmp_path
     pd.DataFrame(rows, columns=list(MARGIN_COLUMNS)).to_csv(csv, index=False)
     table, paths = report(csv, tmp_path / "img")
     assert paths == [] and "quick" in table and "fig2.test_loss" in table
+
+
+def test_the_archive_carries_an_interrupted_cells_finished_runs_to_a_fresh_machine(tmp_path, monkeypatch):
+    """A sitting stopped mid-cell keeps the runs it finished in the archive (``keep`` runs even when the launch is
+    interrupted); a fresh machine restores them before planning, so the plan counts them as done."""
+    from revgn_cli.results.archive import keeper, study_experiments
+    from revgn_cli.train.loop import Interrupted
+
+    res, arc, csv = tmp_path / "results", tmp_path / "arc", tmp_path / "margins.csv"
+    (tmp_path / "d.yaml").write_text(DESIGN.replace("order: [quick, wide]", "order: [wide, quick]"))
+    d = load_design(tmp_path / "d.yaml")
+    assert study_experiments(d.base) == {"scaling", "scaling_tune"}
+
+    def stopped(ov, force=False, quiet=False, jobs=None):  # trains seed 42 of the method, then is stopped
+        write_preset(res, "scaling_quick", overrides=("seed=42", "model.hidden=2048",
+                                                      next(o for o in ov if o.startswith("optimizer="))))
+        raise Interrupted("stopped by signal 15")
+
+    monkeypatch.setattr(sweep, "launch", stopped)
+    keep = keeper(arc, res, study_experiments(d.base))
+    with pytest.raises(Interrupted):
+        run_study(d, plan_study(d, [], str(res), budget_s=1e9), [], str(res), csv, keep=keep)
+    assert len(list((arc / "scaling").iterdir())) == 1  # gn's seed 42: adam never started
+
+    fresh, logs = tmp_path / "fresh", []
+    keeper(arc, fresh, study_experiments(d.base), logs.append)
+    assert logs == [f"restored 1 finished run(s) from {arc}"]
+    todo = {c.cell.name: len(c.todo()) for c in plan_study(d, [], str(fresh), budget_s=1e9).cells}
+    assert todo == {"wide": 11, "quick": 10}

@@ -148,7 +148,12 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                                                   ".csv); a method it holds is not run again (--force: all are)."),
             methods: str = typer.Option("", "--methods", help="gn_family: train only these methods this sitting "
                                         "(comma list of the design's labels, e.g. 'GN sum,Adam'); the rest enter the "
-                                        "tables only if the record holds them.")
+                                        "tables only if the record holds them."),
+            archive: Optional[Path] = typer.Option(None, "--archive", help="gn_family, scaling: the folder (to "
+                                                   "commit) that keeps every finished run's config, meta and rows, "
+                                                   "tuning runs included (default docs/data/gn_family_<scale>_runs, "
+                                                   "docs/data/scaling_runs); its runs are restored into --results "
+                                                   "first and not trained again."),
             ) -> None:
         """Train a study's runs at a scale (finished runs are skipped), render its figure and print its numbers.
 
@@ -164,16 +169,20 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         # A flag of another study is refused, not ignored: `--plan` on gn_family would otherwise train for hours.
         given = {"--budget": budget != DEFAULT_BUDGET, "--margins": margins != DEFAULT_MARGINS,
                  "--cost-factor": cost_factor != 1.0, "--plan": plan_only, "--redo": bool(redo),
-                 "--record": record is not None, "--methods": bool(methods)}
+                 "--record": record is not None, "--methods": bool(methods),
+                 "--archive": archive is not None}
         owner = {"--budget": "scaling", "--margins": "scaling", "--cost-factor": "scaling", "--plan": "scaling",
-                 "--redo": "scaling", "--record": "gn_family", "--methods": "gn_family"}
-        wrong = [f for f, on in given.items() if on and owner[f] != name]
+                 "--redo": "scaling", "--record": "gn_family", "--methods": "gn_family",
+                 "--archive": ("gn_family", "scaling")}
+        owners = {f: (o,) if isinstance(o, str) else o for f, o in owner.items()}
+        wrong = [f for f, on in given.items() if on and name not in owners[f]]
         if wrong:
             raise ConfigError(f"{', '.join(wrong)}: not an option of study {name!r} (only of "
-                              f"{', '.join(sorted({owner[f] for f in wrong}))}); nothing was run")
+                              f"{', '.join(sorted({o for f in wrong for o in owners[f]}))}); nothing was run")
         if name == "scaling":
             return run_scaling(args, results, out_dir, budget, margins, cost_factor, plan_only,
-                               [c.strip() for c in redo.split(",") if c.strip()])
+                               [c.strip() for c in redo.split(",") if c.strip()],
+                               archive or Path("docs/data") / "scaling_runs")
         from revgn_cli import sweep as sw
         from revgn_cli.figures.commands import split_args
         from revgn_cli.studies.figures import study_figures
@@ -193,7 +202,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             table, failed = run_study(sc, ov, res, out_dir, force=force, quiet=bool(state.get("quiet")),
                                       log=lambda s: out.print(s, highlight=False, soft_wrap=True),
                                       record=record or Path("docs/data") / f"gn_family_{sc}.csv",
-                                      methods=[x.strip() for x in methods.split(",") if x.strip()] or None)
+                                      methods=[x.strip() for x in methods.split(",") if x.strip()] or None,
+                                      archive=archive or Path("docs/data") / f"gn_family_{sc}_runs")
             print_frame(table[["claim", "n", "n_nonfinite", "mean", "half", "p_adj", "p_tost_adj", "verdict"]],
                         f"gn_family ({sc}): verdicts (Holm over the family)")
             out.print(f"study gn_family ({sc}): {time.time() - t0:.0f} s", highlight=False)
@@ -222,13 +232,17 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         out.print(s, highlight=False, soft_wrap=True)
 
     def run_scaling(args: Optional[list[str]], results: Optional[Path], out_dir: Path, budget: str, margins: Path,
-                    cost_factor: float, plan_only: bool, redo: list[str]) -> None:
+                    cost_factor: float, plan_only: bool, redo: list[str], archive: Path) -> None:
         from revgn_cli.figures.commands import split_args
         from revgn_cli.studies import scaling as sc
         from revgn_cli.studies.scaling_report import report
 
+        from revgn_cli.results.archive import keeper, study_experiments
+
         _, ov, res = split_args(args, None, results)
         design = sc.load_design()
+        # Before planning: the plan counts the runs the results dir holds as finished.
+        keep = (lambda: None) if plan_only else keeper(archive, res, study_experiments(design.base), say)
         tuner = sc.RevgnTuner(design, res) if design.rates == "tuned" else None
         plan = sc.plan_study(design, ov, res, budget_s=parse_duration(budget), factor=cost_factor, tuner=tuner,
                              margins=margins, redo=redo)
@@ -240,7 +254,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         if tuner is not None and any(c.tuned for c in plan.cells):
             tuner._api()  # no tuner in this build: say so before anything trains
         t0 = time.time()
-        failed = sc.run_study(design, plan, ov, res, margins, tuner=tuner, quiet=bool(state.get("quiet")), log=say)
+        failed = sc.run_study(design, plan, ov, res, margins, tuner=tuner, quiet=bool(state.get("quiet")), log=say,
+                              keep=keep)
         if margins.exists():
             table, paths = report(margins, out_dir)
             out.print(table, highlight=False, soft_wrap=True)

@@ -15,7 +15,10 @@ methods, a metric, ``final`` or ``matched``, a SESOI). The study
 
 It goes method by method (tune, train, record), and with a *record* (``--record``, a CSV to commit) it keeps each
 finished method's setting and curves there: a method the record holds under the same design is neither tuned nor
-trained again, even on a machine without its runs, so the study can be finished over several sittings.
+trained again, even on a machine without its runs, so the study can be finished over several sittings. With an
+*archive* (``--archive``, a folder to commit; ``revgn_cli.results.archive``) every finished run, tuning runs
+included, is copied there as it is read back, and restored into the results dir before anything trains: a sitting
+cut off mid-method loses only its unfinished runs, on any machine.
 
 Matched train loss, per seed and claim: L* = the larger of the two methods' final train losses (the level both
 reach); each method's test loss is taken at the first epoch row whose train loss is ≤ L*, linearly interpolated in
@@ -147,15 +150,18 @@ def tuned_val_loss(record: Any, optimizer: str, rate: float) -> float:
 
 
 def tune_method(design: Design, m: Method, results_dir: Any, calls: TuneCalls,
-                log: Callable[[str], None] = lambda s: None) -> Setting:
+                log: Callable[[str], None] = lambda s: None, after: Callable[[], None] = lambda: None) -> Setting:
     """A method's setting: for every λ of its grid (or none), the tuner's rate; then the λ with the lowest mean
-    val_loss at its rate (the first λ when the record gives no val_loss)."""
+    val_loss at its rate (the first λ when the record gives no val_loss). ``after`` runs after each λ's tuning."""
     exp = experiment(design)
     best: Setting | None = None
     cost = 0.0
     for lam in m.damping or (None,):
         ov = tune_overrides(design, m, lam)
-        rec = calls.run_tune(exp, ov, results_dir)
+        try:
+            rec = calls.run_tune(exp, ov, results_dir)
+        finally:
+            after()  # the runs this λ finished are kept, even when the tuning was interrupted
         cost += rec.optimizers[m.optimizer].run_s
         lr = float(calls.tuned_rates(results_dir, exp, ov)[m.optimizer])
         s = Setting(lr, lam, tuned_val_loss(rec, m.optimizer, lr))
@@ -390,11 +396,14 @@ def plot(runs: pd.DataFrame, design: Design, scale: str):
 def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path, *, force: bool = False,
               quiet: bool = False, calls: TuneCalls | None = None, launch: Callable[..., list[dict]] | None = None,
               log: Callable[[str], None] = print, design: Design | None = None,
-              record: Path | None = None, methods: Sequence[str] | None = None) -> tuple[pd.DataFrame, int]:
+              record: Path | None = None, methods: Sequence[str] | None = None,
+              archive: Path | None = None) -> tuple[pd.DataFrame, int]:
     """Method by method: tune, train the missing runs and (with ``record``) keep its setting and curves there; then
     write the tables and the figure. A method ``record`` holds whole under this design is taken from it (``force``
     redoes every method). ``methods``: train only these labels this sitting (the others enter the tables only if the
-    record holds them; a claim missing a method is INSUFFICIENT). Returns (verdict table, failed jobs)."""
+    record holds them; a claim missing a method is INSUFFICIENT). ``archive``: restore the finished runs it holds
+    into ``results_dir`` first, and copy every run finished here into it after each launch (interrupted or not).
+    Returns (verdict table, failed jobs)."""
     from revgn_cli import sweep as sw
 
     design = design or load_design(scale)
@@ -405,6 +414,9 @@ def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path,
     calls = calls or default_calls()
     launch = launch or sw.launch
     recorded = {} if force else read_record(record, design)
+    from revgn_cli.results.archive import keeper, study_experiments
+
+    keep = keeper(archive, results_dir, study_experiments(design.base) if archive else (), log, restore=not force)
     extra = list(overrides) + [o for o in DEFAULT_LAUNCHER if not any(x.startswith("hydra/launcher") for x in overrides)]
     plain = [o for o in overrides if not o.startswith(("hydra/", "hydra."))]
     failed, parts = 0, []
@@ -418,10 +430,13 @@ def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path,
         if methods is not None and lab not in methods:
             log(f"{lab}: not run this sitting (--methods)")
             continue
-        s = tune_method(design, m, results_dir, calls, log)
+        s = tune_method(design, m, results_dir, calls, log, after=keep)
         log(f"{lab}: {s.lr:g}" + (f", λ {s.damping:g}" if s.damping is not None else ""))
-        records = launch(run_overrides(design, m, s, [*extra, f"results_dir={results_dir}"]), force=force,
-                         quiet=quiet)
+        try:
+            records = launch(run_overrides(design, m, s, [*extra, f"results_dir={results_dir}"]), force=force,
+                             quiet=quiet)
+        finally:
+            keep()
         failed += len(sw.report_failures(records))
         jobs = method_jobs(design, {lab: s}, plain, results_dir, methods=[lab])
         rows = load_method_runs(results_dir, jobs)

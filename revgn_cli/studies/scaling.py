@@ -474,8 +474,10 @@ def train_cell(design: Design, cp: CellPlan, extra: Sequence[str], results_dir: 
 
 
 def run_study(design: Design, plan: Plan, extra: Sequence[str], results_dir: str, margins: Path, *,
-              tuner: Tuner | None = None, quiet: bool = False, log: Log | None = None) -> int:
-    """Tune, train and measure the plan's cells in order, rewriting ``margins`` after each; returns failed jobs."""
+              tuner: Tuner | None = None, quiet: bool = False, log: Log | None = None,
+              keep: Callable[[], None] = lambda: None) -> int:
+    """Tune, train and measure the plan's cells in order, rewriting ``margins`` after each; returns failed jobs.
+    ``keep`` runs after each cell's tuning and training, interrupted or not (``revgn_cli.results.archive.keeper``)."""
     log = log or (lambda s: None)
     failed = 0
     for cp in plan.cells:
@@ -484,10 +486,16 @@ def run_study(design: Design, plan: Plan, extra: Sequence[str], results_dir: str
         if cp.tuned:
             assert tuner is not None, "a tuned design needs a tuner"
             log("  tuning …")
-            cp.rates = tuner.run(cp.cell)
+            try:
+                cp.rates = tuner.run(cp.cell)
+            finally:
+                keep()
             cp = replace_rates(design, cp, extra, results_dir, tuner)
         if cp.todo():
-            failed += train_cell(design, cp, extra, results_dir, quiet=quiet, log=log)
+            try:
+                failed += train_cell(design, cp, extra, results_dir, quiet=quiet, log=log)
+            finally:
+                keep()
         write_margins(margins, measure_cell(design, cp, results_dir))
         log(f"  → {margins} ({time.time() - t0:.0f} s)")
     return failed
