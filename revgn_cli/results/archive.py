@@ -39,36 +39,32 @@ def _finished(run: RunDir) -> bool:
     return run_state(run).state in FINISHED
 
 
-def archive_runs(results_dir: str | Path, archive: str | Path,
-                 experiments: Collection[str] | None = None) -> list[RunDir]:
-    """Copy every finished run of ``results_dir`` (of ``experiments``, or all) that ``archive`` lacks into it.
-    Returns the runs archived now."""
+def _copy_finished(src_root: str | Path, dst_root: str | Path, experiments: Collection[str] | None) -> list[RunDir]:
+    """Copy every finished run below ``src_root`` (of ``experiments``, or all) that ``dst_root`` lacks into it."""
     out = []
-    for run in iter_run_dirs(results_dir):
+    for run in iter_run_dirs(src_root):
         if experiments is not None and run.experiment not in experiments:
             continue
-        dest = Path(archive) / run.experiment / run.run_id
+        dest = Path(dst_root) / run.experiment / run.run_id
         if dest.exists() or not _finished(run):
             continue
         _copy_run(run.path, dest)
         out.append(RunDir(dest))
     return out
+
+
+def archive_runs(results_dir: str | Path, archive: str | Path,
+                 experiments: Collection[str] | None = None) -> list[RunDir]:
+    """Copy every finished run of ``results_dir`` (of ``experiments``, or all) that ``archive`` lacks into it.
+    Returns the runs archived now."""
+    return _copy_finished(results_dir, archive, experiments)
 
 
 def restore_runs(archive: str | Path, results_dir: str | Path,
                  experiments: Collection[str] | None = None) -> list[RunDir]:
     """Copy every finished archived run (of ``experiments``, or all) that ``results_dir`` lacks into it. Returns the
     runs restored now; an archived run that does not read as finished is left where it is."""
-    out = []
-    for run in iter_run_dirs(archive):
-        if experiments is not None and run.experiment not in experiments:
-            continue
-        dest = Path(results_dir) / run.experiment / run.run_id
-        if dest.exists() or not _finished(run):
-            continue
-        _copy_run(run.path, dest)
-        out.append(RunDir(dest))
-    return out
+    return _copy_finished(archive, results_dir, experiments)
 
 
 def keeper(archive: str | Path | None, results_dir: str | Path, experiments: Collection[str],
