@@ -324,13 +324,13 @@ def test_the_archive_carries_an_interrupted_cells_finished_runs_to_a_fresh_machi
         raise Interrupted("stopped by signal 15")
 
     monkeypatch.setattr(sweep, "launch", stopped)
-    keep = keeper(arc, res, study_experiments(d.base))
+    keep = keeper(arc, res, d.base)
     with pytest.raises(Interrupted):
         run_study(d, plan_study(d, [], str(res), budget_s=1e9), [], str(res), csv, keep=keep)
     assert len(list((arc / "scaling").iterdir())) == 1  # gn's seed 42: adam never started
 
     fresh, logs = tmp_path / "fresh", []
-    keeper(arc, fresh, study_experiments(d.base), logs.append)
+    keeper(arc, fresh, d.base, logs.append)
     assert logs == [f"restored 1 finished run(s) from {arc}"]
     todo = {c.cell.name: len(c.todo()) for c in plan_study(d, [], str(fresh), budget_s=1e9).cells}
     assert todo == {"wide": 11, "quick": 10}

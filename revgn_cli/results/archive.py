@@ -67,13 +67,15 @@ def restore_runs(archive: str | Path, results_dir: str | Path,
     return _copy_finished(archive, results_dir, experiments)
 
 
-def keeper(archive: str | Path | None, results_dir: str | Path, experiments: Collection[str],
+def keeper(archive: str | Path | None, results_dir: str | Path, base: Sequence[str],
            log: Callable[[str], None] = lambda s: None, *, restore: bool = True) -> Callable[[], None]:
-    """What a long study does with an archive: restore its finished runs of ``experiments`` into ``results_dir``
-    now (unless ``restore`` is False: a forced rerun retrains), and return the function that archives the ones
-    finished since (to call after each launch, interrupted or not). No archive: nothing, and a no-op."""
+    """What a long study whose runs compose from ``base`` does with an archive: restore its finished runs
+    (``study_experiments``) into ``results_dir`` now (unless ``restore`` is False: a forced rerun retrains), and
+    return the function that archives the ones finished since (to call after each launch, interrupted or not).
+    No archive: nothing, and a no-op."""
     if archive is None:
         return lambda: None
+    experiments = study_experiments(base)
     if restore:
         n = len(restore_runs(archive, results_dir, experiments))
         if n:

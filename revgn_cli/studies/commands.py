@@ -171,10 +171,9 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                  "--cost-factor": cost_factor != 1.0, "--plan": plan_only, "--redo": bool(redo),
                  "--record": record is not None, "--methods": bool(methods),
                  "--archive": archive is not None}
-        owner = {"--budget": "scaling", "--margins": "scaling", "--cost-factor": "scaling", "--plan": "scaling",
-                 "--redo": "scaling", "--record": "gn_family", "--methods": "gn_family",
-                 "--archive": ("gn_family", "scaling")}
-        owners = {f: (o,) if isinstance(o, str) else o for f, o in owner.items()}
+        scaling, gn_family = ("scaling",), ("gn_family",)
+        owners = {"--budget": scaling, "--margins": scaling, "--cost-factor": scaling, "--plan": scaling,
+                  "--redo": scaling, "--record": gn_family, "--methods": gn_family, "--archive": gn_family + scaling}
         wrong = [f for f, on in given.items() if on and name not in owners[f]]
         if wrong:
             raise ConfigError(f"{', '.join(wrong)}: not an option of study {name!r} (only of "
@@ -234,15 +233,14 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
     def run_scaling(args: Optional[list[str]], results: Optional[Path], out_dir: Path, budget: str, margins: Path,
                     cost_factor: float, plan_only: bool, redo: list[str], archive: Path) -> None:
         from revgn_cli.figures.commands import split_args
+        from revgn_cli.results.archive import keeper
         from revgn_cli.studies import scaling as sc
         from revgn_cli.studies.scaling_report import report
 
-        from revgn_cli.results.archive import keeper, study_experiments
-
         _, ov, res = split_args(args, None, results)
         design = sc.load_design()
-        # Before planning: the plan counts the runs the results dir holds as finished.
-        keep = (lambda: None) if plan_only else keeper(archive, res, study_experiments(design.base), say)
+        # Before planning (--plan too): the plan counts the runs the results dir holds as finished.
+        keep = keeper(archive, res, design.base, say)
         tuner = sc.RevgnTuner(design, res) if design.rates == "tuned" else None
         plan = sc.plan_study(design, ov, res, budget_s=parse_duration(budget), factor=cost_factor, tuner=tuner,
                              margins=margins, redo=redo)

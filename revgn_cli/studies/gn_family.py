@@ -414,9 +414,9 @@ def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path,
     calls = calls or default_calls()
     launch = launch or sw.launch
     recorded = {} if force else read_record(record, design)
-    from revgn_cli.results.archive import keeper, study_experiments
+    from revgn_cli.results.archive import keeper
 
-    keep = keeper(archive, results_dir, study_experiments(design.base) if archive else (), log, restore=not force)
+    keep = keeper(archive, results_dir, design.base, log, restore=not force)
     extra = list(overrides) + [o for o in DEFAULT_LAUNCHER if not any(x.startswith("hydra/launcher") for x in overrides)]
     plain = [o for o in overrides if not o.startswith(("hydra/", "hydra."))]
     failed, parts = 0, []
