@@ -19,8 +19,8 @@ from revgn_cli.cli import app
 from revgn_cli.models import RevMLP
 from revgn_cli.optim import GGNCG, KFAC, gn_direction, make_optimizer
 from revgn_cli.optim.cg import conjugate_gradient
-from revgn_cli.optim.curvature import (KFACView, flat, ggn_batch_matvec, ggn_matvec, ggn_operator, kfac_operator,
-                                       unflat)
+from revgn_cli.optim.curvature import (LINEARIZE_AFTER, KFACView, flat, ggn_batch_matvec, ggn_matvec, ggn_operator,
+                                       kfac_operator, unflat)
 from revgn_cli.optim.losses import batch_loss, output_residual
 from revgn_cli.results import run_summaries
 
@@ -90,6 +90,23 @@ def test_ggn_matvec_equals_dense_jt_h_j(loss_hessian):
     assert rel(cached(v), ggn @ v) < 1e-12
     w = torch.randn(ggn.shape[0], dtype=D, generator=torch.Generator().manual_seed(3))
     assert rel(cached(w), ggn @ w) < 1e-12 and rel(cached(v), ggn @ v) < 1e-12  # reusable, no state carried over
+
+
+@pytest.mark.parametrize("loss_hessian", ["identity", "exact"])
+def test_ggn_batch_matvec_stays_exact_after_its_jvp_is_linearised(loss_hessian):
+    """Past LINEARIZE_AFTER products the JVP is torch.func.linearize's trace; every product, before and after, is
+    the dense JᵀHJ v. A linear first block whose shapes take the C Wᵀ product (the memoised map) is included: a
+    trace that used the memo would drop that block's tangent."""
+    model = RevMLP(8, 2, 16, n_classes=4, init_std=0.3, first_block_linear=True, seed=4).double()
+    x, t = _batch(5, 8, 4)
+    ggn = dense_ggn(model, x, loss_hessian)
+    with torch.no_grad():
+        model(x)  # fill the C Wᵀ memo, as an evaluation pass between updates does
+    mv = ggn_batch_matvec(model, x, t, loss_hessian=loss_hessian)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(LINEARIZE_AFTER + 3):
+        v = torch.randn(ggn.shape[0], dtype=D, generator=g)
+        assert rel(mv(v), ggn @ v) < 1e-12
 
 
 def test_ggn_batch_matvec_with_mse_is_the_identity_hessian_product():

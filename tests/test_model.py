@@ -134,6 +134,26 @@ def test_linear_map_memo_follows_every_weight_change():
     assert xg.grad is not None and xg.grad.abs().sum() > 0
 
 
+def test_forward_mode_ad_sees_the_weights_of_a_memoised_linear_block():
+    """A weight carrying a forward-mode tangent (torch.autograd.forward_ad, as torch.func.linearize traces) must not
+    get the memoised C Wᵀ, which has no tangent: the JVP would lose the block's weight direction."""
+    import torch.autograd.forward_ad as fwad
+
+    m = _model(8, 1, 64)
+    x = torch.randn(70, 8, dtype=torch.float64)  # n = 70: forward takes the z (C Wᵀ) order
+    with torch.no_grad():
+        m(x)  # the memo is filled
+    names = dict(m.named_parameters())
+    tangents = {k: torch.randn_like(p) for k, p in names.items()}
+    want = torch.func.jvp(lambda p: torch.func.functional_call(m, p, (x,)), ({k: p.detach() for k, p in names.items()},),
+                          (tangents,))[1]
+    with fwad.dual_level():
+        duals = {k: fwad.make_dual(p.detach(), tangents[k]) for k, p in names.items()}
+        got = fwad.unpack_dual(torch.func.functional_call(m, duals, (x,))).tangent
+    assert got is not None and got.abs().sum() > 0
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_stamp_sees_in_place_updates_and_new_storage():
     from revgn_cli.models.stamp import Stamp
 

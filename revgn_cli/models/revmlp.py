@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 try:  # private torch API (2.x); without it the C Wᵀ memo is simply never used
     from torch._C._functorch import is_functorch_wrapped_tensor
@@ -65,9 +66,10 @@ class HalfLayer(nn.Module):
         if c is None:
             return w.T
         if ((torch.is_grad_enabled() and w.requires_grad) or is_functorch_wrapped_tensor(w)
-                or torch.is_inference_mode_enabled()):
-            # A graph (or a torch.func transform) must see the product; an inference-mode tensor could not be
-            # saved for a later backward, so it is never memoised.
+                or forward_ad.unpack_dual(w).tangent is not None or torch.is_inference_mode_enabled()):
+            # A graph, a torch.func transform or a forward-mode tangent (torch.autograd.forward_ad, which
+            # torch.func.linearize uses) must see the product; an inference-mode tensor could not be saved for a
+            # later backward, so it is never memoised.
             return c @ w.T
         memo = self._map_memo
         if memo is not None and memo[0].matches((w, c)):
