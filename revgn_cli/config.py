@@ -61,6 +61,9 @@ class OptimizerConfig:
     lm_factor: float = 1.5  # lm: λ ← λ·f when the reduction ratio ρ < 1/4, λ/f when ρ > 3/4 (Martens 2010)
     cg_iters: int = 50  # ggn_cg: at most this many CG iterations (GGN mat-vecs) per step
     cg_tol: float = 1.0e-4  # ggn_cg: stop CG once ‖r‖ <= cg_tol·‖g‖
+    # ggn_cg: cg (conjugate gradient, cg_iters/cg_tol) | kernel (the same damped system solved exactly through the
+    # batch's logit NTK, revgn_cli/optim/kernel_solve.py; cg_iters/cg_tol unused)
+    ggn_solve: str = "cg"
     curvature_every: int = 1  # kfac: recompute the Kronecker factors every this many steps
     kfac_step: str = "rescale"  # kfac: plain (θ − lr·Δθ) | rescale (M&G §6.4 quadratic-model α) | momentum (α, μ, §7)
 
@@ -184,6 +187,7 @@ CHOICES = {
     "optimizer.combine": ("sum", "mean"),
     "optimizer.loss_hessian": ("identity", "exact"),
     "optimizer.solver": ("auto", "eigh"),
+    "optimizer.ggn_solve": ("cg", "kernel"),
     "optimizer.inner": ("sgd", "adam"),
     "regime.name": ("full_batch", "mini_batch"),
     "regime.subset": ("first", "random"),
@@ -335,6 +339,9 @@ def run_id(cfg: Config) -> str:
     # valid; solver=eigh gets ids of its own (for damping on a float32 model it changes the step, docs/gn.md).
     if d["optimizer"].get("solver") == "auto":
         d["optimizer"] = {k: v for k, v in d["optimizer"].items() if k != "solver"}
+    # optimizer.ggn_solve=cg (the default) likewise hashes as absent; kernel gets ids of its own.
+    if d["optimizer"].get("ggn_solve") == "cg":
+        d["optimizer"] = {k: v for k, v in d["optimizer"].items() if k != "ggn_solve"}
     # regime.train_size=null (every image, the default) likewise hashes as absent: ids made before it stay valid.
     if d["regime"].get("train_size") is None:
         d["regime"] = {k: v for k, v in d["regime"].items() if k != "train_size"}

@@ -146,6 +146,45 @@ def test_ggn_cg_equals_exact_gn_when_the_readout_is_square():
     assert rel(flat(delta), flat(gn)) < 1e-6
 
 
+@pytest.mark.parametrize("first_linear", [True, False])
+@pytest.mark.parametrize("loss, loss_hessian", [("ce", "identity"), ("ce", "exact"), ("mse", "identity")])
+@pytest.mark.parametrize("damping", [1e-3, 0.1, 0.0])
+def test_kernel_solve_is_the_damped_ggn_solution(first_linear, loss, loss_hessian, damping):
+    """optimizer.ggn_solve=kernel: Δ = (G + λI)⁻¹ g against a dense float64 G (λ = 0: the minimum-norm G⁺g, the
+    point CG from zero converges to); g and the loss are those of loss_and_grad; the logged residual is ~0."""
+    from revgn_cli.optim.damped import loss_and_grad
+    from revgn_cli.optim.kernel_solve import ggn_kernel_solve
+
+    model = RevMLP(8, 2, 16, n_classes=4, init_std=0.3, first_block_linear=first_linear, seed=4).double()
+    x, t = _batch(5, 8, 4)
+    ggn = dense_ggn(model, x, loss_hessian if loss == "ce" else "identity")
+    ell, grads = loss_and_grad(model, x, t, loss)
+    g = flat(grads)
+    want = (torch.linalg.solve(ggn + damping * torch.eye(ggn.shape[0], dtype=D), g) if damping
+            else torch.linalg.pinv(ggn, hermitian=True) @ g)
+    res = ggn_kernel_solve(model, x, t, damping, loss=loss, loss_hessian=loss_hessian, residual=True)
+    assert rel(res.delta, want) < 1e-9
+    assert rel(res.grad, g) < 1e-13 and float(res.loss) == pytest.approx(float(ell), rel=1e-14)
+    assert res.rel_residual < 1e-10
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "lm"])
+def test_ggn_cg_kernel_solve_takes_the_steps_converged_cg_takes(schedule):
+    """Three GGN-CG steps with ggn_solve=kernel and with CG to ‖r‖ ≤ 1e-13‖g‖ leave the same parameters and λ
+    (float64; Levenberg-Marquardt included: the same ρ, so the same λ after each step)."""
+    x, t = _batch(16, 8, 4)
+    models = [RevMLP(8, 2, 16, n_classes=4, init_std=0.3, seed=9).double() for _ in range(2)]
+    kernel = GGNCG(models[0], lr=1.0, damping=1e-2, damping_schedule=schedule, solve="kernel")
+    cg = GGNCG(models[1], lr=1.0, damping=1e-2, damping_schedule=schedule, cg_iters=1000, cg_tol=1e-13)
+    for _ in range(3):
+        assert kernel.step(x, t) == pytest.approx(cg.step(x, t), rel=1e-10)
+        assert kernel.damping == pytest.approx(cg.damping, rel=1e-10)
+    assert rel(flat(models[0].trainable()), flat(models[1].trainable())) < 1e-9
+    assert kernel.stats["cg_iters_total"] == 0 and kernel.stats["cg_rel_residual_last"] < 1e-10
+    with pytest.raises(ValueError, match="ggn_solve"):
+        GGNCG(models[0], solve="lu")
+
+
 @pytest.mark.parametrize("loss_hessian", ["identity", "exact"])
 def test_kfac_equals_exact_ggn_on_one_half_layer_and_one_sample(loss_hessian):
     """One sample, the trained half-layer F alone: the Kronecker factorisation of its [W, b] block is exact."""
@@ -331,11 +370,28 @@ def test_train_runs_and_is_listed(tiny, results, opt):
     assert listing.exit_code == 0 and "1 run(s)" in listing.output and opt in listing.output
 
 
+def test_train_with_the_kernel_solve_logs_its_residual_and_gets_its_own_id(tiny, results):
+    r = runner.invoke(app, ["--quiet", "train", "optimizer=ggn_cg", "optimizer.ggn_solve=kernel", *tiny])
+    assert r.exit_code == 0, r.output
+    (run,) = run_summaries(results)
+    assert run["status"] == "done" and run["optimizer.ggn_solve"] == "kernel"
+    rows = pd.read_parquet(Path(run["path"]) / "metrics.parquet")
+    ep = rows[rows.split == "epoch"]
+    assert ep.train_loss.iloc[-1] < ep.train_loss.iloc[0]
+    assert (ep.cg_iters_total == 0).all() and (ep.cg_rel_residual_last < 1e-3).all()  # float32, solved exactly
+    from revgn_cli.config import compose_config, run_id
+
+    cg = compose_config(["optimizer=ggn_cg"])
+    assert run_id(cg) == run_id(compose_config(["optimizer=ggn_cg", "optimizer.ggn_solve=cg"]))  # old ids stay
+    assert run_id(cg) != run_id(compose_config(["optimizer=ggn_cg", "optimizer.ggn_solve=kernel"]))
+
+
 @pytest.mark.parametrize("bad", [["optimizer=ggn_cg", "optimizer.cg_iters=0"], ["optimizer=ggn_cg", "optimizer.damping=-1"],
                                  ["optimizer=kfac", "optimizer.damping=-0.1"], ["optimizer=kfac", "optimizer.curvature_every=0"],
                                  ["optimizer=kfac", "optimizer.damping_schedule=lm"],
                                  ["optimizer=kfac", "optimizer.kfac_step=sometimes"],
-                                 ["optimizer=ggn_cg", "optimizer.damping_schedule=sometimes"]])
+                                 ["optimizer=ggn_cg", "optimizer.damping_schedule=sometimes"],
+                                 ["optimizer=ggn_cg", "optimizer.ggn_solve=lu"]])
 def test_bad_settings_are_one_error_line(tiny, results, bad):
     r = runner.invoke(app, ["--quiet", "train", *bad, *tiny])
     assert r.exit_code == 2, r.output

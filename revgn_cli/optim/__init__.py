@@ -35,8 +35,8 @@ def make_optimizer(
 
     opt keys: name ∈ {gn, adam, sgd, linearised, ggn_cg, kfac}; lr; combine, loss_hessian, solver (gn); momentum (sgd);
     beta1, beta2, eps (adam); inner ∈ {sgd, adam} and relinearise_every (K, None = ∞) for linearised (+ the inner's
-    keys); loss_hessian, damping (+ damping_schedule, lm_factor, cg_iters, cg_tol for ggn_cg; curvature_every,
-    kfac_step for kfac).
+    keys); loss_hessian, damping (+ damping_schedule, lm_factor, cg_iters, cg_tol, ggn_solve for ggn_cg;
+    curvature_every, kfac_step for kfac).
     Missing (or None) keys take conf/optimizer/<name>.yaml's values; unknown keys are ignored.
     reg keys: those of Regularizer. GN uses all of them. For the others only reg.name == "weight_decay" has an
     effect (torch's coupled `weight_decay=reg.weight_decay`, i.e. L2 added to the gradient); truncation, damping
@@ -59,7 +59,8 @@ def make_optimizer(
     if name == "ggn_cg":
         return GGNCG(model, lr=float(o["lr"]), damping=float(o["damping"]), cg_iters=int(o["cg_iters"]),
                      cg_tol=float(o["cg_tol"]), damping_schedule=str(o["damping_schedule"]),
-                     lm_factor=float(o["lm_factor"]), loss=loss, loss_hessian=str(o["loss_hessian"]), weight_decay=wd)
+                     lm_factor=float(o["lm_factor"]), loss=loss, loss_hessian=str(o["loss_hessian"]), weight_decay=wd,
+                     solve=str(o["ggn_solve"]))
     if name == "kfac":
         return KFAC(model, lr=float(o["lr"]), damping=float(o["damping"]), curvature_every=int(o["curvature_every"]),
                     loss=loss, loss_hessian=str(o["loss_hessian"]), weight_decay=wd, step_rule=str(o["kfac_step"]))

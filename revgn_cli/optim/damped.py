@@ -6,7 +6,9 @@ Hessian for ``exact``):
 
 * ``GGNCG`` solves the system by conjugate gradient on GGN mat-vecs (curvature.ggn_batch_matvec: the batch's forward
   and VJP graph built once, then one JVP + one cached VJP per product; no matrix is formed), from Δ = 0, for at most
-  ``cg_iters`` iterations or until ‖r‖ ≤ cg_tol·‖g‖.
+  ``cg_iters`` iterations or until ‖r‖ ≤ cg_tol·‖g‖. ``solve="kernel"`` solves the same system exactly instead,
+  through the batch's nC × nC logit NTK (optim/kernel_solve.py: the push-through identity), the point CG converges
+  to, at about the cost of ten CG products.
   ``damping_schedule="lm"`` adapts λ after every step, Levenberg–Marquardt style (Martens 2010 §4.1): with the
   reduction ratio ρ = (ℓ(θ − αΔ) − ℓ(θ)) / (q(−αΔ) − q(0)), q the undamped quadratic model
   q(δ) = ℓ + gᵀδ + ½ δᵀGδ on the same batch, λ ← λ·ω if ρ < ¼ and λ ← λ/ω if ρ > ¾ (ω = ``lm_factor``, 3/2 in the
@@ -39,13 +41,16 @@ import torch
 from torch import Tensor
 
 from revgn_cli.models.revmlp import RevMLP
-from revgn_cli.optim.cg import conjugate_gradient
+from revgn_cli.optim.cg import CGResult, conjugate_gradient
 from revgn_cli.optim.curvature import KFACView, flat, ggn_batch_matvec, kfac_operator, unflat
+from revgn_cli.optim.kernel_solve import ggn_kernel_solve
 from revgn_cli.optim.losses import LOSS_HESSIANS, batch_loss
 
-__all__ = ["GGNCG", "KFAC", "DAMPING_SCHEDULES", "KFAC_STEPS", "LM_ACCEPT", "loss_and_grad", "quadratic_step"]
+__all__ = ["GGNCG", "KFAC", "DAMPING_SCHEDULES", "GGN_SOLVES", "KFAC_STEPS", "LM_ACCEPT", "loss_and_grad",
+           "quadratic_step"]
 
 DAMPING_SCHEDULES = ("fixed", "lm")
+GGN_SOLVES = ("cg", "kernel")  # GGN-CG: conjugate gradient on mat-vecs | exactly, in function space
 KFAC_STEPS = ("plain", "rescale", "momentum")
 # Levenberg-Marquardt accepts a step only when its reduction ratio ρ is finite and above this: the batch loss fell.
 LM_ACCEPT = 0.0
@@ -137,8 +142,11 @@ class GGNCG(_Damped):
 
     def __init__(self, model: RevMLP, lr: float = 1.0, damping: float = 1e-3, cg_iters: int = 50,
                  cg_tol: float = 1e-4, damping_schedule: str = "fixed", lm_factor: float = 1.5, loss: str = "ce",
-                 loss_hessian: str = "identity", weight_decay: float = 0.0):
+                 loss_hessian: str = "identity", weight_decay: float = 0.0, solve: str = "cg"):
         super().__init__(model, lr, damping, loss, loss_hessian, weight_decay)
+        if solve not in GGN_SOLVES:
+            raise ValueError(f"unknown ggn_solve {solve!r}; valid: {', '.join(GGN_SOLVES)}")
+        self.solve = solve
         if int(cg_iters) < 1:
             raise ValueError(f"cg_iters must be >= 1, got {cg_iters}")
         if damping_schedule not in DAMPING_SCHEDULES:
@@ -152,13 +160,26 @@ class GGNCG(_Damped):
             self.stats["lm_rejected"] = 0.0
 
     def direction(self, x: Tensor, t_onehot: Tensor) -> tuple[list[Tensor], Tensor, dict[str, Any]]:
-        """(Δθ ≈ (G + λI)⁻¹g in model.trainable()'s shapes, pre-update loss, {g, Gv, cg result})."""
+        """(Δθ ≈ (G + λI)⁻¹g in model.trainable()'s shapes, pre-update loss, {g, Gv, solve result}).
+
+        ``solve="kernel"``: Δθ exactly, in function space (optim/kernel_solve.py); the result reports 0 CG iterations
+        and the solve's measured residual, and Gv is built only when Levenberg-Marquardt needs it.
+        """
         x, t_onehot = self._batch(x, t_onehot)
         params = self.model.trainable()
-        ell, grads = loss_and_grad(self.model, x, t_onehot, self.loss)
-        mv = ggn_batch_matvec(self.model, x, t_onehot, loss=self.loss, loss_hessian=self.loss_hessian)
-        g = flat(grads)
-        res = conjugate_gradient(mv, g, damping=self.damping, max_iters=self.cg_iters, rtol=self.cg_tol)
+
+        def matvec():
+            return ggn_batch_matvec(self.model, x, t_onehot, loss=self.loss, loss_hessian=self.loss_hessian)
+
+        if self.solve == "kernel":
+            ks = ggn_kernel_solve(self.model, x, t_onehot, self.damping, loss=self.loss,
+                                  loss_hessian=self.loss_hessian, residual=True)
+            ell, g, res = ks.loss, ks.grad, CGResult(ks.delta, 0, ks.rel_residual)
+            mv = matvec() if self.damping_schedule == "lm" else None
+        else:
+            ell, grads = loss_and_grad(self.model, x, t_onehot, self.loss)
+            mv, g = matvec(), flat(grads)
+            res = conjugate_gradient(mv, g, damping=self.damping, max_iters=self.cg_iters, rtol=self.cg_tol)
         return unflat(res.x, params), ell, {"g": g, "mv": mv, "cg": res, "x": x, "t": t_onehot}
 
     def step(self, x: Tensor, t_onehot: Tensor) -> float:
