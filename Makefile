@@ -44,12 +44,14 @@ bench: $(STAMP)
 	$(PY) bench/metrics_overhead.py
 	$(PY) bench/gn_truncation.py
 	$(PY) bench/ggn_matvec.py
+	$(PY) bench/ggn_solve.py
 
 bench-smoke: $(STAMP)
 	$(PY) bench/gn_step.py --smoke
 	$(PY) bench/metrics_overhead.py --smoke
 	$(PY) bench/gn_truncation.py --smoke
 	$(PY) bench/ggn_matvec.py --smoke
+	$(PY) bench/ggn_solve.py --smoke
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["gn_truncation.py", "--smoke", "--threads", "1"], "damping: cholesky"),  # every method on real-image Grams
     (["startup.py", "--smoke"], "runs (5 runs)"),
     (["ggn_matvec.py", "--smoke"], "exact "),  # both products agree, else it exits 1
+    (["ggn_solve.py", "--smoke"], "exact "),  # the kernel solve matches its float64 reference, else it exits 1
 ])
 def test_bench_smoke_runs(argv, expect, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
