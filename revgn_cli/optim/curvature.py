@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from revgn_cli.models.revmlp import HalfLayer, RevMLP
 
 __all__ = ["IdentityHessianLoss", "ggn_operator", "kfac_operator", "KFACView", "flat", "unflat", "ggn_matvec",
-           "ggn_batch_matvec", "LINEARIZE_AFTER"]
+           "ggn_batch_matvec", "LINEARIZE_AFTER", "logits_function", "apply_loss_hessian"]
 
 
 class IdentityHessianLoss(nn.Module):
@@ -75,6 +75,30 @@ def ggn_matvec(op, params: list[Tensor]) -> Callable[[Tensor], Tensor]:
     return mv
 
 
+def logits_function(model: RevMLP, x: Tensor) -> tuple[list[Tensor], tuple[Tensor, ...], Callable[..., Tensor]]:
+    """(θ = model.trainable(), θ detached, f) with f(*θ) = the logits Z ∈ ℝ^{n×C} of the batch x ∈ ℝ^{n×d}: the
+    function torch.func differentiates for the GGN products here and the kernel solve (optim/kernel_solve.py)."""
+    from torch.func import functional_call
+
+    params = model.trainable()
+    names = {id(p): k for k, p in model.named_parameters()}
+    keys = [names[id(p)] for p in params]
+
+    def f(*ps: Tensor) -> Tensor:
+        return functional_call(model, dict(zip(keys, ps)), (x,), strict=False)
+
+    return params, tuple(p.detach() for p in params), f
+
+
+def apply_loss_hessian(u: Tensor, prob: Tensor | None) -> Tensor:
+    """H_i u_i per sample i for u ∈ ℝ^{n×C×…}: u itself when ``prob`` is None (H = I), else
+    (diag(p_i) − p_i p_iᵀ) u_i with p = ``prob`` ∈ ℝ^{n×C} (the softmax Hessian of cross-entropy)."""
+    if prob is None:
+        return u
+    p = prob.reshape(prob.shape + (1,) * (u.dim() - 2))
+    return p * u - p * (p * u).sum(dim=1, keepdim=True)
+
+
 def ggn_batch_matvec(model: RevMLP, x: Tensor, t_onehot: Tensor, *, loss: str = "ce", loss_hessian: str = "identity",
                      linearize_after: int | None = None) -> Callable[[Tensor], Tensor]:
     """v ↦ G v on flat vectors ∈ ℝ^|θ| for the batch (x ∈ ℝ^{n×d}, t ∈ ℝ^{n×C}), G as in the module docstring.
@@ -93,27 +117,16 @@ def ggn_batch_matvec(model: RevMLP, x: Tensor, t_onehot: Tensor, *, loss: str = 
     Memory: the cached graph holds the forward's activations (about one backward's worth) until the closure is freed,
     and the linearised JVP holds about as much again.
     """
-    from torch.func import functional_call, jvp, vjp
+    from torch.func import jvp, vjp
 
-    params = model.trainable()
-    names = {id(p): k for k, p in model.named_parameters()}
-    keys = [names[id(p)] for p in params]
-    primals = tuple(p.detach() for p in params)
-
-    def f(*ps: Tensor) -> Tensor:
-        return functional_call(model, dict(zip(keys, ps)), (x,), strict=False)
-
+    params, primals, f = logits_function(model, x)
     with torch.enable_grad():
         z, pullback = vjp(f, *primals)
     n = z.shape[0]
-    exact_ce = loss == "ce" and loss_hessian == "exact"
-    prob = z.detach().softmax(dim=1) if exact_ce else None
+    prob = z.detach().softmax(dim=1) if loss == "ce" and loss_hessian == "exact" else None
 
     def hess(u: Tensor) -> Tensor:
-        """H_i u_i / n per row: u for the identity, (diag(p) − ppᵀ) u for the softmax."""
-        if prob is None:
-            return u / n
-        return (prob * u - prob * (prob * u).sum(dim=1, keepdim=True)) / n
+        return apply_loss_hessian(u, prob) / n
 
     after = LINEARIZE_AFTER if linearize_after is None else int(linearize_after)
     linear: list[Callable[..., Tensor]] = []  # the linearised JVP, once traced

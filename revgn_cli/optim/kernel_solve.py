@@ -27,7 +27,7 @@ from torch import Tensor
 
 from revgn_cli.metrics.ntk import empirical_ntk
 from revgn_cli.models.revmlp import RevMLP
-from revgn_cli.optim.curvature import flat, unflat
+from revgn_cli.optim.curvature import apply_loss_hessian, flat, logits_function, unflat
 from revgn_cli.optim.losses import batch_loss
 
 __all__ = ["KernelSolve", "ggn_kernel_solve"]
@@ -41,14 +41,6 @@ class KernelSolve:
     rel_residual: float  # ‖(G + λI)Δ − g‖ / ‖g‖ in parameter space (NaN unless asked for)
 
 
-def _apply_hessian(u: Tensor, prob: Tensor | None) -> Tensor:
-    """H_i u_i per sample for u ∈ ℝ^{n×C×…}: u itself (H = I) or (diag(p_i) − p_i p_iᵀ) u_i (softmax Hessian)."""
-    if prob is None:
-        return u
-    p = prob.reshape(prob.shape + (1,) * (u.dim() - 2))
-    return p * u - p * (p * u).sum(dim=1, keepdim=True)
-
-
 def ggn_kernel_solve(model: RevMLP, x: Tensor, t_onehot: Tensor, damping: float, *, loss: str = "ce",
                      loss_hessian: str = "identity", residual: bool = False) -> KernelSolve:
     """Δ = (G + λI)⁻¹ g for the batch (x ∈ ℝ^{n×d}, t ∈ ℝ^{n×C}), exactly, by the function-space system above.
@@ -56,18 +48,11 @@ def ggn_kernel_solve(model: RevMLP, x: Tensor, t_onehot: Tensor, damping: float,
     G, g and H as in curvature.ggn_batch_matvec (the curvature and gradient of the *mean* batch loss); λ ≥ 0.
     ``residual=True`` also measures ‖(G + λI)Δ − g‖/‖g‖ with one GGN product (one JVP and the cached VJP).
     """
-    from torch.func import functional_call, jvp, vjp
+    from torch.func import jvp, vjp
 
     if not damping >= 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
-    params = model.trainable()
-    names = {id(p): k for k, p in model.named_parameters()}
-    keys = [names[id(p)] for p in params]
-    primals = tuple(p.detach() for p in params)
-
-    def f(*ps: Tensor) -> Tensor:
-        return functional_call(model, dict(zip(keys, ps)), (x,), strict=False)
-
+    params, primals, f = logits_function(model, x)
     with torch.enable_grad():
         z, pullback = vjp(f, *primals)
         zr = z.detach().requires_grad_()
@@ -79,7 +64,7 @@ def ggn_kernel_solve(model: RevMLP, x: Tensor, t_onehot: Tensor, damping: float,
     prob = z.detach().softmax(dim=1).double() if exact_ce else None
 
     theta = empirical_ntk(model, x, method="structured").double().view(n, c, n * c)
-    a = _apply_hessian(theta, prob).reshape(n * c, n * c) / n  # H Θ / n
+    a = apply_loss_hessian(theta, prob).reshape(n * c, n * c) / n  # H Θ / n
     b = dz.double().reshape(-1)
     if damping > 0:
         a.diagonal().add_(float(damping))
@@ -87,15 +72,15 @@ def ggn_kernel_solve(model: RevMLP, x: Tensor, t_onehot: Tensor, damping: float,
     else:
         # G is singular: the minimum-norm Δ (CG's limit from zero) lies in G's row space, range(Jᵀ H), so y = H w
         # with (H Θ H / n) w = r / n (r/n ∈ range(H)), w by the pseudoinverse of that symmetric PSD matrix.
-        hth = _apply_hessian(a.T.reshape(n, c, n * c), prob).reshape(n * c, n * c)  # H (HΘ/n)ᵀ = H Θ H / n
+        hth = apply_loss_hessian(a.T.reshape(n, c, n * c), prob).reshape(n * c, n * c)  # H (HΘ/n)ᵀ = H Θ H / n
         w = torch.linalg.pinv(0.5 * (hth + hth.T), hermitian=True) @ b
-        y = _apply_hessian(w.view(n, c), prob).reshape(-1)
+        y = apply_loss_hessian(w.view(n, c), prob).reshape(-1)
     y = y.to(z.dtype).view(n, c)
     with torch.enable_grad():
         delta = flat(pullback(y)).detach()
         rel = float("nan")
         if residual:
             _, jd = jvp(f, primals, tuple(unflat(delta, params)))
-            gd = flat(pullback(_apply_hessian(jd.detach(), None if prob is None else prob.to(z.dtype)) / n)).detach()
+            gd = flat(pullback(apply_loss_hessian(jd.detach(), None if prob is None else prob.to(z.dtype)) / n)).detach()
             rel = float((gd + damping * delta - g).norm() / g.norm()) if g.norm() > 0 else 0.0
     return KernelSolve(delta, ell.detach(), g, rel)
