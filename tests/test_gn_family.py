@@ -312,6 +312,14 @@ def test_the_record_carries_finished_methods_to_a_fresh_machine(tmp_path):
                  log=lambda s: None, design=d2, record=rec)
     assert len(launched3) == 1 and "optimizer=kfac" in launched3[0] and len(tuned3) == 2
 
+    # The figure of a sitting that mixes recorded methods (no dataset column) with fresh runs draws them all.
+    mixed = pd.concat([df[df.method == "GN sum"], df[df.method == "K-FAC"].assign(**{"dataset.name": "digits"})],
+                      ignore_index=True)
+    fig = gf.plot(mixed, d, "quick")
+    labels = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+    assert {"GN sum", "K-FAC"} <= labels, labels
+    assert all(ax.get_title().startswith("digits") for ax in gf.plot(df, d, "quick").axes)  # all from the record
+
     # A method whose seeds did not all finish is not recorded (it is not finished).
     part, rec_p = tmp_path / "part", tmp_path / "partial.csv"
     calls4, _ = _fake_tuner(TUNED)

@@ -385,6 +385,13 @@ def plot(runs: pd.DataFrame, design: Design, scale: str):
             if not rows.empty:
                 yield Series(lab, c, rows)
 
+    # Record rows (methods carried by docs/data/gn_family_<scale>.csv) have no dataset column; the study trains one
+    # dataset, its base preset's, so they get that one — else the plot's per-dataset split would drop them.
+    from revgn_cli.config import compose_config
+
+    name = compose_config(list(design.base)).dataset.name
+    col = runs["dataset.name"] if "dataset.name" in runs else pd.Series(None, index=runs.index, dtype=object)
+    runs = runs.assign(**{"dataset.name": col.fillna(name)})
     ep = _epoch_rows(runs)
     ntk, cka = _ntk_column(ep), _last_cka(ep)
     return metric_grid(runs, PlotContext("gn_family", f"GN family, tuned rates ({scale})", scale),
