@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from revgn_cli.models.revmlp import HalfLayer, RevMLP
 
 __all__ = ["IdentityHessianLoss", "ggn_operator", "kfac_operator", "KFACView", "flat", "unflat", "ggn_matvec",
-           "ggn_batch_matvec", "LINEARIZE_AFTER", "logits_function", "apply_loss_hessian"]
+           "ggn_batch_matvec", "ggn_product", "loss_hessian_probs", "LINEARIZE_AFTER", "logits_function",
+           "apply_loss_hessian"]
 
 
 class IdentityHessianLoss(nn.Module):
@@ -111,22 +112,33 @@ def ggn_batch_matvec(model: RevMLP, x: Tensor, t_onehot: Tensor, *, loss: str = 
 
     The JVP is linearised (``torch.func.linearize``: traced once with the forward's values folded in as constants,
     so each later J v runs the tangent computations only, not the forward again) once the closure has been asked
-    for ``linearize_after`` products (default ``LINEARIZE_AFTER``; 0: from the first; negative: never). Tracing costs about four JVPs at the quick size, so a solve that
-    stops within a few products (K-FAC's step rescaling takes one or two) never pays it, and a long CG solve gets
+    for ``linearize_after`` products (default ``LINEARIZE_AFTER``; 0: from the first; negative: never). Tracing
+    costs about four JVPs at the quick size, so a solve that stops within a few products (K-FAC's step rescaling takes one or two) never pays it, and a long CG solve gets
     the faster product for all but its first few (bench/ggn_matvec.py times the three products side by side).
     Memory: the cached graph holds the forward's activations (about one backward's worth) until the closure is freed,
     and the linearised JVP holds about as much again.
     """
-    from torch.func import jvp, vjp
+    from torch.func import vjp
 
     params, primals, f = logits_function(model, x)
     with torch.enable_grad():
         z, pullback = vjp(f, *primals)
-    n = z.shape[0]
-    prob = z.detach().softmax(dim=1) if loss == "ce" and loss_hessian == "exact" else None
+    return ggn_product(f, params, primals, pullback, loss_hessian_probs(z, loss, loss_hessian),
+                       linearize_after=linearize_after)
 
-    def hess(u: Tensor) -> Tensor:
-        return apply_loss_hessian(u, prob) / n
+
+def loss_hessian_probs(z: Tensor, loss: str, loss_hessian: str) -> Tensor | None:
+    """softmax(Z) ∈ ℝ^{n×C} (detached) when H is the softmax Hessian (cross-entropy with ``loss_hessian="exact"``),
+    else None (H = I: the identity-Hessian GN, and MSE's Hessian whichever is asked for)."""
+    return z.detach().softmax(dim=1) if loss == "ce" and loss_hessian == "exact" else None
+
+
+def ggn_product(f: Callable[..., Tensor], params: list[Tensor], primals: tuple[Tensor, ...], pullback,
+                prob: Tensor | None, *, linearize_after: int | None = None) -> Callable[[Tensor], Tensor]:
+    """v ↦ G v = Jᵀ H J v / n on flat vectors, from a batch's ``logits_function`` (f, params, primals), the VJP
+    ``pullback`` of f at the primals and ``loss_hessian_probs`` (n = prob's / the logits' rows): the product of
+    ``ggn_batch_matvec``, for a caller that already holds the forward's VJP (optim/kernel_solve.py)."""
+    from torch.func import jvp
 
     after = LINEARIZE_AFTER if linearize_after is None else int(linearize_after)
     linear: list[Callable[..., Tensor]] = []  # the linearised JVP, once traced
@@ -139,7 +151,7 @@ def ggn_batch_matvec(model: RevMLP, x: Tensor, t_onehot: Tensor, *, loss: str = 
                 linear.append(_linearized_jvp(f, primals))
             asked[0] += 1
             jv = linear[0](*tangents) if linear else jvp(f, primals, tangents)[1]
-            return flat(pullback(hess(jv))).detach()
+            return flat(pullback(apply_loss_hessian(jv, prob) / jv.shape[0])).detach()
 
     return mv
 

@@ -163,22 +163,18 @@ class GGNCG(_Damped):
         """(Δθ ≈ (G + λI)⁻¹g in model.trainable()'s shapes, pre-update loss, {g, Gv, solve result}).
 
         ``solve="kernel"``: Δθ exactly, in function space (optim/kernel_solve.py); the result reports 0 CG iterations
-        and the solve's measured residual, and Gv is built only when Levenberg-Marquardt needs it.
+        and the solve's measured residual; Gv comes from the solve's own forward.
         """
         x, t_onehot = self._batch(x, t_onehot)
         params = self.model.trainable()
-
-        def matvec():
-            return ggn_batch_matvec(self.model, x, t_onehot, loss=self.loss, loss_hessian=self.loss_hessian)
-
         if self.solve == "kernel":
             ks = ggn_kernel_solve(self.model, x, t_onehot, self.damping, loss=self.loss,
                                   loss_hessian=self.loss_hessian, residual=True)
-            ell, g, res = ks.loss, ks.grad, CGResult(ks.delta, 0, ks.rel_residual)
-            mv = matvec() if self.damping_schedule == "lm" else None
+            ell, g, mv, res = ks.loss, ks.grad, ks.matvec, CGResult(ks.delta, 0, ks.rel_residual)
         else:
             ell, grads = loss_and_grad(self.model, x, t_onehot, self.loss)
-            mv, g = matvec(), flat(grads)
+            mv = ggn_batch_matvec(self.model, x, t_onehot, loss=self.loss, loss_hessian=self.loss_hessian)
+            g = flat(grads)
             res = conjugate_gradient(mv, g, damping=self.damping, max_iters=self.cg_iters, rtol=self.cg_tol)
         return unflat(res.x, params), ell, {"g": g, "mv": mv, "cg": res, "x": x, "t": t_onehot}
 

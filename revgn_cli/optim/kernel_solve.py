@@ -21,13 +21,14 @@ solution of J Δ = r (the limit tests/test_damped.py checks GGN-CG against).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from revgn_cli.metrics.ntk import empirical_ntk
 from revgn_cli.models.revmlp import RevMLP
-from revgn_cli.optim.curvature import apply_loss_hessian, flat, logits_function, unflat
+from revgn_cli.optim.curvature import apply_loss_hessian, flat, ggn_product, logits_function, loss_hessian_probs
 from revgn_cli.optim.losses import batch_loss
 
 __all__ = ["KernelSolve", "ggn_kernel_solve"]
@@ -39,6 +40,7 @@ class KernelSolve:
     loss: Tensor  # the mean batch loss at θ (scalar, detached)
     grad: Tensor  # g ∈ ℝ^p, the mean batch loss's gradient
     rel_residual: float  # ‖(G + λI)Δ − g‖ / ‖g‖ in parameter space (NaN unless asked for)
+    matvec: Callable[[Tensor], Tensor]  # v ↦ G v on the batch, from the same forward (curvature.ggn_product)
 
 
 def ggn_kernel_solve(model: RevMLP, x: Tensor, t_onehot: Tensor, damping: float, *, loss: str = "ce",
@@ -48,7 +50,7 @@ def ggn_kernel_solve(model: RevMLP, x: Tensor, t_onehot: Tensor, damping: float,
     G, g and H as in curvature.ggn_batch_matvec (the curvature and gradient of the *mean* batch loss); λ ≥ 0.
     ``residual=True`` also measures ‖(G + λI)Δ − g‖/‖g‖ with one GGN product (one JVP and the cached VJP).
     """
-    from torch.func import jvp, vjp
+    from torch.func import vjp
 
     if not damping >= 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
@@ -60,8 +62,9 @@ def ggn_kernel_solve(model: RevMLP, x: Tensor, t_onehot: Tensor, damping: float,
         (dz,) = torch.autograd.grad(ell, zr)  # r / n ∈ ℝ^{n×C}
     n, c = z.shape
     g = flat(pullback(dz)).detach()
-    exact_ce = loss == "ce" and loss_hessian == "exact"
-    prob = z.detach().softmax(dim=1).double() if exact_ce else None
+    prob32 = loss_hessian_probs(z, loss, loss_hessian)
+    mv = ggn_product(f, params, primals, pullback, prob32)
+    prob = None if prob32 is None else prob32.double()
 
     theta = empirical_ntk(model, x, method="structured").double().view(n, c, n * c)
     a = apply_loss_hessian(theta, prob).reshape(n * c, n * c) / n  # H Θ / n
@@ -78,9 +81,7 @@ def ggn_kernel_solve(model: RevMLP, x: Tensor, t_onehot: Tensor, damping: float,
     y = y.to(z.dtype).view(n, c)
     with torch.enable_grad():
         delta = flat(pullback(y)).detach()
-        rel = float("nan")
-        if residual:
-            _, jd = jvp(f, primals, tuple(unflat(delta, params)))
-            gd = flat(pullback(apply_loss_hessian(jd.detach(), None if prob is None else prob.to(z.dtype)) / n)).detach()
-            rel = float((gd + damping * delta - g).norm() / g.norm()) if g.norm() > 0 else 0.0
-    return KernelSolve(delta, ell.detach(), g, rel)
+    rel = float("nan")
+    if residual:
+        rel = float((mv(delta) + damping * delta - g).norm() / g.norm()) if g.norm() > 0 else 0.0
+    return KernelSolve(delta, ell.detach(), g, rel, mv)
