@@ -195,11 +195,12 @@ def tune(experiment: str = typer.Argument(..., help="A preset with a tune grid, 
             t.add_column(col)
         for opt, ot in rec.optimizers.items():
             means, div = ot.mean_val_loss, ot.diverged
-            for r in ot.grid:
-                t.add_row(opt, f"{r:g}", f"{means[r]:.4f}", f"{div[r]}/{len(ot.seeds)}", "◀" if r == ot.chosen else "")
+            for r in sorted(ot.grid):  # declared grid and the rates out of it (tune.extend) tried, in rate order
+                mark = ("◀ on the edge of the rates tried" if ot.at_edge else "◀") if r == ot.chosen else ""
+                t.add_row(opt, f"{r:g}", f"{means[r]:.4f}", f"{div[r]}/{len(ot.seeds)}", mark)
         out.print(t)
         out.print("chosen" + (f" ({rec.setting})" if rec.setting else "") + ": "
-                  + "  ".join(f"{o}={r:g}" for o, r in rec.rates().items()))
+                  + "  ".join(f"{o}={x.chosen:g}{' (edge)' if x.at_edge else ''}" for o, x in rec.optimizers.items()))
 
 
 def _expand_with_progress(expand: Callable, overrides: list[str]) -> list:

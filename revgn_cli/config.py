@@ -137,6 +137,9 @@ class TuneConfig:
     """``revgn tune``'s protocol (revgn_cli/tune.py); never part of a run id (it does not change training)."""
 
     grid: dict[str, list[float]] = field(default_factory=dict)  # optimizer name → learning rates to try
+    # optimizer name → rates beyond its grid, tried one at a time (the nearest first) while the chosen rate is the
+    # largest (or smallest) rate tried, so that a choice at the grid's edge is checked against the next rate out.
+    extend: dict[str, list[float]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44])
     val_size: int = 1000  # training images held out for validation (regime.val_size of the tune runs)
     # Keys the preset sweeps besides optimizer and seed whose every value is tuned on its own (fig5: [regime],

@@ -6,13 +6,17 @@ grid is trained for each of ``tune.seeds`` on the training images minus a ``tune
 joblib launcher with 2 workers by default; finished runs are skipped, interrupted ones resume). The chosen rate
 minimises the mean over seeds of the final ``val_loss``; a seed that diverged counts as +∞, so a rate that diverges
 on any seed is chosen only when every rate does (then: fewest diverged seeds, then the lowest mean over the seeds
-that finished, then the smaller rate).
+that finished, then the smaller rate). A choice on the grid's edge is checked against the next rate out: while the
+chosen rate is the largest (smallest) rate tried, the nearest untried rate of ``tune.extend.<optimizer>`` above
+(below) it is trained too and the choice made again (``next_rate_out``), so the record says whether the optimum was
+bracketed (``at_edge``: the chosen rate is still the largest or smallest tried).
 
 Tune runs go to ``<results_dir>/<exp_name>_tune/`` (never mixed with the preset's own runs) with the diagnostics off
 (they do not change training). The record is ``<results_dir>/tune/<experiment>.json``:
 ``{setting-key → {optimizer → {chosen, grid, seeds, val_size, val_loss {rate → {seed → loss | null}},
-mean_val_loss {rate → mean | null}, diverged {rate → count}, run_s}}}`` (run_s: the tune runs' training seconds,
-summed), where the setting key is the overrides that define the setting, sorted and space-joined ("" for the
+mean_val_loss {rate → mean | null}, diverged {rate → count}, at_edge, run_s}}}`` (grid: every rate tried, the
+declared grid first, then the rates out of it in the order tried; run_s: the tune runs' training seconds, summed),
+where the setting key is the overrides that define the setting, sorted and space-joined ("" for the
 preset itself), without ``optimizer=``, ``tune.*``, ``results_dir``, ``device`` and Hydra's own.
 """
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, Iterator
 from revgn_cli.config import ConfigError
 
 __all__ = ["TuneError", "TuneMissing", "OptimizerTune", "TuneRecord", "TunePlan", "setting_key", "choose", "run_tune",
-           "run_tune_cells", "tune_plan", "tuned_rates", "record_path"]
+           "run_tune_cells", "tune_plan", "tuned_rates", "record_path", "next_rate_out"]
 
 TUNE_DIR = "tune"
 # Tune runs log losses only: the diagnostics cost time and never change the trajectory.
@@ -64,6 +68,11 @@ class OptimizerTune:
     def diverged(self) -> dict[float, int]:
         return {r: sum(math.isinf(x) for x in v.values()) for r, v in self.val_loss.items()}
 
+    @property
+    def at_edge(self) -> bool:
+        """Whether the chosen rate is the largest or smallest of several rates tried (the optimum not bracketed)."""
+        return len(self.val_loss) > 1 and self.chosen in (min(self.val_loss), max(self.val_loss))
+
     def to_json(self) -> dict[str, Any]:
         def num(x: float) -> float | None:  # JSON has no infinity: a diverged seed is null
             return None if not math.isfinite(x) else x
@@ -71,7 +80,8 @@ class OptimizerTune:
         return {"chosen": self.chosen, "grid": self.grid, "seeds": self.seeds, "val_size": self.val_size,
                 "val_loss": {repr(r): {str(s): num(x) for s, x in v.items()} for r, v in self.val_loss.items()},
                 "mean_val_loss": {repr(r): num(x) for r, x in self.mean_val_loss.items()},
-                "diverged": {repr(r): n for r, n in self.diverged.items()}, "run_s": self.run_s}
+                "diverged": {repr(r): n for r, n in self.diverged.items()}, "at_edge": self.at_edge,
+                "run_s": self.run_s}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "OptimizerTune":
@@ -111,6 +121,24 @@ def choose(val_loss: dict[float, dict[int, float]]) -> float:
         return (_mean(xs), sum(not math.isfinite(x) for x in xs), _mean(finite) if finite else math.inf, r)
 
     return min(val_loss, key=key)
+
+
+def next_rate_out(val_loss: dict[float, dict[int, float]], extend: list[float]) -> float | None:
+    """The next rate to try beyond the rates tried (the keys of ``val_loss``), or None.
+
+    When the chosen rate (``choose``) is the largest rate tried, the smallest rate of ``extend`` above it; else, when
+    it is the smallest, the largest rate of ``extend`` below it; None when the choice is bracketed by rates tried or
+    ``extend`` has no rate beyond it. (A single tried rate is both largest and smallest: upward is tried first.)
+    """
+    if not val_loss:
+        return None
+    chosen, tried = choose(val_loss), sorted(val_loss)
+    untried = sorted(float(r) for r in extend if float(r) not in val_loss)
+    if chosen == tried[-1] and (up := [r for r in untried if r > chosen]):
+        return up[0]
+    if chosen == tried[0] and (down := [r for r in untried if r < chosen]):
+        return down[-1]
+    return None
 
 
 def record_path(results_dir: str | Path, experiment: str) -> Path:
@@ -297,13 +325,13 @@ def run_tune_cells(experiment: str, overrides: list[str], results_dir: str | Pat
 
 
 def _job_overrides(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str,
-                   n_jobs: int) -> list[str]:
+                   n_jobs: int, rates: list[float]) -> list[str]:
     t = cfg.tune
     launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs != 1 else []
     if any(o.startswith(("hydra/launcher", "hydra.launcher")) for o in setting):
         launcher = []
     return [f"experiment={experiment}", *setting, f"optimizer={opt}",
-            "optimizer.lr=" + ",".join(repr(float(r)) for r in t.grid[opt]),
+            "optimizer.lr=" + ",".join(repr(float(r)) for r in rates),
             "seed=" + ",".join(str(int(s)) for s in t.seeds), f"regime.val_size={t.val_size}",
             f"exp_name={cfg.exp_name}_tune", *QUIET_METRICS, *launcher, f"results_dir={results_dir}"]
 
@@ -328,23 +356,41 @@ def _final_val_loss(job_cfg: Any) -> float:
 
 def tune_optimizer(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str, *, n_jobs: int,
                    force: bool, quiet: bool) -> OptimizerTune:
-    """Train (or find finished) every rate × seed of ``opt``'s grid, then choose."""
+    """Train (or find finished) every rate × seed of ``opt``'s grid, choose, and while the choice is on the edge of
+    the rates tried, train the next rate out of ``tune.extend.<opt>`` (``next_rate_out``) and choose again."""
+    t = cfg.tune
+    rates = [float(r) for r in t.grid[opt]]
+    extend = [float(r) for r in (t.extend or {}).get(opt, [])]
+    val: dict[float, dict[int, float]] = {}
+    run_s = 0.0
+    batch = rates
+    while batch:
+        got, s = _train_rates(experiment, cfg, opt, setting, results_dir, batch, n_jobs=n_jobs, force=force,
+                              quiet=quiet)
+        val.update(got)
+        run_s += s
+        nxt = next_rate_out(val, extend)
+        batch = [nxt] if nxt is not None else []
+        rates += batch
+    return OptimizerTune(choose(val), rates, [int(s) for s in t.seeds], int(t.val_size), val, run_s)
+
+
+def _train_rates(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str, rates: list[float], *,
+                 n_jobs: int, force: bool, quiet: bool) -> tuple[dict[float, dict[int, float]], float]:
+    """Train (or find finished) ``rates`` × ``tune.seeds``: ({rate → {seed → final val_loss}}, summed run seconds)."""
     from revgn_cli import sweep as sw
 
-    ov = _job_overrides(experiment, cfg, opt, setting, results_dir, n_jobs)
+    ov = _job_overrides(experiment, cfg, opt, setting, results_dir, n_jobs, rates)
     jobs = sw.expand(ov)
-    t = cfg.tune
-    if len(jobs) != len(t.grid[opt]) * len(t.seeds):
+    if len(jobs) != len(rates) * len(cfg.tune.seeds):
         raise TuneError(f"{experiment} sweeps more than optimizer and seed ({len(jobs)} jobs for "
-                        f"{len(t.grid[opt])} rates × {len(t.seeds)} seeds): pin its other swept keys by overrides")
+                        f"{len(rates)} rates × {len(cfg.tune.seeds)} seeds): pin its other swept keys by overrides")
     if force or any(_status(j.cfg) != "done" and _status(j.cfg) != "diverged" for j in jobs):
         sw.launch(ov, force=force, quiet=quiet, jobs=jobs)
-    val: dict[float, dict[int, float]] = {float(r): {} for r in t.grid[opt]}
+    val: dict[float, dict[int, float]] = {float(r): {} for r in rates}
     for j in jobs:
         val[float(j.cfg.optimizer.lr)][int(j.cfg.seed)] = _final_val_loss(j.cfg)
-    run_s = sum(float(_meta(j.cfg).get("wall_s") or 0.0) for j in jobs)
-    return OptimizerTune(choose(val), [float(r) for r in t.grid[opt]], [int(s) for s in t.seeds], int(t.val_size),
-                         val, run_s)
+    return val, sum(float(_meta(j.cfg).get("wall_s") or 0.0) for j in jobs)
 
 
 def _meta(job_cfg: Any) -> dict[str, Any]:

@@ -52,6 +52,7 @@ def test_the_declared_design_expands_to_the_expected_cells():
     # each method's tuning overrides name the cell's setting plus the declared grid
     t = d.tune_overrides(d.cells["paper_n1024"])
     assert "regime.train_size=1024" in t and "++tune.grid.gn=[0.1,0.3,1.0]" in t
+    assert "++tune.extend.adam=[3e-06,1e-05,0.003]" in t and d.extend("gn") == [3.0, 10.0]
 
 
 def test_merge_overrides_later_keys_win_in_place():
@@ -247,6 +248,30 @@ def test_tuned_rates_are_tuned_once_then_trained_and_recorded(tmp_path, monkeypa
     assert not any(c.tuned for c in plan_study(d, [], str(res), budget_s=1e9, tuner=tuner).cells)
 
 
+def test_a_tune_record_whose_choice_sits_on_an_edge_is_tuned_again_for_the_rate_out(tmp_path):
+    """A record made before the design's `extend` (GN chose its top rate 1.0, never checked against 3.0) does not count
+    as tuned; once 3.0 is in the record and lost, it does, at the recorded choice."""
+    from revgn_cli.studies.scaling import RevgnTuner
+    from revgn_cli.tune import OptimizerTune, TuneRecord, save_record, setting_key
+
+    d = load_design()
+    cell, tuner = d.cells["paper"], RevgnTuner(d, str(tmp_path))
+    key = setting_key(d.tune_overrides(cell))
+    gn = {0.1: {42: 0.6, 43: 0.6}, 0.3: {42: 0.5, 43: 0.5}, 1.0: {42: 0.4, 43: 0.4}}
+    adam = {3e-5: {42: 0.5, 43: 0.5}, 1e-4: {42: 0.3, 43: 0.3}, 3e-4: {42: 0.4, 43: 0.4}, 1e-3: {42: 0.6, 43: 0.6}}
+
+    def record(gn_losses):
+        save_record(tmp_path, TuneRecord(d.experiment, key, {
+            "gn": OptimizerTune(1.0, sorted(gn_losses), [42, 43], 1000, gn_losses),
+            "adam": OptimizerTune(1e-4, sorted(adam), [42, 43], 1000, adam)}))
+
+    assert tuner.rates(cell) is None  # no record at all
+    record(gn)
+    assert tuner.rates(cell) is None  # GN's choice on the grid's top edge, 3.0 not tried yet
+    record({**gn, 3.0: {42: 0.45, 43: math.inf}})
+    assert tuner.rates(cell) == {"gn": 1.0, "adam": 1e-4}
+
+
 def test_cells_recorded_whole_in_the_csv_are_not_planned_again_on_a_fresh_machine(tmp_path, monkeypatch):
     """The committed CSV is what survives a session: a cell it records finished (every run, ≥ min_seeds, the
     design's rate protocol) is left out of the plan even with an empty results dir; a partial cell is not; --redo
@@ -290,6 +315,7 @@ def test_every_cells_tuning_overrides_compose_on_the_real_preset():
         cfg = compose_config([*d.base, *d.tune_overrides(cell)])
         assert {m: list(cfg.tune.grid[m]) for m in d.methods} == {m: [float(v) for v in d.tune["grid"][m]]
                                                                   for m in d.methods}, name
+        assert {m: list(cfg.tune.extend[m]) for m in d.methods} == {m: d.extend(m) for m in d.methods}, name
 
 
 def test_report_of_the_quick_corner_alone_gives_its_table_and_no_figure(tmp_path):

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from revgn_cli.cli import app
 from revgn_cli import tune
 from revgn_cli.figures.protocols import NoTunedRates, tuned_variants_for
-from revgn_cli.tune import (OptimizerTune, TuneError, TuneMissing, TuneRecord, choose, load_record, run_tune,
-                            run_tune_cells, save_record, setting_key, tune_plan, tuned_rates)
+from revgn_cli.tune import (OptimizerTune, TuneError, TuneMissing, TuneRecord, choose, load_record, next_rate_out,
+                            run_tune, run_tune_cells, save_record, setting_key, tune_plan, tuned_rates)
 
 SETTING = ["dataset=digits", "model=tiny", "regime.n_samples=256", "train.epochs=2", "device=cpu"]
 TUNE = ["tune.grid.sgd=[0.03,0.3,10000.0]", "tune.seeds=[1,2]", "tune.val_size=200"]
@@ -25,6 +25,59 @@ def test_choose_takes_the_lowest_mean_and_never_a_rate_that_diverged():
     assert choose({0.1: {1: 0.9, 2: 0.9}, 3.0: {1: 0.1, 2: inf}}) == 0.1
     # Every rate diverged somewhere: fewest diverged seeds, then the lowest mean of the rest.
     assert choose({0.1: {1: inf, 2: inf, 3: 0.2}, 0.3: {1: inf, 2: 0.9, 3: 0.8}, 1.0: {1: inf, 2: 0.5, 3: 0.6}}) == 1.0
+
+
+def test_a_choice_on_an_edge_asks_for_the_next_rate_out_until_it_is_bracketed():
+    inf = math.inf
+    ext = [3e-6, 1e-5, 3e-3, 3.0, 10.0]
+    # top edge: the smallest extension above; bottom edge: the largest below; interior: none
+    assert next_rate_out({0.1: {1: 0.5}, 0.3: {1: 0.4}, 1.0: {1: 0.3}}, ext) == 3.0
+    assert next_rate_out({3e-5: {1: 0.3}, 1e-4: {1: 0.4}, 1e-3: {1: 0.5}}, ext) == 1e-5
+    assert next_rate_out({0.1: {1: 0.5}, 0.3: {1: 0.3}, 1.0: {1: 0.4}}, ext) is None
+    # the next rate out won: on the edge again, so the one after it; it lost or diverged: bracketed, done
+    assert next_rate_out({0.3: {1: 0.4}, 1.0: {1: 0.3}, 3.0: {1: 0.2}}, ext) == 10.0
+    assert next_rate_out({0.3: {1: 0.4}, 1.0: {1: 0.3}, 3.0: {1: 0.35}}, ext) is None
+    assert next_rate_out({0.3: {1: 0.4}, 1.0: {1: 0.3}, 3.0: {1: inf, 2: 0.1}}, ext) is None
+    # nothing left beyond the edge, or no extension at all: the choice stays on the edge and is recorded so
+    assert next_rate_out({3.0: {1: 0.4}, 10.0: {1: 0.3}}, ext) is None and next_rate_out({1.0: {1: 0.3}}, []) is None
+    # a single rate is on both edges: upward first, then downward once the rate above lost
+    assert next_rate_out({1e-5: {1: 0.3}}, ext) == 3e-3
+    assert next_rate_out({1e-5: {1: 0.3}, 3e-3: {1: 0.9}}, ext) == 3e-6
+    t = OptimizerTune(1.0, [0.3, 1.0], [1], 10, {0.3: {1: 0.4}, 1.0: {1: 0.3}})
+    assert t.at_edge and t.to_json()["at_edge"] is True
+    assert not OptimizerTune(0.3, [0.1, 0.3, 1.0], [1], 10, {0.1: {1: 0.5}, 0.3: {1: 0.3}, 1.0: {1: 0.4}}).at_edge
+
+
+def test_tune_extends_past_an_edge_choice_and_records_every_rate_tried(results):
+    """Grid {0.003} (one rate: on both edges) with rates out of it on both sides: the rates tried must be exactly the
+    sequence that next_rate_out replays from the recorded losses, ending with the choice bracketed (10000 diverges
+    if it is reached, so it can never end a climb)."""
+    ext = [1e-4, 0.03, 0.3, 10000.0]
+    tune_ov = ["tune.grid.sgd=[0.003]", f"++tune.extend.sgd=[{','.join(map(str, ext))}]", "tune.seeds=[1,2]",
+               "tune.val_size=200"]
+    rec = run_tune("fig1_quick", [*SETTING, *tune_ov, "optimizer=sgd"], results, n_jobs=1, quiet=True)
+    sgd = rec.optimizers["sgd"]
+    assert sgd.grid[0] == 0.003 and len(sgd.grid) >= 2 and set(sgd.grid) == set(sgd.val_loss)
+    replay = {0.003: sgd.val_loss[0.003]}
+    for r in sgd.grid[1:]:
+        assert next_rate_out(replay, ext) == r  # each rate out was asked for by the losses before it
+        replay[r] = sgd.val_loss[r]
+    assert next_rate_out(replay, ext) is None and sgd.chosen == choose(sgd.val_loss) != 10000.0
+    assert not sgd.at_edge or sgd.chosen == 1e-4  # bracketed, unless the smallest rate out still won
+    if 10000.0 in sgd.val_loss:
+        assert sgd.diverged[10000.0] == 2
+    n_runs = len(list((results / "fig1_quick_tune").glob("*/meta.json")))
+    assert n_runs == 2 * len(sgd.grid)  # only the rates tried were trained, each on both seeds
+    assert load_record(results, "fig1_quick", SETTING) == rec
+    # A rerun (the record's rates out of the grid already trained) trains nothing and chooses the same.
+    assert run_tune("fig1_quick", [*SETTING, *tune_ov, "optimizer=sgd"], results, n_jobs=1, quiet=True) == rec
+    assert len(list((results / "fig1_quick_tune").glob("*/meta.json"))) == n_runs
+    # The CLI's table lists every rate tried and marks the choice (and says whether it is still on the edge).
+    r = CliRunner().invoke(app, ["--quiet", "tune", "fig1_quick", *SETTING, *tune_ov, "optimizer=sgd", "--jobs", "1",
+                                 "--results", str(results)])
+    assert r.exit_code == 0, r.output
+    assert all(f"{x:g}" in r.output for x in sgd.grid) and "◀" in r.output
+    assert f"sgd={sgd.chosen:g}{' (edge)' if sgd.at_edge else ''}" in r.output
 
 
 def test_setting_key_is_stable_and_ignores_what_does_not_define_the_setting():

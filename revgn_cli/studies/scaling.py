@@ -103,12 +103,18 @@ class Design:
         return ov + ([f"optimizer.lr={lr!r}"] if lr is not None else [])
 
     def tune_overrides(self, cell: Cell) -> list[str]:
-        """The overrides that define a cell's tuning setting: its own and the design's grid, seeds and hold-out."""
+        """The overrides that define a cell's tuning setting: its own and the design's grid, rates out of the grid
+        (``extend``), seeds and hold-out."""
         t = self.tune
         # ++: the preset may declare no grid for a method (tune.grid is a struct dict): add or override it.
-        grid = [f"++tune.grid.{m}=[{','.join(repr(float(v)) for v in t['grid'][m])}]" for m in self.methods]
-        return [*cell.overrides, *grid, f"tune.seeds=[{','.join(str(s) for s in t['seeds'])}]",
+        rates = [f"++tune.{k}.{m}=[{','.join(repr(float(v)) for v in t[k][m])}]"
+                 for k in ("grid", "extend") for m in self.methods if m in (t.get(k) or {})]
+        return [*cell.overrides, *rates, f"tune.seeds=[{','.join(str(s) for s in t['seeds'])}]",
                 f"tune.val_size={int(t['val_size'])}"]
+
+    def extend(self, method: str) -> list[float]:
+        """The rates out of ``method``'s grid that tuning tries while its choice is on an edge."""
+        return [float(r) for r in (self.tune.get("extend") or {}).get(method, [])]
 
 
 def load_design(path: Path | None = None) -> Design:
@@ -234,10 +240,15 @@ class RevgnTuner:
             return None
         tune = self._api()
         try:
-            r = tune.tuned_rates(self.results_dir, self.design.experiment, self.design.tune_overrides(cell))
+            rec = tune.load_record(self.results_dir, self.design.experiment, self.design.tune_overrides(cell))
         except tune.TuneMissing:
             return None
-        return {m: float(r[m]) for m in self.design.methods}
+        ms = self.design.methods
+        # A record made before the design's `extend` (or with a shorter one) whose choice sits on an edge is not done.
+        if any(m not in rec.optimizers or tune.next_rate_out(rec.optimizers[m].val_loss, self.design.extend(m))
+               is not None for m in ms):
+            return None
+        return {m: float(rec.optimizers[m].chosen) for m in ms}
 
     def run(self, cell: Cell) -> dict[str, float]:
         self._api().run_tune(self.design.experiment, self.design.tune_overrides(cell), self.results_dir)
