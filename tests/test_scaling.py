@@ -303,6 +303,20 @@ def test_cells_recorded_whole_in_the_csv_are_not_planned_again_on_a_fresh_machin
                                                     "adam: [1.0e-4]}, seeds: [42], val_size: 1000}"))
     assert plan_study(load_design(tmp_path / "t.yaml"), [], str(fresh), budget_s=1e9, margins=csv,
                       tuner=FakeTuner()).recorded == {}
+    # tuned on the grid only vs tuned with the rates out of it (tune.extend): two protocols, never mixed
+    grid_only = load_design(tmp_path / "t.yaml")
+    (tmp_path / "x.yaml").write_text(DESIGN.replace("rates: paper", "rates: tuned\ntune: {grid: {gn: [0.1], "
+                                                    "adam: [1.0e-4]}, extend: {gn: [0.3]}, seeds: [42], "
+                                                    "val_size: 1000}"))
+    extended = load_design(tmp_path / "x.yaml")
+    assert (grid_only.protocol, extended.protocol, d.protocol) == ("tuned", "tuned+extend", "paper")
+    df = read_margins(csv)
+    for design, label in ((grid_only, "tuned+extend"), (extended, "tuned")):
+        df.assign(rates=label).to_csv(csv, index=False)
+        assert plan_study(design, [], str(fresh), budget_s=1e9, margins=csv, tuner=FakeTuner()).recorded == {}
+    df.assign(rates="tuned+extend").to_csv(csv, index=False)
+    assert list(plan_study(extended, [], str(fresh), budget_s=1e9, margins=csv, tuner=FakeTuner()).recorded) \
+        == ["quick"]
 
 
 def test_every_cells_tuning_overrides_compose_on_the_real_preset():

@@ -90,6 +90,13 @@ class Design:
                 return o.split("=", 1)[1]
         raise ConfigError("conf/study/scaling.yaml: base names no experiment=<preset>")
 
+    @property
+    def protocol(self) -> str:
+        """The rate protocol a cell's margins are recorded under (the CSV's ``rates``): paper | tuned (the grid
+        only) | tuned+extend (a choice on the grid's edge checked against the rates out, ``tune.extend``). A cell
+        recorded under another protocol than the design's is not finished: it is planned again."""
+        return "tuned+extend" if self.rates == "tuned" and any((self.tune.get("extend") or {}).values()) else self.rates
+
     def ordered(self) -> list[Cell]:
         return [self.cells[n] for n in self.order]
 
@@ -379,7 +386,7 @@ def recorded_cells(design: Design, margins: Path | None) -> dict[str, str]:
     for name, g in df.groupby("cell", sort=False):
         seeds = sorted({int(s) for s in g["seed"] if s >= 0})
         if (name in design.cells and len(seeds) >= design.min_seeds and (g["runs_expected"] > 0).all()
-                and (g["runs_done"] == g["runs_expected"]).all() and set(g["rates"]) == {design.rates}):
+                and (g["runs_done"] == g["runs_expected"]).all() and set(g["rates"]) == {design.protocol}):
             out[str(name)] = (f"{len(seeds)} seeds, lr {g['lr'].iloc[0]}, "
                               f"{float(g['cell_wall_s'].iloc[0]) / 60:.0f} min of runs")
     return out
@@ -437,7 +444,7 @@ def measure_cell(design: Design, cp: CellPlan, results_dir: str) -> pd.DataFrame
     cfg = cp.runs[0].cfg
     lr = {r.method: float(r.cfg.optimizer.lr) for r in cp.runs}
     base = {"cell": cp.cell.name, "axes": " ".join(f"{a}={v:g}" for a, v in design.axes_of(cp.cell.name)),
-            "rates": design.rates if cp.rates is not None or design.rates == "paper" else "untuned",
+            "rates": design.protocol if cp.rates is not None or design.rates == "paper" else "untuned",
             "lr": " ".join(f"{m}={v:g}" for m, v in lr.items()), "runs_done": done, "runs_expected": len(ids),
             "cell_wall_s": wall, "hidden": cfg.model.hidden, "batch": cfg.regime.batch_size,
             "epochs": cfg.train.epochs, "updates": updates_of(cfg), "train_images": train_images(cfg)}

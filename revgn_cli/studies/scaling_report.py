@@ -116,8 +116,7 @@ def markdown(df: pd.DataFrame) -> str:
                          f"{_pm(r['mean'], r['half'])} **{r['verdict']}** (n={r['n']}"
                          + (f", {r['n_nonfinite']} diverged" if r["n_nonfinite"] else "") + ")")
         lines.append(f"| {cid} | " + " | ".join(cellv) + " |")
-    lines.append("| rates (" + "/".join(sorted({str(r) for r in first["rates"]})) + ") | "
-                 + " | ".join(str(first.loc[c, "lr"]) for c in cells) + " |")
+    lines.append("| rates | " + " | ".join(f"{first.loc[c, 'lr']} ({first.loc[c, 'rates']})" for c in cells) + " |")
     lines.append("| runs done | " + " | ".join(first.loc[c, "runs"] for c in cells) + " |")
     lines.append("| summed run wall | " + " | ".join(f"{first.loc[c, 'wall_s'] / 60:.0f} min" for c in cells) + " |")
     t = axis_trends(df)
