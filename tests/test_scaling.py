@@ -198,6 +198,19 @@ def test_report_redraws_table_and_figure_from_the_csv_alone(tmp_path):
     y = np.r_[sel[sel.cell == "paper"].margin, sel[sel.cell == "paper_n1024"].margin]
     assert t.loc[("train_images", "fig2.test_loss"), "slope"] == pytest.approx(trend(x, y).slope)
     assert f"{trend(x, y).slope:+.3g}" in text and "**HOLDS**" in text
+    assert "| rates | gn=0.1 adam=0.0001 (tuned) |" in text
+    # an axis whose cells were tuned under different protocols has no slope (the rates moved with it)
+    mixed = df.assign(rates=np.where(df.cell == "paper_n1024", "tuned+extend", "tuned"))
+    t = axis_trends(mixed).set_index(["axis", "claim"])
+    assert t.loc[("train_images", "fig2.test_loss"), "mixed"]
+    assert math.isnan(t.loc[("train_images", "fig2.test_loss"), "slope"])
+    assert not t.loc[("width", "fig2.test_loss"), "mixed"] and math.isfinite(t.loc[("width", "fig2.test_loss"),
+                                                                                  "slope"])
+    mixed.to_csv(csv, index=False)
+    r = runner.invoke(app, ["study", "report", "scaling", "--from", str(csv), "--out", str(tmp_path / "img"),
+                            "--doc", str(doc)])
+    assert r.exit_code == 0, r.output
+    assert "— (mixed rate protocols)" in doc.read_text() and "(tuned+extend)" in doc.read_text()
     # a file that is not a margins CSV: one line, exit 2
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     r = runner.invoke(app, ["study", "report", "scaling", "--from", str(tmp_path / "bad.csv"), "--out",

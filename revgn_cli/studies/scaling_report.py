@@ -80,16 +80,21 @@ def cell_verdicts(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def axis_trends(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (axis, claim): slope of the per-seed margin on log2(value), its 95 % half-width, n points, cells."""
+    """Per (axis, claim): slope of the per-seed margin on log2(value), its 95 % half-width, n points, cells.
+
+    An axis whose cells were recorded under different rate protocols (``rates``: e.g. one tuned on the grid only,
+    one with its edge choices checked) gets no slope (NaN, ``mixed`` True): the margins would move with the
+    protocol as well as with the axis."""
     from revgn_cli.stats import trend
 
     pts = axis_points(df[df["seed"] >= 0])
     out = []
     for (axis, cid), g in pts.groupby(["axis", "claim"], sort=False):
+        mixed = g["rates"].nunique() > 1
         t = trend(np.log2(g["value"].to_numpy(float)), g["margin"].to_numpy(float))
-        out.append({"axis": axis, "claim": cid, "slope": t.slope, "half": t.half, "n": t.n,
-                    "values": g["value"].nunique()})
-    return pd.DataFrame(out, columns=["axis", "claim", "slope", "half", "n", "values"])
+        out.append({"axis": axis, "claim": cid, "slope": math.nan if mixed else t.slope,
+                    "half": math.nan if mixed else t.half, "n": t.n, "values": g["value"].nunique(), "mixed": mixed})
+    return pd.DataFrame(out, columns=["axis", "claim", "slope", "half", "n", "values", "mixed"])
 
 
 def _pm(mean: float, half: float) -> str:
@@ -127,7 +132,8 @@ def markdown(df: pd.DataFrame) -> str:
         for cid in claims:
             row = t[t["claim"] == cid].set_index("axis")
             lines.append(f"| {cid} | " + " | ".join(
-                (f"{_pm(row.loc[a, 'slope'], row.loc[a, 'half'])} (n={row.loc[a, 'n']})" if a in row.index else "—")
+                ("— (mixed rate protocols)" if a in row.index and row.loc[a, "mixed"] else
+                 f"{_pm(row.loc[a, 'slope'], row.loc[a, 'half'])} (n={row.loc[a, 'n']})" if a in row.index else "—")
                 for a in axes) + " |")
     return "\n".join(lines)
 
@@ -182,6 +188,9 @@ def plot(df: pd.DataFrame, title: str | None = None):
                     ax.plot(line, icpt + tr["slope"] * np.log2(line), color="black", lw=0.7, ls="--", zorder=2)
                     ax.text(0.02, 0.95, f"slope {_pm(tr['slope'], tr['half'])}", transform=ax.transAxes,
                             fontsize=6, va="top")
+                elif tr is not None and tr["mixed"]:
+                    ax.text(0.02, 0.95, "no slope: mixed rate protocols", transform=ax.transAxes, fontsize=6,
+                            va="top", color="grey")
                 ax.axhline(0.0, color="black", lw=0.5)
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(xs, [f"{x:g}" for x in xs])
