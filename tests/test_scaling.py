@@ -225,6 +225,12 @@ def test_plan_prints_cells_runs_and_estimate(tmp_path):
     assert "paper_n1024" in r.output and "total ~" in r.output and not (tmp_path / "m.csv").exists()
     r = runner.invoke(app, ["study", "run", "scaling", "--plan", "--budget", "soon"])
     assert r.exit_code == 2 and "--budget" in r.output
+    r = runner.invoke(app, ["study", "run", "scaling", "--plan", "--only", "paper_n2048", "--results",
+                            str(tmp_path / "res"), "--margins", str(tmp_path / "m.csv")])
+    assert r.exit_code == 0, r.output
+    assert "paper_n2048" in r.output and "quick" in r.output and "not in --only" in r.output
+    r = runner.invoke(app, ["study", "run", "gn_family", "--only", "x"])
+    assert r.exit_code == 2 and "--only" in r.output
 
 
 class FakeTuner:
@@ -311,6 +317,13 @@ def test_cells_recorded_whole_in_the_csv_are_not_planned_again_on_a_fresh_machin
         == ["quick", "wide"]
     with pytest.raises(ConfigError, match="no such cell"):
         plan_study(d, [], str(fresh), budget_s=1e9, margins=csv, redo=["nope"])
+    # --only: one cell this sitting, the others wait (a recorded one stays recorded)
+    plan = plan_study(d, [], str(fresh), budget_s=1e9, margins=csv, redo=["quick"], only=["wide"])
+    assert [c.cell.name for c in plan.cells] == ["wide"] and plan.waiting == ["quick"]
+    assert any("quick" in ln and "not in --only" in ln for ln in describe_plan(plan))
+    assert plan_study(d, [], str(fresh), budget_s=1e9, margins=csv, only=["quick"]).cells == []
+    with pytest.raises(ConfigError, match="--only nope: no such cell"):
+        plan_study(d, [], str(fresh), budget_s=1e9, margins=csv, only=["nope"])
     # recorded under another rate protocol: not this design's result, so planned again
     (tmp_path / "t.yaml").write_text(DESIGN.replace("rates: paper", "rates: tuned\ntune: {grid: {gn: [0.1], "
                                                     "adam: [1.0e-4]}, seeds: [42], val_size: 1000}"))

@@ -143,6 +143,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                                            "nothing."),
             redo: str = typer.Option("", "--redo", help="scaling: cells (comma list) to run again although the "
                                      "margins CSV records them finished."),
+            only: str = typer.Option("", "--only", help="scaling: run only these cells (comma list) this sitting; "
+                                     "the others wait, whatever the order says."),
             record: Optional[Path] = typer.Option(None, "--record", help="gn_family: the CSV that keeps each finished "
                                                   "method's setting and curves (default docs/data/gn_family_<scale>"
                                                   ".csv); a method it holds is not run again (--force: all are)."),
@@ -168,12 +170,12 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
         # A flag of another study is refused, not ignored: `--plan` on gn_family would otherwise train for hours.
         given = {"--budget": budget != DEFAULT_BUDGET, "--margins": margins != DEFAULT_MARGINS,
-                 "--cost-factor": cost_factor != 1.0, "--plan": plan_only, "--redo": bool(redo),
+                 "--cost-factor": cost_factor != 1.0, "--plan": plan_only, "--redo": bool(redo), "--only": bool(only),
                  "--record": record is not None, "--methods": bool(methods),
                  "--archive": archive is not None}
         scaling, gn_family = ("scaling",), ("gn_family",)
         owners = {"--budget": scaling, "--margins": scaling, "--cost-factor": scaling, "--plan": scaling,
-                  "--redo": scaling, "--record": gn_family, "--methods": gn_family, "--archive": gn_family + scaling}
+                  "--redo": scaling, "--only": scaling, "--record": gn_family, "--methods": gn_family, "--archive": gn_family + scaling}
         wrong = [f for f, on in given.items() if on and name not in owners[f]]
         if wrong:
             raise ConfigError(f"{', '.join(wrong)}: not an option of study {name!r} (only of "
@@ -181,7 +183,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         if name == "scaling":
             return run_scaling(args, results, out_dir, budget, margins, cost_factor, plan_only,
                                [c.strip() for c in redo.split(",") if c.strip()],
-                               archive or Path("docs/data") / "scaling_runs")
+                               archive or Path("docs/data") / "scaling_runs",
+                               [c.strip() for c in only.split(",") if c.strip()])
         from revgn_cli import sweep as sw
         from revgn_cli.figures.commands import split_args
         from revgn_cli.studies.figures import study_figures
@@ -231,7 +234,8 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         out.print(s, highlight=False, soft_wrap=True)
 
     def run_scaling(args: Optional[list[str]], results: Optional[Path], out_dir: Path, budget: str, margins: Path,
-                    cost_factor: float, plan_only: bool, redo: list[str], archive: Path) -> None:
+                    cost_factor: float, plan_only: bool, redo: list[str], archive: Path,
+                    only: list[str]) -> None:
         from revgn_cli.figures.commands import split_args
         from revgn_cli.results.archive import keeper
         from revgn_cli.studies import scaling as sc
@@ -243,7 +247,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
         keep = keeper(archive, res, design.base, say)
         tuner = sc.RevgnTuner(design, res) if design.rates == "tuned" else None
         plan = sc.plan_study(design, ov, res, budget_s=parse_duration(budget), factor=cost_factor, tuner=tuner,
-                             margins=margins, redo=redo)
+                             margins=margins, redo=redo, only=only)
         say(f"scale study ({design.rates} rates, results {res}, margins {margins}):")
         for line in sc.describe_plan(plan):
             say(line)

@@ -301,6 +301,7 @@ class Plan:
     cut: list[str]  # what the budget cut, in words
     budget_s: float
     recorded: dict[str, str] = field(default_factory=dict)  # cell → what the margins CSV holds of it (not re-run)
+    waiting: list[str] = field(default_factory=list)  # cells left for a later sitting by --only
 
     @property
     def est_s(self) -> float:
@@ -394,17 +395,19 @@ def recorded_cells(design: Design, margins: Path | None) -> dict[str, str]:
 
 def plan_study(design: Design, extra: Sequence[str], results_dir: str, *, budget_s: float = 4 * 3600,
                factor: float = 1.0, tuner: Tuner | None = None, margins: Path | None = None,
-               redo: Sequence[str] = ()) -> Plan:
+               redo: Sequence[str] = (), only: Sequence[str] = ()) -> Plan:
     """The cells still to run, in the design's order, cut to ``budget_s``. Cells the ``margins`` CSV records as
-    finished are left out (``Plan.recorded``) unless named in ``redo``."""
-    unknown = sorted(set(redo) - set(design.cells))
-    if unknown:
-        raise ConfigError(f"--redo {','.join(unknown)}: no such cell (cells: {', '.join(design.order)})")
+    finished are left out (``Plan.recorded``) unless named in ``redo``; with ``only``, every other cell waits too
+    (``Plan.waiting``)."""
+    for flag, names in (("--redo", redo), ("--only", only)):
+        unknown = sorted(set(names) - set(design.cells))
+        if unknown:
+            raise ConfigError(f"{flag} {','.join(unknown)}: no such cell (cells: {', '.join(design.order)})")
     recorded = {k: v for k, v in recorded_cells(design, margins).items() if k not in redo}
-    cells = [plan_cell(design, c, extra, results_dir, tuner, factor) for c in design.ordered()
-             if c.name not in recorded]
-    cut = fit_budget(cells, budget_s, design.min_seeds)
-    return Plan(cells, cut, budget_s, recorded)
+    todo = [c for c in design.ordered() if c.name not in recorded]
+    waiting = [c.name for c in todo if only and c.name not in only]
+    cells = [plan_cell(design, c, extra, results_dir, tuner, factor) for c in todo if c.name not in waiting]
+    return Plan(cells, fit_budget(cells, budget_s, design.min_seeds), budget_s, recorded, waiting)
 
 
 def describe_plan(plan: Plan) -> list[str]:
@@ -419,6 +422,7 @@ def describe_plan(plan: Plan) -> list[str]:
                      f"~{c.est_s / 60:.0f} min  ({' '.join(c.cell.overrides) or 'the quick corner'})")
     lines.append(f"  total ~{plan.est_s / 3600:.1f} h estimated (budget {plan.budget_s / 3600:.1f} h)")
     lines += [f"  budget cut: {c}" for c in plan.cut]
+    lines += [f"  {n:<20} not in --only: left for a later sitting" for n in plan.waiting]
     return lines
 
 
