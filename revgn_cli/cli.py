@@ -177,7 +177,8 @@ def tune(experiment: str = typer.Argument(..., help="A preset with a tune grid, 
     Every rate of the preset's tune.grid × tune.seeds trains on the training images minus tune.val_size; the
     chosen rate has the lowest mean final val_loss (a diverged seed counts as +inf). Finished runs are skipped.
     While the choice is the largest (smallest) rate tried, the next rate out of tune.extend.<optimizer> above
-    (below) it is trained too, e.g. [bold]++tune.extend.gn=[3.0,10.0][/]. Record: <results>/tune/<experiment>.json. Example: [bold]revgn tune minibatch_quick optimizer=adam[/]
+    (below) it is trained too, e.g. [bold]++tune.extend.gn=[3.0,10.0][/]. Record: <results>/tune/<experiment>.json.
+    Example: [bold]revgn tune minibatch_quick optimizer=adam[/]
     """
     from revgn_cli.overrides import check_overrides, pop_results
     from revgn_cli.tune import run_tune_cells

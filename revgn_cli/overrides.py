@@ -14,6 +14,11 @@ from typing import Any
 GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
 
 
+def comma_list(spec: str | None) -> list[str]:
+    """``"a, b,,c"`` → ``["a", "b", "c"]``: a comma-list option's items, stripped, empty ones dropped (None → [])."""
+    return [s.strip() for s in (spec or "").split(",") if s.strip()]
+
+
 def _config_error(msg: str) -> Exception:
     from revgn_cli.config import ConfigError
 
@@ -56,7 +61,7 @@ def _option_values(value: str) -> list[str]:
         if fn.strip() != "choice":
             return []
         v = inner.rstrip(")")
-    return [x.strip().strip("'\"") for x in v.split(",") if x.strip()]
+    return [x.strip("'\"") for x in comma_list(v)]
 
 
 def check_group_choices(args: list[str]) -> None:

@@ -17,6 +17,7 @@ from revgn_cli.figures.plots import PlotContext
 from revgn_cli.figures.registry import FIGURES, MAIN
 from revgn_cli.figures.spec import FigureSpec, title_of
 from revgn_cli.figures.style import save
+from revgn_cli.overrides import comma_list
 from revgn_cli.studies.figures import study_figures
 
 
@@ -42,7 +43,7 @@ def select(target: str) -> list[FigureSpec]:
         return list(FIGURES.values())
     if t == "main":
         return [FIGURES[n] for n in MAIN]
-    return [get(p) for p in t.split(",") if p.strip()]
+    return [get(p) for p in comma_list(t)]
 
 
 @dataclass

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from revgn_cli.console import err, out  # noqa: E402
+from revgn_cli.overrides import comma_list  # noqa: E402
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEFAULT_RESULTS = "results"
 DEFAULT_OUT = Path("figures")
@@ -291,7 +292,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
 
             plot_user_runs(overrides or [], results, out_dir, x=x, y=y, hue=hue, col_key=col_key, style_key=style_key,
                            allow_partial=allow_partial,
-                           average_over=[k.strip() for k in (average_over or "").split(",") if k.strip()])
+                           average_over=comma_list(average_over))
             return
         sc, ov, res = split_args(overrides, scale, results)
         if list_:

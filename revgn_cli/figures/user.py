@@ -18,6 +18,7 @@ from revgn_cli.figures.plots import Series, col, draw
 from revgn_cli.figures.style import (
     OPT_COLOURS, OPT_LABELS, finish, label_axes, legend, new_figure, order_optimizers, sequential_colours, style,
 )
+from revgn_cli.overrides import comma_list
 
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -141,7 +142,7 @@ def plot_user_runs(args: list[str], results: Any, out: Any, *, x: str, y: str, h
     # one line naming the fix, not an OSError after the figure was drawn.
     folder, stem, formats = file_target(Path(out) if out is not None else Path(res) / "plots")
     summaries = query_runs(res, flt)  # a bad path or filter: one error line naming the fix
-    ys = [m.strip() for m in y.split(",") if m.strip()]
+    ys = comma_list(y)
     from revgn_cli.config import Config, config_dict, flatten
 
     known = {k for s in summaries for k in s} | set(flatten(config_dict(Config())))

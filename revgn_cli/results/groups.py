@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from revgn_cli.overrides import comma_list
 from revgn_cli.results.query import QueryError, unknown_key_error
 from revgn_cli.results.table import METRICS, NOT_VARYING, VAL_METRICS, _sort_value, cell, header, known_columns, varying_keys
 from revgn_cli.stats import Verdict, judge, judge_family
@@ -54,7 +55,7 @@ def metric_rule(metric: str) -> tuple[str, float | None]:
 
 def parse_metrics(spec: str) -> list[str]:
     """``test_loss,test_acc`` → the metrics, each one a run summary carries (a typo names the closest)."""
-    ms = [m.strip() for m in spec.split(",") if m.strip()]
+    ms = comma_list(spec)
     if not ms:
         raise QueryError("--metric names no metric (e.g. --metric test_loss)")
     for m in ms:
@@ -67,7 +68,7 @@ def parse_sesoi(specs: Iterable[str], metrics: Sequence[str]) -> dict[str, float
     """``--sesoi M=V`` (repeatable, or comma lists) over the defaults of ``METRIC_RULES``, for each metric compared."""
     given: dict[str, float] = {}
     for spec in specs:
-        for item in (s.strip() for s in spec.split(",") if s.strip()):
+        for item in comma_list(spec):
             m, eq, v = item.partition("=")
             if not eq:
                 raise QueryError(f"--sesoi {item!r} is not METRIC=VALUE (e.g. --sesoi test_loss=0.02)")
@@ -158,7 +159,7 @@ def unfinished_note(rows: list[dict[str, Any]]) -> str:
 
 def parse_keys(spec: str, rows: list[dict[str, Any]]) -> list[str]:
     """``--group-by a,b`` → keys, each a config key (or ``experiment``) the runs have."""
-    keys = [k.strip() for k in spec.split(",") if k.strip()]
+    keys = comma_list(spec)
     if not keys:
         raise QueryError("--group-by names no key (e.g. --group-by optimizer.lr)")
     known = known_columns(rows) - set(SUMMARY_METRICS) - {"status", "path", "epochs", "error"}

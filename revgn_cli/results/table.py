@@ -12,6 +12,7 @@ import json
 import math
 from typing import Any, Callable, Iterable
 
+from revgn_cli.overrides import comma_list
 from revgn_cli.results.query import QueryError, differing_keys, unknown_key_error
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -75,7 +76,7 @@ def known_columns(rows: list[dict[str, Any]]) -> set[str]:
 
 def parse_columns(spec: str, rows: list[dict[str, Any]]) -> list[str]:
     """``--columns a,b`` → keys; an unknown key is an error naming the closest one."""
-    cols = [c.strip() for c in spec.split(",") if c.strip()]
+    cols = comma_list(spec)
     known = known_columns(rows)
     for c in cols:
         if rows and c not in known:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 # Piped output (files, CI logs, tests) gets a wide console so tables are not squeezed to 80 columns.
 from revgn_cli.console import out  # noqa: E402
+from revgn_cli.overrides import comma_list  # noqa: E402
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 DEFAULT_OUT = Path("figures")
 DEFAULT_BUDGET = "4h"  # scaling: --budget
@@ -182,9 +183,9 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
                               f"{', '.join(sorted({o for f in wrong for o in owners[f]}))}); nothing was run")
         if name == "scaling":
             return run_scaling(args, results, out_dir, budget, margins, cost_factor, plan_only,
-                               [c.strip() for c in redo.split(",") if c.strip()],
+                               comma_list(redo),
                                archive or Path("docs/data") / "scaling_runs",
-                               [c.strip() for c in only.split(",") if c.strip()])
+                               comma_list(only))
         from revgn_cli import sweep as sw
         from revgn_cli.figures.commands import split_args
         from revgn_cli.studies.figures import study_figures
@@ -204,7 +205,7 @@ def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> N
             table, failed = run_study(sc, ov, res, out_dir, force=force, quiet=bool(state.get("quiet")),
                                       log=lambda s: out.print(s, highlight=False, soft_wrap=True),
                                       record=record or Path("docs/data") / f"gn_family_{sc}.csv",
-                                      methods=[x.strip() for x in methods.split(",") if x.strip()] or None,
+                                      methods=comma_list(methods) or None,
                                       archive=archive or Path("docs/data") / f"gn_family_{sc}_runs")
             print_frame(table[["claim", "n", "n_nonfinite", "mean", "half", "p_adj", "p_tost_adj", "verdict"]],
                         f"gn_family ({sc}): verdicts (Holm over the family)")
