@@ -12,6 +12,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -311,14 +312,37 @@ def preset_optimizer(name: str) -> OptimizerConfig:
     return OmegaConf.to_object(node)
 
 
+# Composed configs of this process, keyed by the conf/ tree's state and the overrides: one Hydra compose costs
+# 0.1–0.5 s, and `revgn verify` / `reproduce` / the studies compose the same presets many times over.
+_COMPOSED: dict[tuple[Any, ...], DictConfig] = {}
+_COMPOSED_MAX = 512
+
+
+def _conf_state(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """Every file under ``root`` with its mtime and size: a cached composition is reused only while none changed."""
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return tuple((str(p), (st := p.stat()).st_mtime_ns, st.st_size) for p in files)
+
+
 def compose_node(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """``conf/config.yaml`` composed by Hydra's Compose API with ``overrides`` (struct mode, not yet validated)."""
+    """``conf/config.yaml`` composed by Hydra's Compose API with ``overrides`` (struct mode, not yet validated).
+
+    A fresh copy each call (callers may change it); the composition itself is done once per conf/ state."""
+    import copy
+
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
-        return compose(config_name="config", overrides=list(overrides))
+    root = conf_dir()
+    key = (str(root), _conf_state(root), tuple(overrides))
+    if key not in _COMPOSED:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(root), version_base=VERSION_BASE):
+            node = compose(config_name="config", overrides=list(overrides))
+        if len(_COMPOSED) >= _COMPOSED_MAX:
+            _COMPOSED.clear()
+        _COMPOSED[key] = node
+    return copy.deepcopy(_COMPOSED[key])
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -71,3 +71,27 @@ def test_optimizer_solver_key():
     assert run_id(base) != run_id(compose_config(["optimizer.solver=eigh"]))
     with pytest.raises(ConfigError, match="optimizer.solver"):
         validate(compose_config(["optimizer.solver=lu"]))
+
+
+def test_composition_is_reused_as_a_fresh_copy_and_redone_when_conf_changes(tmp_path, monkeypatch):
+    """compose_node caches per conf/ state: each call gets its own copy, and an edited preset is read again."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from revgn_cli.config import compose_node, conf_dir
+
+    conf = tmp_path / "conf"
+    shutil.copytree(conf_dir(), conf)
+    monkeypatch.setenv("REVGN_CONF", str(conf))
+    a = compose_node(["optimizer=gn"])
+    b = compose_node(["optimizer=gn"])
+    assert a is not b and OmegaConf.to_container(a) == OmegaConf.to_container(b)
+    a.optimizer.lr = 123.0  # a caller's change stays its own
+    assert compose_node(["optimizer=gn"]).optimizer.lr == b.optimizer.lr != 123.0
+    gn = conf / "optimizer" / "gn.yaml"
+    text = gn.read_text()
+    assert "lr:" in text
+    gn.write_text("\n".join("lr: 0.777" if ln.startswith("lr:") else ln for ln in text.splitlines()) + "\n")
+    assert compose_node(["optimizer=gn"]).optimizer.lr == 0.777
+    assert compose_config(["optimizer=gn"]).optimizer.lr == 0.777
