@@ -19,6 +19,11 @@ def comma_list(spec: str | None) -> list[str]:
     return [s.strip() for s in (spec or "").split(",") if s.strip()]
 
 
+def preset_of(overrides: list[str] | tuple[str, ...]) -> str | None:
+    """The experiment preset ``overrides`` name (``experiment=<name>``, ``+``/``++`` prefixes allowed), or None."""
+    return next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")), None)
+
+
 def _config_error(msg: str) -> Exception:
     from revgn_cli.config import ConfigError
 

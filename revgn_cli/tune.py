@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from revgn_cli.config import ConfigError
 
 __all__ = ["TuneError", "TuneMissing", "OptimizerTune", "TuneRecord", "TunePlan", "setting_key", "choose", "run_tune",
-           "run_tune_cells", "tune_plan", "tuned_rates", "record_path", "next_rate_out"]
+           "run_tune_cells", "tune_plan", "tuned_rates", "record_path", "next_rate_out", "copy_records"]
 
 TUNE_DIR = "tune"
 # Tune runs log losses only: the diagnostics cost time and never change the trajectory.
@@ -163,17 +163,44 @@ def _read(path: Path) -> dict[str, Any]:
         raise TuneError(f"unreadable tune record {path}: {e}") from None
 
 
-def save_record(results_dir: str | Path, rec: TuneRecord) -> Path:
-    """Merge ``rec`` into the experiment's record file (other settings and optimisers are kept)."""
+def _write(path: Path, data: dict[str, Any]) -> None:
     from revgn_cli.results.store import atomic_write_text
 
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def save_record(results_dir: str | Path, rec: TuneRecord) -> Path:
+    """Merge ``rec`` into the experiment's record file (other settings and optimisers are kept)."""
     path = record_path(results_dir, rec.experiment)
     with _locked(path):
         data = _read(path)
         entry = data.setdefault(rec.setting, {})
         entry.update({o: t.to_json() for o, t in rec.optimizers.items()})
-        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        _write(path, data)
     return path
+
+
+def copy_records(src_dir: str | Path, dst_dir: str | Path, experiment: str, *, replace: bool) -> int:
+    """Copy ``experiment``'s tune record entries (setting → optimiser) from the results dir ``src_dir`` into
+    ``dst_dir``'s record: those it lacks, and with ``replace`` also those that differ. Returns how many were copied.
+
+    A run archive (``revgn_cli.results.archive``) carries its study's record beside its runs this way: the record is
+    what tells a plan that a setting is tuned, so a fresh machine that restored the runs without it would plan (and
+    count the time of) a tuning that then finds every run finished."""
+    src = _read(record_path(src_dir, experiment))
+    if not src:
+        return 0
+    path, n = record_path(dst_dir, experiment), 0
+    with _locked(path):
+        data = _read(path)
+        for key, entry in src.items():
+            have = data.setdefault(key, {})
+            for o, t in entry.items():
+                if o not in have or (replace and have[o] != t):
+                    have[o], n = t, n + 1
+        if n:
+            _write(path, data)
+    return n
 
 
 def load_record(results_dir: str | Path, experiment: str, overrides: list[str] | None = None) -> TuneRecord:

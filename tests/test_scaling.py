@@ -291,6 +291,47 @@ def test_a_tune_record_whose_choice_sits_on_an_edge_is_tuned_again_for_the_rate_
     assert tuner.rates(cell) == {"gn": 1.0, "adam": 1e-4}
 
 
+def test_the_archive_carries_the_tune_record_so_a_fresh_machine_plans_no_tuning(tmp_path):
+    """The tuner's record travels with the runs: archived after a cell, restored on a fresh machine before the plan,
+    which then counts the cell as tuned (no tuning time in the estimate). A restore never overwrites the entries a
+    results dir holds; archiving replaces the archive's entries that differ."""
+    from revgn_cli.results.archive import keeper
+    from revgn_cli.studies.scaling import RevgnTuner
+    from revgn_cli.tune import OptimizerTune, TuneRecord, copy_records, load_record, save_record, setting_key
+
+    d = load_design()
+    cell, key = d.cells["paper"], setting_key(d.tune_overrides(d.cells["paper"]))
+    gn = {1.0: {42: 0.4, 43: 0.4}, 3.0: {42: 0.3, 43: 0.3}, 10.0: {42: 0.5, 43: 0.5}}
+    adam = {1e-5: {42: 0.5, 43: 0.5}, 3e-5: {42: 0.3, 43: 0.3}, 1e-4: {42: 0.4, 43: 0.4}}
+
+    def record(res, gn_rate):
+        save_record(res, TuneRecord(d.experiment, key, {"gn": OptimizerTune(gn_rate, sorted(gn), [42, 43], 1000, gn),
+                                                        "adam": OptimizerTune(3e-5, sorted(adam), [42, 43], 1000, adam)}))
+
+    res, arc, fresh = tmp_path / "results", tmp_path / "arc", tmp_path / "fresh"
+    record(res, 3.0)
+    logs: list[str] = []
+    keeper(arc, res, d.base, logs.append)()
+    assert logs == [f"  0 finished run(s), 2 tune record entries → {arc}"]
+    assert (arc / "tune" / f"{d.experiment}.json").exists()
+
+    assert RevgnTuner(d, str(fresh)).rates(cell) is None
+    before = plan_study(d, [], str(fresh), budget_s=1e9, tuner=RevgnTuner(d, str(fresh)), only=["paper"]).cells[0]
+    assert before.tuned and before.tune_s > 0
+    logs.clear()
+    keeper(arc, fresh, d.base, logs.append)
+    assert logs == [f"restored 0 finished run(s) and 2 tune record entries from {arc}"]
+    assert RevgnTuner(d, str(fresh)).rates(cell) == {"gn": 3.0, "adam": 3e-5}
+    after = plan_study(d, [], str(fresh), budget_s=1e9, tuner=RevgnTuner(d, str(fresh)), only=["paper"]).cells[0]
+    assert not after.tuned and after.tune_s == 0 and after.est_s < before.est_s
+
+    record(fresh, 1.0)  # this machine's own entry differs: a restore leaves it, archiving replaces the archive's
+    assert copy_records(arc, fresh, d.experiment, replace=False) == 0
+    assert load_record(fresh, d.experiment, d.tune_overrides(cell)).rates()["gn"] == 1.0
+    assert copy_records(fresh, arc, d.experiment, replace=True) == 1  # gn only: adam's entry is the same
+    assert load_record(arc, d.experiment, d.tune_overrides(cell)).rates() == {"gn": 1.0, "adam": 3e-5}
+
+
 def test_cells_recorded_whole_in_the_csv_are_not_planned_again_on_a_fresh_machine(tmp_path, monkeypatch):
     """The committed CSV is what survives a session: a cell it records finished (every run, ≥ min_seeds, the
     design's rate protocol) is left out of the plan even with an empty results dir; a partial cell is not; --redo

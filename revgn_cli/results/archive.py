@@ -8,6 +8,10 @@ quick model) under ``<archive>/<experiment>/<run_id>/``. ``restore`` copies arch
 back into it; the sweep then skips them as finished (``revgn_cli.train.runner.execute``) and every reader (tuner,
 study tables, ``revgn runs``) sees them as if trained there. Unfinished, damaged or running runs are never archived,
 and a run dir already in the results dir is never overwritten (it is what that machine trained).
+
+A study's ``keeper`` also carries the rate tuner's record of the study's preset (``<archive>/tune/<preset>.json``,
+laid out as in a results dir): restored entries are the ones the results dir lacks, archived ones replace what
+differs (``revgn_cli.tune.copy_records``).
 """
 from __future__ import annotations
 
@@ -75,16 +79,23 @@ def keeper(archive: str | Path | None, results_dir: str | Path, base: Sequence[s
     No archive: nothing, and a no-op."""
     if archive is None:
         return lambda: None
-    experiments = study_experiments(base)
+    from revgn_cli.overrides import preset_of
+    from revgn_cli.tune import copy_records
+
+    experiments, preset = study_experiments(base), preset_of(base)
     if restore:
         n = len(restore_runs(archive, results_dir, experiments))
-        if n:
-            log(f"restored {n} finished run(s) from {archive}")
+        r = copy_records(archive, results_dir, preset, replace=False) if preset else 0
+        if n or r:
+            log(f"restored {n} finished run(s)" + (f" and {r} tune record entr{'y' if r == 1 else 'ies'}" if r else "")
+                + f" from {archive}")
 
     def keep() -> None:
         n = len(archive_runs(results_dir, archive, experiments))
-        if n:
-            log(f"  {n} finished run(s) → {archive}")
+        r = copy_records(results_dir, archive, preset, replace=True) if preset else 0
+        if n or r:
+            log(f"  {n} finished run(s)" + (f", {r} tune record entr{'y' if r == 1 else 'ies'}" if r else "")
+                + f" → {archive}")
     return keep
 
 

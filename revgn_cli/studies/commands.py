@@ -34,7 +34,9 @@ def print_frame(df, title: str) -> None:
 
 
 def _has_experiment(overrides: list[str]) -> bool:
-    return any(o.lstrip("+").startswith("experiment=") for o in overrides)
+    from revgn_cli.overrides import preset_of
+
+    return preset_of(overrides) is not None
 
 
 def register(app: typer.Typer, *, guarded: Callable, state: dict[str, Any]) -> None:

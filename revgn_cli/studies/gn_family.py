@@ -124,7 +124,12 @@ def load_design(scale: str = "quick", path: Path | None = None) -> Design:
 
 
 def experiment(design: Design) -> str:
-    return next(o.split("=", 1)[1] for o in design.base if o.lstrip("+").startswith("experiment="))
+    from revgn_cli.overrides import preset_of
+
+    name = preset_of(design.base)
+    if name is None:
+        raise ConfigError("the gn_family design's base names no experiment=<preset>")
+    return name
 
 
 def tune_overrides(design: Design, m: Method, damping: float | None) -> list[str]:

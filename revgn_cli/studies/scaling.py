@@ -85,10 +85,12 @@ class Design:
     @property
     def experiment(self) -> str:
         """The base preset's name (``experiment=<name>`` in ``base``): the tuner's experiment."""
-        for o in self.base:
-            if o.lstrip("+").startswith("experiment="):
-                return o.split("=", 1)[1]
-        raise ConfigError("conf/study/scaling.yaml: base names no experiment=<preset>")
+        from revgn_cli.overrides import preset_of
+
+        name = preset_of(self.base)
+        if name is None:
+            raise ConfigError("conf/study/scaling.yaml: base names no experiment=<preset>")
+        return name
 
     @property
     def protocol(self) -> str:
