@@ -324,8 +324,9 @@ def _conf_state(root: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple((str(p), (st := p.stat()).st_mtime_ns, st.st_size) for p in files)
 
 
-def compose_node(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """``conf/config.yaml`` composed by Hydra's Compose API with ``overrides`` (struct mode, not yet validated).
+def compose_node(overrides: list[str] | tuple[str, ...] = (), *, hydra: bool = False) -> DictConfig:
+    """``conf/config.yaml`` composed by Hydra's Compose API with ``overrides`` (struct mode, not yet validated);
+    with ``hydra`` the node also holds the ``hydra`` section (launcher, sweeper params) as a multirun would see it.
 
     A fresh copy each call (callers may change it); the composition itself is done once per conf/ state."""
     import copy
@@ -334,11 +335,11 @@ def compose_node(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     root = conf_dir()
-    key = (str(root), _conf_state(root), tuple(overrides))
+    key = (str(root), _conf_state(root), tuple(overrides), hydra)
     if key not in _COMPOSED:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(root), version_base=VERSION_BASE):
-            node = compose(config_name="config", overrides=list(overrides))
+            node = compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
         if len(_COMPOSED) >= _COMPOSED_MAX:
             _COMPOSED.clear()
         _COMPOSED[key] = node

@@ -22,7 +22,7 @@ from typing import Callable
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from revgn_cli.config import Config, ConfigError, compose_config, conf_dir, VERSION_BASE
+from revgn_cli.config import Config, ConfigError, compose_config, compose_node, conf_dir, VERSION_BASE
 
 
 @dataclass
@@ -33,33 +33,34 @@ class Job:
 
 def _compose_hydra_params(plain: list[str]) -> dict[str, str]:
     """The grid a preset declares under ``hydra.sweeper.params`` (e.g. conf/experiment/fig1.yaml)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
+
+    node = compose_node(plain, hydra=True)
+    params = OmegaConf.select(node, "hydra.sweeper.params") or {}
+    return {str(k): str(v) for k, v in params.items()}
+
+
+def _launcher_names() -> list[str]:
+    """The ``hydra/launcher`` options Hydra can compose: conf/'s and the installed plugins'."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
-        node = compose(config_name="config", overrides=plain, return_hydra_config=True)
-    params = OmegaConf.select(node, "hydra.sweeper.params") or {}
-    return {str(k): str(v) for k, v in params.items()}
+        return list(GlobalHydra.instance().config_loader().get_group_options("hydra/launcher"))
 
 
 def check_launcher(plain: list[str], hydra_overrides: list[str]) -> None:
     """Compose the Hydra overrides (``hydra/launcher=…``, ``hydra.launcher.…``) as the multirun will, so a launcher
     mistake is one line before anything starts (and in ``--dry-run``), not a traceback after launch."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import MissingConfigException
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
-        try:
-            node = compose(config_name="config", overrides=plain + hydra_overrides, return_hydra_config=True)
-        except MissingConfigException as e:
-            names = GlobalHydra.instance().config_loader().get_group_options("hydra/launcher")
-            bad = [o for o in hydra_overrides if o.startswith("hydra/launcher=")]
-            raise ConfigError(f"{bad[0] if bad else str(e).splitlines()[0]}: no such launcher (installed: "
-                              f"{', '.join(names)})") from None
+    try:
+        node = compose_node(plain + hydra_overrides, hydra=True)
+    except MissingConfigException as e:
+        bad = [o for o in hydra_overrides if o.startswith("hydra/launcher=")]
+        raise ConfigError(f"{bad[0] if bad else str(e).splitlines()[0]}: no such launcher (installed: "
+                          f"{', '.join(_launcher_names())})") from None
     delay, limit = node.hydra.launcher.get("signal_delay_s"), node.hydra.launcher.get("timeout_min")
     if isinstance(delay, int) and isinstance(limit, int) and delay >= limit * 60:
         # SLURM would send the time-limit signal (SIGUSR2) at or before the start: every job a "timeout"
@@ -299,17 +300,12 @@ def _waiting_slurm(overrides: list[str]) -> list[str]:
     (revgn_cli.cluster.launcher). Composes the launcher only when the sweep names one."""
     if not any(o.startswith(("hydra/launcher=", "hydra.launcher")) for o in overrides):
         return []
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from revgn_cli.cluster.launcher import PLUGIN_TARGET, TARGET
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
-        node = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+    node = compose_node([o.input_line for o in parsed if not o.is_sweep_override()], hydra=True)
     return [f"hydra.launcher._target_={TARGET}"] if node.hydra.launcher.get("_target_") == PLUGIN_TARGET else []
 
 
