@@ -441,3 +441,20 @@ def test_the_archive_carries_an_interrupted_cells_finished_runs_to_a_fresh_machi
     assert logs == [f"restored 1 finished run(s) from {arc}"]
     todo = {c.cell.name: len(c.todo()) for c in plan_study(d, [], str(fresh), budget_s=1e9).cells}
     assert todo == {"wide": 11, "quick": 10}
+
+
+def test_a_redone_cell_keeps_its_place_in_the_margins_file(tmp_path):
+    """Rewriting a cell's rows puts them where the old ones stood (a new cell goes last), so the table's and the
+    figure's column order does not change when a cell is redone."""
+    from revgn_cli.results.store import replace_csv_groups
+
+    path = tmp_path / "m.csv"
+    frame = lambda cells, v: pd.DataFrame({"cell": [c for c in cells for _ in (0, 1)], "seed": [42, 43] * len(cells),
+                                           "margin": [v] * 2 * len(cells)})
+    replace_csv_groups(path, frame(["quick", "paper", "paper_e12"], 1.0), "cell")
+    df = replace_csv_groups(path, frame(["paper"], 2.0), "cell")
+    assert list(dict.fromkeys(df["cell"])) == ["quick", "paper", "paper_e12"]
+    assert list(df.loc[df["cell"] == "paper", "margin"]) == [2.0, 2.0] and len(df) == 6
+    df = replace_csv_groups(path, frame(["paper_n1024", "quick"], 3.0), "cell")
+    assert list(dict.fromkeys(pd.read_csv(path)["cell"])) == ["quick", "paper", "paper_e12", "paper_n1024"]
+    assert list(df["margin"]) == [3.0, 3.0, 2.0, 2.0, 1.0, 1.0, 3.0, 3.0]

@@ -73,14 +73,17 @@ def atomic_write_text(path: Path, text: str) -> None:
 def replace_csv_groups(path: Path, rows: pd.DataFrame, column: str, old: pd.DataFrame | None = None,
                        float_format: str = "%.8g") -> pd.DataFrame:
     """Rewrite the CSV at ``path`` (atomically) with ``rows`` in place of the rows whose ``column`` value is one of
-    ``rows``' (the others kept, in order); ``old`` is the file already read (default: read it if it exists).
-    For the study files a person commits after each sitting (scaling margins, the gn_family record)."""
+    ``rows``' (the others kept); ``old`` is the file already read (default: read it if it exists). Groups keep
+    their place in the file (a replaced group where its old rows stood, a new one at the end), so the tables read
+    from it keep their column order as cells are redone. For the study files a person commits after each sitting
+    (scaling margins, the gn_family record)."""
     import pandas as pd
 
     if old is None:
         old = pd.read_csv(path) if Path(path).exists() else pd.DataFrame(columns=list(rows.columns))
-    keep = old[~old[column].isin(set(rows[column]))] if not old.empty else old
-    df = pd.concat([keep, rows], ignore_index=True) if not keep.empty else rows.reset_index(drop=True)
+    new = {k: g for k, g in rows.groupby(column, sort=False)}
+    parts = [new.pop(k, g) for k, g in old.groupby(column, sort=False)] if not old.empty else []
+    df = pd.concat([*parts, *new.values()], ignore_index=True) if parts or new else rows.reset_index(drop=True)
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format=float_format)
     atomic_write_bytes(Path(path), buf.getvalue().encode())
