@@ -87,16 +87,18 @@ def keeper(archive: str | Path | None, results_dir: str | Path, base: Sequence[s
         n = len(restore_runs(archive, results_dir, experiments))
         r = copy_records(archive, results_dir, preset, replace=False) if preset else 0
         if n or r:
-            log(f"restored {n} finished run(s)" + (f" and {r} tune record entr{'y' if r == 1 else 'ies'}" if r else "")
-                + f" from {archive}")
+            log(f"restored {n} finished run(s)" + (f" and {_entries(r)}" if r else "") + f" from {archive}")
 
     def keep() -> None:
         n = len(archive_runs(results_dir, archive, experiments))
         r = copy_records(results_dir, archive, preset, replace=True) if preset else 0
         if n or r:
-            log(f"  {n} finished run(s)" + (f", {r} tune record entr{'y' if r == 1 else 'ies'}" if r else "")
-                + f" → {archive}")
+            log(f"  {n} finished run(s)" + (f", {_entries(r)}" if r else "") + f" → {archive}")
     return keep
+
+
+def _entries(r: int) -> str:
+    return f"{r} tune record entr{'y' if r == 1 else 'ies'}"
 
 
 def study_experiments(base: Sequence[str]) -> set[str]:
