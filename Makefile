@@ -52,6 +52,7 @@ bench-smoke: $(STAMP)
 	$(PY) bench/gn_truncation.py --smoke
 	$(PY) bench/ggn_matvec.py --smoke
 	$(PY) bench/ggn_solve.py --smoke
+	$(PY) bench/scaling_cost.py --smoke
 
 clean-venv:
 	rm -rf $(VENV)

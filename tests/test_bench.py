@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["startup.py", "--smoke"], "runs (5 runs)"),
     (["ggn_matvec.py", "--smoke"], "exact "),  # both products agree, else it exits 1
     (["ggn_solve.py", "--smoke"], "exact "),  # the kernel solve matches its float64 reference, else it exits 1
+    (["scaling_cost.py", "--smoke"], "refit (conf/study/scaling.yaml"),  # the cost model priced on archived runs
 ])
 def test_bench_smoke_runs(argv, expect, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -15,8 +15,8 @@ from revgn_cli.cli import app
 from revgn_cli.config import ConfigError
 from revgn_cli.stats import judge, trend
 from revgn_cli.studies.scaling import (
-    MARGIN_COLUMNS, CellPlan, RunPlan, describe_plan, fit_budget, load_design, merge_overrides, plan_study, run_study,
-    train_images, updates_of,
+    MARGIN_COLUMNS, CellPlan, RunPlan, describe_plan, estimate_run_s, fit_budget, load_design, merge_overrides,
+    plan_study, run_study, runs_at_once, train_images, updates_of, wall_s,
 )
 from revgn_cli.studies.scaling_report import axis_trends, cell_verdicts, read_margins
 from test_figures import write_preset
@@ -139,6 +139,31 @@ def test_a_dropped_cell_gives_its_seeds_back_to_the_cells_kept():
     cells = [_cell("quick", 10, 60.0), _cell("corner", 5, 600.0), _cell("done", 10, 60.0, done=10)]
     cut = fit_budget(cells, budget_s=35 * 60, min_seeds=5)
     assert [(c.cell.name, c.seeds) for c in cells] == [("quick", 10), ("done", 10)] and len(cut) == 1
+
+
+def test_the_plan_counts_wall_time_with_runs_side_by_side():
+    # the launcher's joblib hands out n_jobs runs at a time: a fifth run of a method goes alone
+    assert runs_at_once([]) == 2  # the study's default launcher (DEFAULT_LAUNCHER: n_jobs=2)
+    assert runs_at_once(["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"]) == 4
+    assert runs_at_once(["hydra/launcher=submitit_slurm"]) == 1  # parallelism unknown: counted one at a time
+    assert wall_s([60.0] * 5, 2) == 180.0 and wall_s([60.0, 30.0, 30.0], 2) == 90.0 and wall_s([], 2) == 0
+    c = _cell("a", 5, 60.0)
+    c.at_once = 2  # 5 GN + 5 Adam runs of 60 s, one launch per method: 3 batches each
+    assert c.run_s == 600.0 and c.est_s == 360.0
+    c.at_once = 1
+    assert c.est_s == c.run_s == 600.0
+
+
+def test_gn_s_batch_cubed_term_prices_its_gram_factorisation_apart_from_the_width():
+    d = load_design()
+    cfgs = {(m, h): sweep.expand([*d.base, f"optimizer={m}", f"model.hidden={h}", "regime.batch_size=1024"])[0].cfg
+            for m in ("gn", "adam") for h in (1024, 8000)}
+    cost = {**d.cost, "update_batch3_s": {"gn": 0.7, "adam": 0.0}}
+    without = {k: v for k, v in d.cost.items() if k != "update_batch3_s"}  # a design without the term: none
+    for h in (1024, 8000):
+        extra = estimate_run_s(cfgs["gn", h], cost) - estimate_run_s(cfgs["gn", h], without)
+        assert extra == pytest.approx(0.7 * updates_of(cfgs["gn", h]))  # the same at both widths: batch³ only
+        assert estimate_run_s(cfgs["adam", h], cost) == estimate_run_s(cfgs["adam", h], without)
 
 
 def test_trend_matches_a_hand_computation():

@@ -195,22 +195,42 @@ def updates_of(cfg: Config) -> int:
 
 
 def estimate_run_s(cfg: Config, cost: dict[str, Any], factor: float = 1.0) -> float:
-    """Seconds one run takes under the design's cost model (see conf/study/scaling.yaml's ``cost``)."""
+    """Seconds one run takes under the design's cost model (see conf/study/scaling.yaml's ``cost``), while
+    ``runs_at_once`` runs share the machine."""
     name = cfg.optimizer.name
     if name not in cost["update_fixed_s"]:
         raise ConfigError(f"the scale study's cost model has no update cost for optimizer {name!r}")
     h = (cfg.model.hidden or 8000) / 8000
     b = (cfg.regime.n_samples if cfg.regime.name == "full_batch" else cfg.regime.batch_size) / 1024
+    # GN factors a batch × batch Gram per half-layer (float64, revgn_cli/optim/pinv.py): a b³ term of its own,
+    # independent of the width, which dominates at h 1024 and batch 1024.
+    batch3 = (cost.get("update_batch3_s") or {}).get(name, 0.0) * b ** 3
     _, n_test = _dataset_sizes(cfg.dataset.name, cfg.dataset.root)
     images = (train_images(cfg) + n_test + cfg.regime.val_size) / 5000
     e, every = cfg.train.epochs, cfg.metrics.every
     evals = e // cfg.train.eval_every + 1 + (e % cfg.train.eval_every != 0)
     diags = 0 if every == 0 else e // every + 1 + (e % every != 0)
     s = (cost["run_overhead_s"]
-         + updates_of(cfg) * (cost["update_fixed_s"][name] + cost["update_scaled_s"][name] * b * h)
+         + updates_of(cfg) * (cost["update_fixed_s"][name] + cost["update_scaled_s"][name] * b * h + batch3)
          + evals * (cost["eval_s"] * h * images + cost["eval_floor_s"])
          + diags * (cost["diag_s"] * h + cost["diag_floor_s"]))
     return factor * s
+
+
+def runs_at_once(extra: Sequence[str]) -> int:
+    """How many runs the study's launcher trains side by side: ``hydra.launcher.n_jobs`` of the launcher in
+    ``extra``, else of ``DEFAULT_LAUNCHER``; 1 for a launcher named without it (its parallelism is unknown)."""
+    named = [o for o in extra if o.startswith(("hydra/launcher", "hydra.launcher"))]
+    for o in reversed(named or DEFAULT_LAUNCHER):
+        if o.startswith("hydra.launcher.n_jobs="):
+            return max(1, int(o.split("=", 1)[1]))
+    return 1
+
+
+def wall_s(run_s: Sequence[float], at_once: int) -> float:
+    """Wall time of one launch: its runs go ``at_once`` at a time, in order, and each batch lasts its longest run
+    (the joblib launcher hands out jobs in batches of n_jobs; with 5 runs and 2 at a time, the fifth runs alone)."""
+    return sum(max(run_s[i:i + at_once]) for i in range(0, len(run_s), at_once))
 
 
 class Tuner(Protocol):
@@ -282,8 +302,9 @@ class CellPlan:
     seeds: int  # planned (the budget may have cut it)
     rates: dict[str, float] | None  # None: the preset's (rates: paper) or not tuned yet
     tuned: bool  # whether tuning still has to run
-    tune_s: float
+    tune_s: float  # wall
     runs: list[RunPlan]  # every declared seed's run (the plan trains the first `seeds` that are missing)
+    at_once: int = 1  # runs side by side (``runs_at_once``)
 
     def todo(self) -> list[RunPlan]:
         keep = set(self.cell_seeds()[: self.seeds])
@@ -294,7 +315,15 @@ class CellPlan:
 
     @property
     def est_s(self) -> float:
-        return self.tune_s + sum(r.est_s for r in self.todo())
+        """Wall time: the tuning, then one launch per method (``train_cell``)."""
+        todo = self.todo()
+        return self.tune_s + sum(wall_s([r.est_s for r in todo if r.method == m], self.at_once)
+                                 for m in dict.fromkeys(r.method for r in todo))
+
+    @property
+    def run_s(self) -> float:
+        """The summed time of the runs still to train (each while ``at_once`` share the machine)."""
+        return sum(r.est_s for r in self.todo())
 
 
 @dataclass
@@ -322,15 +351,21 @@ def plan_cell(design: Design, cell: Cell, extra: Sequence[str], results_dir: str
     from revgn_cli.sweep import expand
 
     tail = [*extra, f"results_dir={results_dir}"]
+    at_once = runs_at_once(extra)
     rates = tuner.rates(cell) if design.rates == "tuned" and tuner is not None else None
     must_tune = design.rates == "tuned" and rates is None
     tune_s = 0.0
-    if must_tune:
+    if must_tune:  # one launch per method: its grid × the tuning seeds
+        try:  # tuning runs log no diagnostics (revgn_cli.tune.QUIET_METRICS)
+            from revgn_cli.tune import QUIET_METRICS
+        except ImportError:
+            QUIET_METRICS = ()
         t = design.tune
         for m in design.methods:
             probe = expand([*design.run_overrides(cell, m, [t["seeds"][0]], None), *tail,
-                            f"regime.val_size={int(t['val_size'])}"])[0].cfg
-            tune_s += len(t["grid"][m]) * len(t["seeds"]) * estimate_run_s(probe, design.cost, factor)
+                            f"regime.val_size={int(t['val_size'])}", *QUIET_METRICS])[0].cfg
+            tune_s += wall_s([estimate_run_s(probe, design.cost, factor)] * (len(t["grid"][m]) * len(t["seeds"])),
+                             at_once)
     runs = []
     seeds = design.seeds[: cell.seeds]
     for m in design.methods:
@@ -339,7 +374,7 @@ def plan_cell(design: Design, cell: Cell, extra: Sequence[str], results_dir: str
             # Before tuning the rate is unknown: the runs are all missing; their cost does not depend on it.
             done = not must_tune and _status(job.cfg) in ("done", "diverged")
             runs.append(RunPlan(m, job.cfg.seed, job.cfg, done, estimate_run_s(job.cfg, design.cost, factor)))
-    return CellPlan(cell, cell.seeds, rates, must_tune, tune_s, runs)
+    return CellPlan(cell, cell.seeds, rates, must_tune, tune_s, runs, at_once)
 
 
 def fit_budget(cells: list[CellPlan], budget_s: float, min_seeds: int) -> list[str]:
@@ -420,9 +455,10 @@ def describe_plan(plan: Plan) -> list[str]:
         todo = c.todo()
         tune = f", tuning ~{c.tune_s / 60:.0f} min" if c.tuned else ""
         rates = "" if c.rates is None else ", rates " + " ".join(f"{m} {v:g}" for m, v in c.rates.items())
-        lines.append(f"  {c.cell.name:<20} {c.seeds:>2} seeds, {len(todo):>3} runs to train{tune}{rates}: "
-                     f"~{c.est_s / 60:.0f} min  ({' '.join(c.cell.overrides) or 'the quick corner'})")
-    lines.append(f"  total ~{plan.est_s / 3600:.1f} h estimated (budget {plan.budget_s / 3600:.1f} h)")
+        lines.append(f"  {c.cell.name:<20} {c.seeds:>2} seeds, {len(todo):>3} runs to train"
+                     f" (~{c.run_s / 60:.0f} min of runs, {c.at_once} at a time){tune}{rates}: "
+                     f"~{c.est_s / 60:.0f} min wall  ({' '.join(c.cell.overrides) or 'the quick corner'})")
+    lines.append(f"  total ~{plan.est_s / 3600:.1f} h wall estimated (budget {plan.budget_s / 3600:.1f} h)")
     lines += [f"  budget cut: {c}" for c in plan.cut]
     lines += [f"  {n:<20} not in --only: left for a later sitting" for n in plan.waiting]
     return lines
