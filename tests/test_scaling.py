@@ -166,6 +166,17 @@ def test_gn_s_batch_cubed_term_prices_its_gram_factorisation_apart_from_the_widt
         assert estimate_run_s(cfgs["adam", h], cost) == estimate_run_s(cfgs["adam", h], without)
 
 
+def test_the_per_update_metrics_are_priced_as_extra_passes_and_tuning_runs_skip_them():
+    d = load_design()
+    base = [*d.base, "optimizer=adam", "model.hidden=8000", "regime.batch_size=1024", "train.epochs=10"]
+    on, off = (sweep.expand([*base, *ov])[0].cfg for ov in (
+        [], ["metrics.loss_change=false", "metrics.step_size_ratio=false"]))
+    per_epoch = updates_of(on) // 10  # 4 updates an epoch on mnist5k's 4,000 images
+    passes = updates_of(on) + per_epoch * 1 + 9  # a loss change per update; step ratio: epoch 1 dense, then 1 each
+    pass_s = d.cost["update_scaled_s"]["adam"] / 3  # batch 1024, h 8000: scale 1
+    assert estimate_run_s(on, d.cost) - estimate_run_s(off, d.cost) == pytest.approx(passes * pass_s)
+
+
 def test_trend_matches_a_hand_computation():
     x = np.log2([1024, 1024, 2048, 2048, 4000, 4000])
     y = np.array([0.10, 0.14, 0.05, 0.09, -0.02, 0.03])

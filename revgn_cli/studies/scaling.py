@@ -205,6 +205,13 @@ def estimate_run_s(cfg: Config, cost: dict[str, Any], factor: float = 1.0) -> fl
     # GN factors a batch × batch Gram per half-layer (float64, revgn_cli/optim/pinv.py): a b³ term of its own,
     # independent of the width, which dominates at h 1024 and batch 1024.
     batch3 = (cost.get("update_batch3_s") or {}).get(name, 0.0) * b ** 3
+    # The per-update metrics are extra passes over the batch: the loss change (one forward after each k-th update)
+    # and the step-size ratio (one JVP: every update of the first dense epochs, then each epoch's first), each priced
+    # as a third of an update (forward, backward: ~3 passes). Tuning runs switch both off (tune.QUIET_METRICS).
+    m, per_epoch = cfg.metrics, updates_of(cfg) // max(cfg.train.epochs, 1)
+    passes = (updates_of(cfg) // m.loss_change_every if m.loss_change else 0) + (
+        per_epoch * min(m.step_size_dense_epochs, cfg.train.epochs) + max(cfg.train.epochs - m.step_size_dense_epochs, 0)
+        if m.step_size_ratio else 0)
     _, n_test = _dataset_sizes(cfg.dataset.name, cfg.dataset.root)
     images = (train_images(cfg) + n_test + cfg.regime.val_size) / 5000
     e, every = cfg.train.epochs, cfg.metrics.every
@@ -212,6 +219,7 @@ def estimate_run_s(cfg: Config, cost: dict[str, Any], factor: float = 1.0) -> fl
     diags = 0 if every == 0 else e // every + 1 + (e % every != 0)
     s = (cost["run_overhead_s"]
          + updates_of(cfg) * (cost["update_fixed_s"][name] + cost["update_scaled_s"][name] * b * h + batch3)
+         + passes * cost["update_scaled_s"][name] * b * h / 3
          + evals * (cost["eval_s"] * h * images + cost["eval_floor_s"])
          + diags * (cost["diag_s"] * h + cost["diag_floor_s"]))
     return factor * s
