@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import nnls
 
-from revgn_cli.config import Config
+from revgn_cli.config import Config, to_config
+from revgn_cli.results.store import RunDir
 from revgn_cli.studies.scaling import estimate_run_s, load_design, train_images
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "docs" / "data" / "scaling_runs"
@@ -35,14 +36,12 @@ def finished_runs(roots: list[Path]) -> list[tuple[Config, float]]:
     from omegaconf import OmegaConf
 
     seen, out = set(), []
-    for meta_path in sorted(p for r in roots for p in r.glob("**/meta.json")):
-        meta = json.loads(meta_path.read_text())
-        if meta.get("status") != "done" or meta.get("resumed") or not meta.get("wall_s") or meta["run_id"] in seen:
+    for run in (RunDir(p.parent) for p in sorted(p for r in roots for p in r.glob("**/meta.json"))):
+        meta = run.read_meta()
+        if meta.get("status") != "done" or meta.get("resumed") or not meta.get("wall_s") or run.run_id in seen:
             continue
-        seen.add(meta["run_id"])
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config),
-                                                  OmegaConf.load(meta_path.parent / "config.yaml")))
-        out.append((cfg, float(meta["wall_s"])))
+        seen.add(run.run_id)
+        out.append((to_config(OmegaConf.load(run.config_path)), float(meta["wall_s"])))
     return out
 
 
