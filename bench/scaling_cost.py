@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def unit_costs(cost: dict) -> list[tuple[str, str | None, dict]]:
     out = []
     for k, v in cost.items():
         for m in (v if isinstance(v, dict) else [None]):
-            c = json.loads(json.dumps(zero))
+            c = copy.deepcopy(zero)
             if m is None:
                 c[k] = 1.0
             else:

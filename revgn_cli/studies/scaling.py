@@ -208,28 +208,31 @@ def estimate_run_s(cfg: Config, cost: dict[str, Any], factor: float = 1.0) -> fl
     # The per-update metrics are extra passes over the batch: the loss change (one forward after each k-th update)
     # and the step-size ratio (one JVP: every update of the first dense epochs, then each epoch's first), each priced
     # as a third of an update (forward, backward: ~3 passes). Tuning runs switch both off (tune.QUIET_METRICS).
-    m, per_epoch = cfg.metrics, updates_of(cfg) // max(cfg.train.epochs, 1)
-    passes = (updates_of(cfg) // m.loss_change_every if m.loss_change else 0) + (
-        per_epoch * min(m.step_size_dense_epochs, cfg.train.epochs) + max(cfg.train.epochs - m.step_size_dense_epochs, 0)
+    m, u, e, every = cfg.metrics, updates_of(cfg), cfg.train.epochs, cfg.metrics.every
+    passes = (u // m.loss_change_every if m.loss_change else 0) + (
+        u // max(e, 1) * min(m.step_size_dense_epochs, e) + max(e - m.step_size_dense_epochs, 0)
         if m.step_size_ratio else 0)
     _, n_test = _dataset_sizes(cfg.dataset.name, cfg.dataset.root)
     images = (train_images(cfg) + n_test + cfg.regime.val_size) / 5000
-    e, every = cfg.train.epochs, cfg.metrics.every
     evals = e // cfg.train.eval_every + 1 + (e % cfg.train.eval_every != 0)
     diags = 0 if every == 0 else e // every + 1 + (e % every != 0)
     s = (cost["run_overhead_s"]
-         + updates_of(cfg) * (cost["update_fixed_s"][name] + cost["update_scaled_s"][name] * b * h + batch3)
+         + u * (cost["update_fixed_s"][name] + cost["update_scaled_s"][name] * b * h + batch3)
          + passes * cost["update_scaled_s"][name] * b * h / 3
          + evals * (cost["eval_s"] * h * images + cost["eval_floor_s"])
          + diags * (cost["diag_s"] * h + cost["diag_floor_s"]))
     return factor * s
 
 
+def added_launcher(extra: Sequence[str]) -> list[str]:
+    """The launcher overrides the study adds to ``extra``: ``DEFAULT_LAUNCHER`` unless ``extra`` names a launcher."""
+    return [] if any(o.startswith(("hydra/launcher", "hydra.launcher")) for o in extra) else list(DEFAULT_LAUNCHER)
+
+
 def runs_at_once(extra: Sequence[str]) -> int:
-    """How many runs the study's launcher trains side by side: ``hydra.launcher.n_jobs`` of the launcher in
-    ``extra``, else of ``DEFAULT_LAUNCHER``; 1 for a launcher named without it (its parallelism is unknown)."""
-    named = [o for o in extra if o.startswith(("hydra/launcher", "hydra.launcher"))]
-    for o in reversed(named or DEFAULT_LAUNCHER):
+    """How many runs the study's launcher trains side by side: ``hydra.launcher.n_jobs`` of the launcher in effect
+    (``extra``'s, else ``DEFAULT_LAUNCHER``); 1 for a launcher named without it (its parallelism is unknown)."""
+    for o in reversed([*extra, *added_launcher(extra)]):
         if o.startswith("hydra.launcher.n_jobs="):
             return max(1, int(o.split("=", 1)[1]))
     return 1
@@ -528,7 +531,7 @@ def train_cell(design: Design, cp: CellPlan, extra: Sequence[str], results_dir: 
     """Launch the cell's missing runs (one multirun per method: its rate); returns the number of failed jobs."""
     from revgn_cli import sweep as sw
 
-    launcher = [] if any(o.startswith(("hydra/launcher", "hydra.launcher")) for o in extra) else list(DEFAULT_LAUNCHER)
+    launcher = added_launcher(extra)
     failed = 0
     for m in design.methods:
         seeds = sorted(r.seed for r in cp.todo() if r.method == m)
