@@ -24,6 +24,20 @@ def preset_of(overrides: list[str] | tuple[str, ...]) -> str | None:
     return next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")), None)
 
 
+def default_launcher(overrides: list[str] | tuple[str, ...], n_jobs: int = 2) -> list[str]:
+    """The launcher overrides a study or the tuner adds to ``overrides``: Hydra's joblib launcher with ``n_jobs``
+    workers, where what ``overrides`` say wins. A launcher they choose (``hydra/launcher=…``) is kept whole: nothing
+    is added. Launcher settings they give alone (``hydra.launcher.n_jobs=1``) apply to the joblib launcher, in place
+    of the default's. With ``n_jobs`` 1 and no setting, nothing: Hydra's basic launcher trains one run at a time."""
+    given = [o.lstrip("+") for o in overrides]
+    if any(o.startswith("hydra/launcher=") for o in given):
+        return []
+    settings = {o.split("=", 1)[0] for o in given if o.startswith("hydra.launcher.")}
+    if n_jobs == 1 and not settings:
+        return []
+    return ["hydra/launcher=joblib", *([] if "hydra.launcher.n_jobs" in settings else [f"hydra.launcher.n_jobs={n_jobs}"])]
+
+
 def _config_error(msg: str) -> Exception:
     from revgn_cli.config import ConfigError
 

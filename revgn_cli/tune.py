@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from revgn_cli.config import ConfigError
+from revgn_cli.overrides import default_launcher
 
 __all__ = ["TuneError", "TuneMissing", "OptimizerTune", "TuneRecord", "TunePlan", "setting_key", "choose", "run_tune",
            "run_tune_cells", "tune_plan", "tuned_rates", "record_path", "next_rate_out", "copy_records"]
@@ -354,9 +355,7 @@ def run_tune_cells(experiment: str, overrides: list[str], results_dir: str | Pat
 def _job_overrides(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str,
                    n_jobs: int, rates: list[float]) -> list[str]:
     t = cfg.tune
-    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs != 1 else []
-    if any(o.startswith(("hydra/launcher", "hydra.launcher")) for o in setting):
-        launcher = []
+    launcher = default_launcher(setting, n_jobs)
     return [f"experiment={experiment}", *setting, f"optimizer={opt}",
             "optimizer.lr=" + ",".join(repr(float(r)) for r in rates),
             "seed=" + ",".join(str(int(s)) for s in t.seeds), f"regime.val_size={t.val_size}",

@@ -269,6 +269,16 @@ def test_run_study_tunes_trains_only_through_the_sweep_and_writes_its_tables(tmp
     assert (tmp_path / "fig" / "gn_family.png").exists()
 
 
+def test_a_launcher_setting_given_alone_is_not_overridden_by_the_default_launcher(tmp_path):
+    d = _small_design(tmp_path)
+    calls, _ = _fake_tuner(TUNED)
+    res, launched = tmp_path / "results", []
+    gf.run_study("quick", ["hydra.launcher.n_jobs=1"], res, tmp_path / "fig", calls=calls,
+                 launch=_fake_launch(res, launched), log=lambda s: None, design=d)
+    assert launched and all([o for o in ov if o.startswith("hydra")] == ["hydra.launcher.n_jobs=1", "hydra/launcher=joblib"]
+                            for ov in launched)
+
+
 def test_the_record_carries_finished_methods_to_a_fresh_machine(tmp_path):
     """Method by method, a finished method's setting and curves go to the record CSV; a later run of the study on
     a machine without the runs neither tunes nor trains what the record holds and gives the same tables; a method

@@ -143,9 +143,10 @@ def test_a_dropped_cell_gives_its_seeds_back_to_the_cells_kept():
 
 def test_the_plan_counts_wall_time_with_runs_side_by_side():
     # the launcher's joblib hands out n_jobs runs at a time: a fifth run of a method goes alone
-    assert runs_at_once([]) == 2  # the study's default launcher (DEFAULT_LAUNCHER: n_jobs=2)
+    assert runs_at_once([]) == 2  # the study's default launcher (default_launcher: n_jobs=2)
     assert runs_at_once(["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"]) == 4
     assert runs_at_once(["hydra/launcher=submitit_slurm"]) == 1  # parallelism unknown: counted one at a time
+    assert runs_at_once(["hydra.launcher.n_jobs=1"]) == 1  # a setting given alone: the joblib launcher, 1 worker
     assert wall_s([60.0] * 5, 2) == 180.0 and wall_s([60.0, 30.0, 30.0], 2) == 90.0 and wall_s([], 2) == 0
     c = _cell("a", 5, 60.0)
     c.at_once = 2  # 5 GN + 5 Adam runs of 60 s, one launch per method: 3 batches each

@@ -36,10 +36,10 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 import pandas as pd
 
 from revgn_cli.config import ConfigError, conf_dir
+from revgn_cli.overrides import default_launcher
 from revgn_cli.stats import judge, judge_family
 
 PER_SEED_FILE, VERDICT_FILE = "gn_family_per_seed.csv", "gn_family_verdicts.csv"
-DEFAULT_LAUNCHER = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
 AT = ("final", "matched")
 
 
@@ -429,7 +429,7 @@ def run_study(scale: str, overrides: list[str], results_dir: Any, out_dir: Path,
     from revgn_cli.results.archive import keeper
 
     keep = keeper(archive, results_dir, design.base, log, restore=not force)
-    extra = list(overrides) + [o for o in DEFAULT_LAUNCHER if not any(x.startswith("hydra/launcher") for x in overrides)]
+    extra = [*overrides, *default_launcher(overrides)]
     plain = [o for o in overrides if not o.startswith(("hydra/", "hydra."))]
     failed, parts = 0, []
     for lab, m in design.methods.items():

@@ -26,11 +26,11 @@ from typing import Any, Callable, Protocol, Sequence
 import pandas as pd
 
 from revgn_cli.config import Config, ConfigError, conf_dir
+from revgn_cli.overrides import default_launcher
 from revgn_cli.studies.scaling_report import MARGIN_COLUMNS, read_margins
 
 DESIGN_FILE = "scaling.yaml"
 DEFAULT_MARGINS = Path("docs/data/scaling_margins.csv")
-DEFAULT_LAUNCHER = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
 
 Log = Callable[[str], None]
 
@@ -224,15 +224,11 @@ def estimate_run_s(cfg: Config, cost: dict[str, Any], factor: float = 1.0) -> fl
     return factor * s
 
 
-def added_launcher(extra: Sequence[str]) -> list[str]:
-    """The launcher overrides the study adds to ``extra``: ``DEFAULT_LAUNCHER`` unless ``extra`` names a launcher."""
-    return [] if any(o.startswith(("hydra/launcher", "hydra.launcher")) for o in extra) else list(DEFAULT_LAUNCHER)
-
-
 def runs_at_once(extra: Sequence[str]) -> int:
     """How many runs the study's launcher trains side by side: ``hydra.launcher.n_jobs`` of the launcher in effect
-    (``extra``'s, else ``DEFAULT_LAUNCHER``); 1 for a launcher named without it (its parallelism is unknown)."""
-    for o in reversed([*extra, *added_launcher(extra)]):
+    (``extra``'s, else the one ``default_launcher`` adds: 2); 1 for a launcher named without it (its parallelism is
+    unknown)."""
+    for o in reversed([*extra, *default_launcher(extra)]):
         if o.startswith("hydra.launcher.n_jobs="):
             return max(1, int(o.split("=", 1)[1]))
     return 1
@@ -531,7 +527,7 @@ def train_cell(design: Design, cp: CellPlan, extra: Sequence[str], results_dir: 
     """Launch the cell's missing runs (one multirun per method: its rate); returns the number of failed jobs."""
     from revgn_cli import sweep as sw
 
-    launcher = added_launcher(extra)
+    launcher = default_launcher(extra)
     failed = 0
     for m in design.methods:
         seeds = sorted(r.seed for r in cp.todo() if r.method == m)
