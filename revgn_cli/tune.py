@@ -406,17 +406,57 @@ def _train_rates(experiment: str, cfg: Any, opt: str, setting: list[str], result
     """Train (or find finished) ``rates`` × ``tune.seeds``: ({rate → {seed → final val_loss}}, summed run seconds)."""
     from revgn_cli import sweep as sw
 
+    ov, jobs = _rate_jobs(experiment, cfg, opt, setting, results_dir, rates, n_jobs)
+    if force or any(not _finished(j.cfg) for j in jobs):
+        sw.launch(ov, force=force, quiet=quiet, jobs=jobs)
+    return _val_losses(jobs, rates), sum(float(_meta(j.cfg).get("wall_s") or 0.0) for j in jobs)
+
+
+def _rate_jobs(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str, rates: list[float],
+               n_jobs: int) -> tuple[list[str], list[Any]]:
+    """The sweep overrides and jobs of ``rates`` × ``tune.seeds`` for ``opt`` (one job per rate and seed)."""
+    from revgn_cli import sweep as sw
+
     ov = _job_overrides(experiment, cfg, opt, setting, results_dir, n_jobs, rates)
     jobs = sw.expand(ov)
     if len(jobs) != len(rates) * len(cfg.tune.seeds):
         raise TuneError(f"{experiment} sweeps more than optimizer and seed ({len(jobs)} jobs for "
                         f"{len(rates)} rates × {len(cfg.tune.seeds)} seeds): pin its other swept keys by overrides")
-    if force or any(_status(j.cfg) != "done" and _status(j.cfg) != "diverged" for j in jobs):
-        sw.launch(ov, force=force, quiet=quiet, jobs=jobs)
+    return ov, jobs
+
+
+def _val_losses(jobs: list[Any], rates: list[float]) -> dict[float, dict[int, float]]:
     val: dict[float, dict[int, float]] = {float(r): {} for r in rates}
     for j in jobs:
         val[float(j.cfg.optimizer.lr)][int(j.cfg.seed)] = _final_val_loss(j.cfg)
-    return val, sum(float(_meta(j.cfg).get("wall_s") or 0.0) for j in jobs)
+    return val
+
+
+def pending_runs(experiment: str, overrides: list[str], results_dir: str | Path | None = None) -> dict[str, list[Any]]:
+    """The tuning runs ``run_tune`` would still train, per optimiser (their job configs), as far as they are known
+    now: the grid's unfinished runs; once the grid has finished and its choice sits on an edge, the next rate out's
+    (and so on while those have finished too). Runs beyond an unfinished batch depend on its losses: not counted.
+    An optimiser with nothing left maps to []."""
+    from revgn_cli.overrides import pop_results
+
+    overrides, res = pop_results(list(overrides), results_dir, default=None)
+    cfg, opts, setting = _plan(experiment, overrides)
+    res = str(res if res is not None else cfg.results_dir)
+    out: dict[str, list[Any]] = {}
+    for opt in opts:
+        extend = [float(r) for r in (cfg.tune.extend or {}).get(opt, [])]
+        val: dict[float, dict[int, float]] = {}
+        batch, out[opt] = [float(r) for r in cfg.tune.grid[opt]], []
+        while batch:
+            _, jobs = _rate_jobs(experiment, cfg, opt, setting, res, batch, DEFAULT_JOBS)
+            todo = [j.cfg for j in jobs if not _finished(j.cfg)]
+            if todo:
+                out[opt] = todo
+                break
+            val.update(_val_losses(jobs, batch))
+            nxt = next_rate_out(val, extend)
+            batch = [nxt] if nxt is not None else []
+    return out
 
 
 def _meta(job_cfg: Any) -> dict[str, Any]:
@@ -427,6 +467,11 @@ def _meta(job_cfg: Any) -> dict[str, Any]:
 
 def _status(job_cfg: Any) -> str | None:
     return _meta(job_cfg).get("status")
+
+
+def _finished(job_cfg: Any) -> bool:
+    """A run that will not train again: done, or diverged (a diverged rate counts as +∞, it is not retried)."""
+    return _status(job_cfg) in ("done", "diverged")
 
 
 def run_tune(experiment: str, overrides: list[str], results_dir: str | Path | None = None, *,

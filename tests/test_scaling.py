@@ -283,6 +283,9 @@ class FakeTuner:
         self.tuned[cell.name] = {"gn": 0.3, "adam": 3e-5}
         return self.tuned[cell.name]
 
+    def pending(self, cell):
+        return None  # unknown: the plan counts the whole grid
+
 
 def test_tuned_rates_are_tuned_once_then_trained_and_recorded(tmp_path, monkeypatch):
     res, csv = tmp_path / "results", tmp_path / "margins.csv"
@@ -495,3 +498,38 @@ def test_a_redone_cell_keeps_its_place_in_the_margins_file(tmp_path):
     df = replace_csv_groups(path, frame(["paper_n1024", "quick"], 3.0), "cell")
     assert list(dict.fromkeys(pd.read_csv(path)["cell"])) == ["quick", "paper", "paper_e12", "paper_n1024"]
     assert list(df["margin"]) == [3.0, 3.0, 2.0, 2.0, 1.0, 1.0, 3.0, 3.0]
+
+
+def test_the_plan_prices_only_the_tuning_runs_left_and_an_edge_check_once_the_grid_is_in(tmp_path):
+    """The tuning estimate counts the tuner's unfinished runs (revgn_cli.tune.pending_runs): a half-tuned cell costs
+    less than a fresh one, and a grid that finished with its choice on an edge is followed by the next rate out."""
+    from revgn_cli.studies.scaling import RevgnTuner
+    from revgn_cli.train.runner import run_dir_for
+    from revgn_cli.tune import pending_runs
+
+    d = load_design()
+    cell, res = d.cells["paper"], tmp_path / "res"
+    tuner = RevgnTuner(d, str(res))
+
+    def finish(cfgs, loss_of_lr):
+        for c in cfgs:
+            run = run_dir_for(c)
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.write_rows([{"run_id": run.run_id, "split": "epoch", "epoch": 1.0, "step": 1,
+                             "val_loss": loss_of_lr(float(c.optimizer.lr))}])
+            run.write_meta(status="done", run_id=run.run_id, seed=c.seed, wall_s=1.0)
+
+    def tune_s():
+        return plan_study(d, [], str(res), budget_s=1e9, tuner=tuner, only=["paper"]).cells[0].tune_s
+
+    fresh = pending_runs(d.experiment, d.tune_overrides(cell), str(res))
+    assert {m: len(c) for m, c in fresh.items()} == {"gn": 6, "adam": 8}  # grid × 2 tuning seeds
+    assert all(c.train.epochs == 100 and c.model.hidden == 8000 for c in fresh["gn"])
+    whole = tune_s()
+    finish(fresh["adam"][:4], lambda lr: 1.0)
+    assert len(tuner.pending(cell)["adam"]) == 4 and tune_s() < whole
+    finish(fresh["gn"], lambda lr: 1.0 - lr / 10)  # GN's best rate is its grid's top, 1.0: 3.0 is checked next
+    left = tuner.pending(cell)
+    assert sorted({float(c.optimizer.lr) for c in left["gn"]}) == [3.0] and len(left["gn"]) == 2
+    finish(left["gn"], lambda lr: 5.0)  # 3.0 lost: GN is bracketed, nothing left for it
+    assert tuner.pending(cell)["gn"] == []

@@ -249,6 +249,10 @@ class Tuner(Protocol):
     def run(self, cell: Cell) -> dict[str, float]:
         """Tune the cell (finished tuning runs are skipped) and return its rates."""
 
+    def pending(self, cell: Cell) -> dict[str, list[Any]] | None:
+        """The tuning runs still to train per method (job configs; ``revgn_cli.tune.pending_runs``), or None when
+        they cannot be known (the plan then counts the whole grid)."""
+
 
 class RevgnTuner:
     """``run_tune`` / ``tuned_rates`` of revgn_cli.tune for the design's experiment, per cell."""
@@ -285,6 +289,11 @@ class RevgnTuner:
                is not None for m in ms):
             return None
         return {m: float(rec.optimizers[m].chosen) for m in ms}
+
+    def pending(self, cell: Cell) -> dict[str, list[Any]] | None:
+        if not self.available():
+            return None
+        return self._api().pending_runs(self.design.experiment, self.design.tune_overrides(cell), self.results_dir)
 
     def run(self, cell: Cell) -> dict[str, float]:
         self._api().run_tune(self.design.experiment, self.design.tune_overrides(cell), self.results_dir)
@@ -362,7 +371,11 @@ def plan_cell(design: Design, cell: Cell, extra: Sequence[str], results_dir: str
     rates = tuner.rates(cell) if design.rates == "tuned" and tuner is not None else None
     must_tune = design.rates == "tuned" and rates is None
     tune_s = 0.0
-    if must_tune:  # one launch per method: its grid × the tuning seeds
+    pending = tuner.pending(cell) if must_tune and tuner is not None else None
+    if pending is not None:  # the tuner's own unfinished runs (an edge check counted once the grid has finished)
+        tune_s = sum(wall_s([estimate_run_s(c, design.cost, factor) for c in cfgs], at_once)
+                     for cfgs in pending.values())
+    elif must_tune:  # one launch per method: its whole grid × the tuning seeds
         try:  # tuning runs log no diagnostics (revgn_cli.tune.QUIET_METRICS)
             from revgn_cli.tune import QUIET_METRICS
         except ImportError:
