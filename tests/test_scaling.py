@@ -483,6 +483,28 @@ def test_the_archive_carries_an_interrupted_cells_finished_runs_to_a_fresh_machi
     assert todo == {"wide": 11, "quick": 10}
 
 
+def test_each_methods_launch_is_archived_before_the_next_method_trains(tmp_path, monkeypatch):
+    """The archive is written after every launch, not once per cell: GN's finished runs are in it while Adam's
+    launch is still going (a machine lost then keeps GN's hour of runs)."""
+    from revgn_cli.results.archive import keeper
+
+    res, arc, csv = tmp_path / "results", tmp_path / "arc", tmp_path / "margins.csv"
+    (tmp_path / "d.yaml").write_text(DESIGN)
+    d = load_design(tmp_path / "d.yaml")
+    archived_at_launch = []
+
+    def launch(ov, force=False, quiet=False, jobs=None):
+        opt = next(o for o in ov if o.startswith("optimizer="))
+        archived_at_launch.append((opt, len(list((arc / "scaling").glob("*"))) if (arc / "scaling").exists() else 0))
+        write_preset(res, "scaling_quick", overrides=("seed=42", "model.hidden=2048", opt))
+        return []
+
+    monkeypatch.setattr(sweep, "launch", launch)
+    plan = plan_study(d, [], str(res), budget_s=1e9, only=["wide"])
+    run_study(d, plan, [], str(res), csv, keep=keeper(arc, res, d.base))
+    assert archived_at_launch == [("optimizer=gn", 0), ("optimizer=adam", 1)]
+
+
 def test_a_redone_cell_keeps_its_place_in_the_margins_file(tmp_path):
     """Rewriting a cell's rows puts them where the old ones stood (a new cell goes last), so the table's and the
     figure's column order does not change when a cell is redone."""

@@ -536,8 +536,10 @@ def write_margins(path: Path, cell_rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def train_cell(design: Design, cp: CellPlan, extra: Sequence[str], results_dir: str, *, quiet: bool = False,
-               log: Log) -> int:
-    """Launch the cell's missing runs (one multirun per method: its rate); returns the number of failed jobs."""
+               log: Log, after: Callable[[], None] = lambda: None) -> int:
+    """Launch the cell's missing runs (one multirun per method: its rate); returns the number of failed jobs.
+    ``after`` runs after each launch, interrupted or not: a method's finished runs are archived before the next
+    method starts (a GN launch at the corner is about an hour)."""
     from revgn_cli import sweep as sw
 
     launcher = default_launcher(extra)
@@ -549,7 +551,10 @@ def train_cell(design: Design, cp: CellPlan, extra: Sequence[str], results_dir: 
         lr = cp.rates.get(m) if cp.rates else None
         log(f"  {m}: seeds {','.join(map(str, seeds))}" + (f" at lr {lr:g}" if lr is not None else ""))
         ov = [*design.run_overrides(cp.cell, m, seeds, lr), *extra, *launcher, f"results_dir={results_dir}"]
-        failed += len(sw.report_failures(sw.launch(ov, quiet=quiet)))
+        try:
+            failed += len(sw.report_failures(sw.launch(ov, quiet=quiet)))
+        finally:
+            after()
     return failed
 
 
@@ -557,7 +562,8 @@ def run_study(design: Design, plan: Plan, extra: Sequence[str], results_dir: str
               tuner: Tuner | None = None, quiet: bool = False, log: Log | None = None,
               keep: Callable[[], None] = lambda: None) -> int:
     """Tune, train and measure the plan's cells in order, rewriting ``margins`` after each; returns failed jobs.
-    ``keep`` runs after each cell's tuning and training, interrupted or not (``revgn_cli.results.archive.keeper``)."""
+    ``keep`` runs after a cell's tuning and after each of its launches, interrupted or not
+    (``revgn_cli.results.archive.keeper``)."""
     log = log or (lambda s: None)
     failed = 0
     for cp in plan.cells:
@@ -572,10 +578,7 @@ def run_study(design: Design, plan: Plan, extra: Sequence[str], results_dir: str
                 keep()
             cp = replace_rates(design, cp, extra, results_dir, tuner)
         if cp.todo():
-            try:
-                failed += train_cell(design, cp, extra, results_dir, quiet=quiet, log=log)
-            finally:
-                keep()
+            failed += train_cell(design, cp, extra, results_dir, quiet=quiet, log=log, after=keep)
         write_margins(margins, measure_cell(design, cp, results_dir))
         log(f"  → {margins} ({time.time() - t0:.0f} s)")
     return failed
