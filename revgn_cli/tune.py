@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from revgn_cli.config import ConfigError
 from revgn_cli.overrides import default_launcher
@@ -384,32 +384,39 @@ def tune_optimizer(experiment: str, cfg: Any, opt: str, setting: list[str], resu
                    force: bool, quiet: bool) -> OptimizerTune:
     """Train (or find finished) every rate × seed of ``opt``'s grid, choose, and while the choice is on the edge of
     the rates tried, train the next rate out of ``tune.extend.<opt>`` (``next_rate_out``) and choose again."""
-    t = cfg.tune
-    rates = [float(r) for r in t.grid[opt]]
-    extend = [float(r) for r in (t.extend or {}).get(opt, [])]
-    val: dict[float, dict[int, float]] = {}
-    run_s = 0.0
-    batch = rates
-    while batch:
-        got, s = _train_rates(experiment, cfg, opt, setting, results_dir, batch, n_jobs=n_jobs, force=force,
-                              quiet=quiet)
-        val.update(got)
-        run_s += s
-        nxt = next_rate_out(val, extend)
-        batch = [nxt] if nxt is not None else []
-        rates += batch
-    return OptimizerTune(choose(val), rates, [int(s) for s in t.seeds], int(t.val_size), val, run_s)
-
-
-def _train_rates(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str, rates: list[float], *,
-                 n_jobs: int, force: bool, quiet: bool) -> tuple[dict[float, dict[int, float]], float]:
-    """Train (or find finished) ``rates`` × ``tune.seeds``: ({rate → {seed → final val_loss}}, summed run seconds)."""
     from revgn_cli import sweep as sw
 
-    ov, jobs = _rate_jobs(experiment, cfg, opt, setting, results_dir, rates, n_jobs)
-    if force or any(not _finished(j.cfg) for j in jobs):
-        sw.launch(ov, force=force, quiet=quiet, jobs=jobs)
-    return _val_losses(jobs, rates), sum(float(_meta(j.cfg).get("wall_s") or 0.0) for j in jobs)
+    seen: list[Any] = []
+
+    def train(ov: list[str], jobs: list[Any]) -> bool:
+        if force or any(not _finished(j.cfg) for j in jobs):
+            sw.launch(ov, force=force, quiet=quiet, jobs=jobs)
+        seen.extend(jobs)
+        return True
+
+    t = cfg.tune
+    val = _walk_rates(experiment, cfg, opt, setting, results_dir, n_jobs, train)
+    run_s = sum(float(_meta(j.cfg).get("wall_s") or 0.0) for j in seen)
+    return OptimizerTune(choose(val), list(val), [int(s) for s in t.seeds], int(t.val_size), val, run_s)
+
+
+def _walk_rates(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str, n_jobs: int,
+                visit: Callable[[list[str], list[Any]], bool]) -> dict[float, dict[int, float]]:
+    """One optimiser's tuning walk: its grid's rates × ``tune.seeds``, then, while the choice sits on the edge of the
+    rates tried, the next rate out of ``tune.extend.<opt>`` (``next_rate_out``), one batch at a time.
+    ``visit(overrides, jobs)`` sees each batch before its losses are read and says whether the walk goes on (False:
+    it stops there). Returns {rate → {seed → final val_loss}} of the batches read, in the order tried."""
+    extend = [float(r) for r in (cfg.tune.extend or {}).get(opt, [])]
+    val: dict[float, dict[int, float]] = {}
+    batch = [float(r) for r in cfg.tune.grid[opt]]
+    while batch:
+        ov, jobs = _rate_jobs(experiment, cfg, opt, setting, results_dir, batch, n_jobs)
+        if not visit(ov, jobs):
+            break
+        val.update(_val_losses(jobs, batch))
+        nxt = next_rate_out(val, extend)
+        batch = [nxt] if nxt is not None else []
+    return val
 
 
 def _rate_jobs(experiment: str, cfg: Any, opt: str, setting: list[str], results_dir: str, rates: list[float],
@@ -444,18 +451,11 @@ def pending_runs(experiment: str, overrides: list[str], results_dir: str | Path 
     res = str(res if res is not None else cfg.results_dir)
     out: dict[str, list[Any]] = {}
     for opt in opts:
-        extend = [float(r) for r in (cfg.tune.extend or {}).get(opt, [])]
-        val: dict[float, dict[int, float]] = {}
-        batch, out[opt] = [float(r) for r in cfg.tune.grid[opt]], []
-        while batch:
-            _, jobs = _rate_jobs(experiment, cfg, opt, setting, res, batch, DEFAULT_JOBS)
-            todo = [j.cfg for j in jobs if not _finished(j.cfg)]
-            if todo:
-                out[opt] = todo
-                break
-            val.update(_val_losses(jobs, batch))
-            nxt = next_rate_out(val, extend)
-            batch = [nxt] if nxt is not None else []
+        def unfinished(ov: list[str], jobs: list[Any], opt: str = opt) -> bool:
+            out[opt] = [j.cfg for j in jobs if not _finished(j.cfg)]
+            return not out[opt]
+
+        _walk_rates(experiment, cfg, opt, setting, res, DEFAULT_JOBS, unfinished)
     return out
 
 
