@@ -18,7 +18,7 @@ from revgn_cli.studies.scaling import (
     MARGIN_COLUMNS, CellPlan, RunPlan, describe_plan, estimate_run_s, fit_budget, load_design, merge_overrides,
     plan_study, run_study, runs_at_once, train_images, updates_of, wall_s,
 )
-from revgn_cli.studies.scaling_report import axis_trends, cell_verdicts, read_margins
+from revgn_cli.studies.scaling_report import axis_trends, cell_verdicts, direction, read_margins
 from test_figures import write_preset
 
 runner = CliRunner()
@@ -178,6 +178,13 @@ def test_the_per_update_metrics_are_priced_as_extra_passes_and_tuning_runs_skip_
     assert estimate_run_s(on, d.cost) - estimate_run_s(off, d.cost) == pytest.approx(passes * pass_s)
 
 
+def test_direction_reads_the_slopes_interval_against_zero():
+    assert direction(0.3, 0.1) == "toward" and direction(-0.3, 0.1) == "away"
+    assert direction(0.05, 0.1) == direction(-0.05, 0.1) == "unclear"
+    assert direction(0.1, 0.1) == "unclear"  # an interval that touches 0 does not exclude it
+    assert direction(math.nan, math.nan) == direction(0.3, math.nan) == ""  # no slope: one axis value, mixed rates
+
+
 def test_trend_matches_a_hand_computation():
     x = np.log2([1024, 1024, 2048, 2048, 4000, 4000])
     y = np.array([0.10, 0.14, 0.05, 0.09, -0.02, 0.03])
@@ -235,6 +242,9 @@ def test_report_redraws_table_and_figure_from_the_csv_alone(tmp_path):
     y = np.r_[sel[sel.cell == "paper"].margin, sel[sel.cell == "paper_n1024"].margin]
     assert t.loc[("train_images", "fig2.test_loss"), "slope"] == pytest.approx(trend(x, y).slope)
     assert f"{trend(x, y).slope:+.3g}" in text and "**HOLDS**" in text
+    # REVERSED at 1,024 images and HOLDS at 4,000: the margin moves toward the paper's side as the data grows
+    t_row = next(ln for ln in text.splitlines() if ln.startswith("| fig2.test_loss |") and "(n=10)" in ln)
+    assert t.loc[("train_images", "fig2.test_loss"), "slope"] > 0 and "(n=10) *toward*" in t_row
     assert "| rates | gn=0.1 adam=0.0001 (tuned) |" in text
     # an axis whose cells were tuned under different protocols has no slope (the rates moved with it)
     mixed = df.assign(rates=np.where(df.cell == "paper_n1024", "tuned+extend", "tuned"))

@@ -97,10 +97,24 @@ def axis_trends(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["axis", "claim", "slope", "half", "n", "values", "mixed"])
 
 
+def direction(slope: float, half: float) -> str:
+    """Which way a claim's margin moves as the axis value grows: ``toward`` the paper's side (the slope's 95 %
+    interval above 0; margins are > 0 on the paper's side), ``away`` (below 0), ``unclear`` (it covers 0), or ``""``
+    when there is no slope (one axis value, or mixed rate protocols)."""
+    if not (math.isfinite(slope) and math.isfinite(half)):
+        return ""
+    return "toward" if slope - half > 0 else "away" if slope + half < 0 else "unclear"
+
+
 def _pm(mean: float, half: float) -> str:
     if not math.isfinite(mean):
         return "—"
     return f"{mean:+.3g}" + (f" ± {half:.2g}" if math.isfinite(half) else "")
+
+
+def _trend_text(r: pd.Series) -> str:
+    d = direction(r["slope"], r["half"])
+    return f"{_pm(r['slope'], r['half'])} (n={r['n']})" + (f" *{d}*" if d else "")
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -128,12 +142,13 @@ def markdown(df: pd.DataFrame) -> str:
     if not t.empty:
         axes = list(dict.fromkeys(t["axis"]))
         lines += ["", "Trend: slope of the per-seed margin per doubling of the axis value (OLS on log2), ± 95 % t "
-                  "half-width (n points).", "", "| claim | " + " | ".join(axes) + " |", "|---|" + "---|" * len(axes)]
+                  "half-width (n points); *toward* / *away*: the margin moves toward / away from the paper's side as the "
+                  "axis value grows (the interval excludes 0), *unclear*: it covers 0.", "", "| claim | " + " | ".join(axes) + " |", "|---|" + "---|" * len(axes)]
         for cid in claims:
             row = t[t["claim"] == cid].set_index("axis")
             lines.append(f"| {cid} | " + " | ".join(
                 ("— (mixed rate protocols)" if a in row.index and row.loc[a, "mixed"] else
-                 f"{_pm(row.loc[a, 'slope'], row.loc[a, 'half'])} (n={row.loc[a, 'n']})" if a in row.index else "—")
+                 _trend_text(row.loc[a]) if a in row.index else "—")
                 for a in axes) + " |")
     return "\n".join(lines)
 
