@@ -32,13 +32,16 @@ from revgn_cli.studies.scaling import estimate_run_s, load_design, train_images
 ARCHIVE = Path(__file__).resolve().parents[1] / "docs" / "data" / "scaling_runs"
 
 
-def finished_runs(roots: list[Path]) -> list[tuple[Config, float]]:
-    """(config, wall seconds) of every run under ``roots`` that finished in one go, each run id once."""
+def finished_runs(roots: list[Path], limit: int | None = None) -> list[tuple[Config, float]]:
+    """(config, wall seconds) of every run under ``roots`` that finished in one go, each run id once; the first
+    ``limit`` only (``--smoke``: it stops reading there rather than parse every archived config)."""
     from omegaconf import OmegaConf
 
     seen, out = set(), []
     for run in (RunDir(p.parent) for p in sorted(p for r in roots for p in r.glob("**/meta.json"))):
         meta = run.read_meta()
+        if limit is not None and len(out) >= limit:
+            break
         if meta.get("status") != "done" or meta.get("resumed") or not meta.get("wall_s") or run.run_id in seen:
             continue
         seen.add(run.run_id)
@@ -73,7 +76,7 @@ def main() -> None:
     a = ap.parse_args()
     cost = dict(load_design().cost)
     cost.setdefault("update_batch3_s", {m: 0.0 for m in cost["update_fixed_s"]})
-    runs = finished_runs(a.roots)[: 24 if a.smoke else None]
+    runs = finished_runs(a.roots, 24 if a.smoke else None)
     if not runs:
         raise SystemExit(f"no finished run under {', '.join(map(str, a.roots))}")
     units = unit_costs(cost)
