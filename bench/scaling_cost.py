@@ -39,9 +39,9 @@ def finished_runs(roots: list[Path], limit: int | None = None) -> list[tuple[Con
 
     seen, out = set(), []
     for run in (RunDir(p.parent) for p in sorted(p for r in roots for p in r.glob("**/meta.json"))):
-        meta = run.read_meta()
         if limit is not None and len(out) >= limit:
             break
+        meta = run.read_meta()
         if meta.get("status") != "done" or meta.get("resumed") or not meta.get("wall_s") or run.run_id in seen:
             continue
         seen.add(run.run_id)
