@@ -104,7 +104,10 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference):
     ov, res, _ = _interrupt(tmp_path, signal.SIGKILL, at_epoch=3)
     meta = json.loads((_run_dir(res) / "meta.json").read_text())
     assert meta["status"] == "running"  # killed: nothing could mark it
+    # ...but each checkpoint wrote the time trained so far, so the resumed run's wall_s adds both sittings.
+    assert meta.get("wall_s", 0.0) > 0.0
     _resume_matches(ov, res, reference)
+    assert json.loads((_run_dir(res) / "meta.json").read_text())["wall_s"] > meta["wall_s"]
 
 
 def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):

@@ -279,8 +279,9 @@ class _Run:
     loop (set-up and resume, one update, the epoch row, checkpointing) as methods that share them."""
 
     def __init__(self, cfg: Config, run: RunDir, device: torch.device, td: TrainData, reporter: Reporter,
-                 resume: bool) -> None:
+                 resume: bool, wall: Callable[[], float] | None = None) -> None:
         self.cfg, self.run, self.device, self.td, self.reporter = cfg, run, device, td, reporter
+        self.wall = wall
         self.dtype = resolve_dtype(cfg.precision)
         seed_everything(cfg.seed)
         self.model = build_model(cfg, td.data, device, self.dtype)
@@ -347,6 +348,10 @@ class _Run:
         self.read_back()
         self.run.write_rows(self.st.rows)
         save_checkpoint(self.run, self.model, self.opt, self.tracker, self.st)
+        if self.wall is not None:
+            # The training time up to this checkpoint, so that a run killed hard (no handler runs) and resumed
+            # from it still sums its sittings' time in meta.json's wall_s (work after the checkpoint is redone).
+            self.run.write_meta(wall_s=self.wall())
         if self.st.batch == 0 and self.st.epoch in self.cfg.train.keep_checkpoints:
             shutil.copyfile(self.run.ckpt_path, self.run.ckpt_dir / f"epoch_{self.st.epoch}.pt")
 
@@ -471,13 +476,16 @@ class _Run:
 
 
 def train_run(cfg: Config, run: RunDir, device: torch.device, td: TrainData, reporter: Reporter | None = None,
-              resume: bool = True) -> tuple[str, TrainState]:
+              resume: bool = True, wall: Callable[[], float] | None = None) -> tuple[str, TrainState]:
     """Train ``cfg`` into ``run``; return (status, final state) with status ``done`` or ``diverged``.
+
+    ``wall``, when given, returns the run's training time so far in seconds (earlier sittings included); each
+    checkpoint writes it to meta.json's ``wall_s``.
 
     Raises ``Interrupted`` after checkpointing on a stop signal; any other exception propagates (the caller
     marks the run ``failed``; its last checkpoint stays for a resume).
     """
-    r = _Run(cfg, run, device, td, reporter or NullReporter(), resume)
+    r = _Run(cfg, run, device, td, reporter or NullReporter(), resume, wall)
     status = r.train()
     return status, r.st
 

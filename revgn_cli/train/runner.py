@@ -102,7 +102,7 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
         t0 = time.time()
         prior_wall = float(meta.get("wall_s", 0.0) or 0.0)
         try:
-            final_status, st = train_run(cfg, run, device, td, reporter)
+            final_status, st = train_run(cfg, run, device, td, reporter, wall=lambda: prior_wall + time.time() - t0)
         except Interrupted as e:
             run.write_meta(status="interrupted", error=str(e), wall_s=prior_wall + time.time() - t0)
             raise
