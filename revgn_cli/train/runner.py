@@ -101,17 +101,21 @@ def execute(cfg: Config, *, force: bool = False, reporter: Reporter | None = Non
                        error=None, **_slurm_meta(meta))
         t0 = time.time()
         prior_wall = float(meta.get("wall_s", 0.0) or 0.0)
+
+        def wall() -> float:  # training seconds, earlier sittings included
+            return prior_wall + time.time() - t0
+
         try:
-            final_status, st = train_run(cfg, run, device, td, reporter, wall=lambda: prior_wall + time.time() - t0)
+            final_status, st = train_run(cfg, run, device, td, reporter, wall=wall)
         except Interrupted as e:
-            run.write_meta(status="interrupted", error=str(e), wall_s=prior_wall + time.time() - t0)
+            run.write_meta(status="interrupted", error=str(e), wall_s=wall())
             raise
         except BaseException as e:
             run.write_meta(status="failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                           traceback=traceback.format_exc(limit=8), wall_s=prior_wall + time.time() - t0)
+                           traceback=traceback.format_exc(limit=8), wall_s=wall())
             raise
         final = summarise(st.rows)
-        run.write_meta(status=final_status, finished=_now(), wall_s=prior_wall + time.time() - t0,
+        run.write_meta(status=final_status, finished=_now(), wall_s=wall(),
                        epochs_done=st.epoch, steps_done=st.step, final=final, error=st.diverged)
         return RunOutcome(run.run_id, run.path, final_status, resumed=resumed, final=final, error=st.diverged,
                           quarantined=moved, why=why)
